@@ -1,0 +1,97 @@
+"""GET/HEAD /data/<key>: byte ranges of stored files, for the urls our tickets hand out.
+
+Local files go out through `wsgi.file_wrapper`, which gunicorn turns into sendfile(2) when
+the file is positioned at the range start and Content-Length bounds the range. Proxied
+backends stream their range. Never `Content-Encoding`: a .gz served with it gets silently
+decompressed by clients.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import IO, Iterator, Optional
+
+from flask import Blueprint, Response, current_app, request
+
+from ..protocol import NotFound
+from ..storage.local import LocalStorage
+
+bp = Blueprint("data", __name__)
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CHUNK = 256 * 1024
+
+
+def parse_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
+    """Single `bytes=` range -> half-open (start, end); None = whole file; (-1,-1) = 416."""
+    if not header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None  # multiple or malformed ranges: RFC 9110 lets us send the whole file
+    first, last = m.group(1), m.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last) + 1, size) if last else size
+        if last and int(last) < start:
+            return None
+        if start >= size:
+            return (-1, -1)
+        return start, end
+    suffix = int(last)
+    if suffix == 0:
+        return (-1, -1)
+    return max(0, size - suffix), size
+
+
+def _limited(f: IO[bytes], length: int) -> Iterator[bytes]:
+    try:
+        while length > 0:
+            buf = f.read(min(CHUNK, length))
+            if not buf:
+                break
+            length -= len(buf)
+            yield buf
+    finally:
+        f.close()
+
+
+def _file_body(path: str, start: int, length: int) -> object:
+    f = open(path, "rb")
+    f.seek(start)
+    wrapper = request.environ.get("wsgi.file_wrapper")
+    # gunicorn's FileWrapper is sent with sendfile(2) and capped by Content-Length; other
+    # servers' wrappers read to EOF, so they get a bounded Python iterator instead.
+    if wrapper is not None and getattr(wrapper, "__module__", "").startswith("gunicorn"):
+        return wrapper(f, CHUNK)
+    return _limited(f, length)
+
+
+@bp.route("/data/<path:path>", methods=["GET", "HEAD"])
+def data(path: str) -> Response:
+    resolver = current_app.extensions["htsgetr"].resolver
+    storage, key = resolver.mount_for(path)
+    if storage is None:
+        raise NotFound(f"no such object: {path!r}")
+    size = storage.size(key)
+    rng = parse_range(request.headers.get("Range"), size)
+    headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+    if rng == (-1, -1):
+        headers["Content-Range"] = f"bytes */{size}"
+        return Response(b"", status=416, headers=headers)
+    start, end = rng if rng else (0, size)
+    status = 206 if rng else 200
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(b"", status=status, headers=headers)
+    if isinstance(storage, LocalStorage):
+        body = _file_body(storage.path(key), start, end - start)
+    elif hasattr(storage, "stream"):
+        body = storage.stream(key, start, end)
+    else:
+        raise NotFound(f"{path!r} is not served through /data")
+    resp = Response(body, status=status, headers=headers, direct_passthrough=True)
+    resp.headers["Content-Length"] = str(end - start)
+    return resp

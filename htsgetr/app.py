@@ -1,0 +1,40 @@
+"""create_app(config, role) -> Flask: blueprints, CORS, errors (auth and metrics plug in here)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from flask import Flask
+from flask_cors import CORS
+
+from .config import Config
+from .engine import Htsget
+
+ROLES = ("all", "ticket", "data")
+
+
+def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = None) -> Flask:
+    """The WSGI app. `role` picks the ticket endpoints, the data endpoint, or both."""
+    from .api import data, errors, service_info, tickets
+
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    app = Flask("htsgetr")
+    app.url_map.strict_slashes = False
+    app.extensions["htsgetr"] = engine or Htsget(config)
+    if role in ("all", "ticket"):
+        app.register_blueprint(service_info.bp)
+        app.register_blueprint(tickets.bp)
+    if role in ("all", "data"):
+        app.register_blueprint(data.bp)
+    origins = config.ticket_server.cors_origins
+    CORS(
+        app,
+        origins=origins,
+        allow_headers=["Authorization", "Content-Type", "Range"],
+        expose_headers=["Content-Range", "Content-Length", "Accept-Ranges", "ETag"],
+        methods=["GET", "HEAD", "POST", "OPTIONS"],
+        max_age=86400,
+    )
+    errors.register(app)
+    return app

@@ -1,0 +1,128 @@
+"""Htsget: the public Python API. `Htsget(config).ticket(Query(...))` -> Ticket.
+
+No Flask here: the same object serves the WSGI app, AWS Lambda, the CLI and notebooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Optional
+
+from .cache import LRUCache
+from .config import Config
+from .formats.bam import BamHandler
+from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source
+from .formats.vcf import BcfHandler, VcfHandler
+from .protocol import Block, Format, NotFound, Query, Ticket
+from .storage.local import LocalStorage, safe_key
+from .storage.resolver import Resolver
+
+RESERVED_IDS = frozenset({"service-info"})
+
+
+def default_handlers() -> dict[Format, FormatHandler]:
+    handlers: dict[Format, FormatHandler] = {
+        Format.BAM: BamHandler(),
+        Format.VCF: VcfHandler(),
+        Format.BCF: BcfHandler(),
+    }
+    try:  # formats that arrive in their own modules
+        from .formats.cram import CramHandler  # type: ignore[import-not-found]
+
+        handlers[Format.CRAM] = CramHandler()
+    except ImportError:
+        pass
+    try:
+        from .formats.fasta import FastaHandler, FastqHandler  # type: ignore[import-not-found]
+
+        handlers[Format.FASTA] = FastaHandler()
+        handlers[Format.FASTQ] = FastqHandler()
+    except ImportError:
+        pass
+    return handlers
+
+
+def data_uri(data: bytes) -> str:
+    """Inline block, written exactly `data:;base64,` (some clients accept nothing else)."""
+    return "data:;base64," + base64.b64encode(data).decode("ascii")
+
+
+class Htsget:
+    def __init__(self, config: Config, resolver: Optional[Resolver] = None) -> None:
+        self.config = config
+        self.resolver = resolver or Resolver(config)
+        self.cache = LRUCache(config.cache_entries)
+        self.handlers = default_handlers()
+
+    def locate(self, id: str, fmt: Format) -> Source:
+        """The data file for `id` in `fmt`: the first location holding one of its extensions."""
+        if id in RESERVED_IDS or safe_key(id) is None:
+            raise NotFound(f"no {fmt.value} file for ID {id!r}")
+        handler = self.handler(fmt)
+        for match in self.resolver.matches(id, fmt):
+            for ext in handler.extensions:
+                key = match.key + ext
+                if safe_key(key) is not None and match.storage.exists(key):
+                    return Source(match.storage, key, self.cache)
+            if not match.location.fall_through:
+                break
+        raise NotFound(f"no {fmt.value} file for ID {id!r}")
+
+    def handler(self, fmt: Format) -> FormatHandler:
+        handler = self.handlers.get(fmt)
+        if handler is None:
+            raise NotFound(f"format {fmt.value} is not available on this server")
+        return handler
+
+    def ticket(self, query: Query) -> Ticket:
+        source = self.locate(query.id, query.format)
+        pieces = self.handler(query.format).pieces(source, query)
+        ticket = Ticket(query.format, [self._block(source, p) for p in pieces])
+        if query.regions is None and query.klass is None:
+            ticket.md5 = self._md5(source, pieces)
+        return ticket
+
+    def _block(self, source: Source, piece: Piece) -> Block:
+        if isinstance(piece, Inline):
+            return Block(data_uri(piece.data), None, piece.klass)
+        url, headers = source.storage.block_url(source.key, piece.start, piece.end)
+        return Block(url, headers, piece.klass)
+
+    def _md5(self, source: Source, pieces: list[Piece]) -> Optional[str]:
+        """The payload's md5 when it is the stored file byte for byte and a digest is known."""
+        if not _is_whole_file(source, pieces):
+            return None
+        sidecar = source.key + ".md5"
+        if source.storage.exists(sidecar):
+            text = source.read_all(sidecar).decode("ascii", "replace").split()
+            if text and len(text[0]) == 32:
+                return text[0].lower()
+        storage = source.storage
+        if isinstance(storage, LocalStorage) and storage.size(source.key) <= self.config.md5_max_bytes:
+            return source.cached("md5", lambda: _file_md5(storage.path(source.key)))
+        return None
+
+
+def _is_whole_file(source: Source, pieces: list[Piece]) -> bool:
+    """True when concatenating the pieces gives exactly the stored file."""
+    pos, size = 0, source.storage.size(source.key)
+    for p in pieces:
+        if isinstance(p, ByteRange):
+            if p.start != pos:
+                return False
+            pos = p.end
+        else:
+            # only a trailing EOF marker identical to the file's own tail is allowed
+            if pos + len(p.data) != size or source.read(pos, size) != p.data:
+                return False
+            pos = size
+    return pos == size
+
+
+def _file_md5(path: str) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

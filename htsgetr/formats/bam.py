@@ -1,0 +1,109 @@
+"""BAM (SAMv1 section 4.2) with a BAI or CSI index."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+from .._ranges import BinningIndex
+from ..index.binning import parse_binning_index
+from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, InternalError, NotFound, Query
+from . import bgzf
+from .base import Piece, Source, missing_index
+from .blocks import BgzfLayout, assemble, load_layout
+
+
+def bam_header_length(data: bytes) -> Optional[int]:
+    """Length of the BAM header (magic, text, references) or None if `data` is too short."""
+    if len(data) < 12:
+        return None
+    if data[:4] != b"BAM\x01":
+        raise ValueError("not a BAM file")
+    (l_text,) = struct.unpack_from("<i", data, 4)
+    pos = 8 + l_text
+    if len(data) < pos + 4:
+        return None
+    (n_ref,) = struct.unpack_from("<i", data, pos)
+    pos += 4
+    for _ in range(n_ref):
+        if len(data) < pos + 4:
+            return None
+        (l_name,) = struct.unpack_from("<i", data, pos)
+        pos += 4 + l_name + 4
+        if len(data) < pos:
+            return None
+    return pos
+
+
+def bam_reference_names(data: bytes) -> list[str]:
+    """Reference names in header order (their position is the reference ID)."""
+    (l_text,) = struct.unpack_from("<i", data, 4)
+    pos = 8 + l_text
+    (n_ref,) = struct.unpack_from("<i", data, pos)
+    pos += 4
+    names = []
+    for _ in range(n_ref):
+        (l_name,) = struct.unpack_from("<i", data, pos)
+        names.append(data[pos + 4 : pos + 4 + l_name].rstrip(b"\0").decode())
+        pos += 4 + l_name + 4
+    return names
+
+
+@dataclass
+class BamFile:
+    layout: BgzfLayout
+    ref_ids: dict[str, int]
+    index: BinningIndex
+
+
+def index_candidates(key: str, ext: str, primary: tuple[str, ...]) -> list[str]:
+    """`<file>.csi`, `<file>.<primary>`, then `<stem>.<primary>` (e.g. x.bam.bai, x.bai)."""
+    stem = key[: -len(ext)] if key.endswith(ext) else key
+    out = [f"{key}.csi"] + [f"{key}.{p}" for p in primary] + [f"{stem}.{p}" for p in primary]
+    return out
+
+
+def load_bam(source: Source, index_key: str) -> BamFile:
+    def header_length(data: bytes) -> Optional[int]:
+        try:
+            return bam_header_length(data)
+        except ValueError as exc:
+            raise InternalError(f"{source.key}: {exc}") from None
+
+    prefix, length = bgzf.read_prefix(source.storage, source.key, header_length)
+    names = bam_reference_names(prefix.data[:length])
+    layout = load_layout(source, prefix, length)
+    index = parse_binning_index(source.read_all(index_key), index_key)
+    return BamFile(layout, {n: i for i, n in enumerate(names)}, index)
+
+
+class BamHandler:
+    format = Format.BAM
+    extensions = (".bam",)
+
+    def open(self, source: Source) -> BamFile:
+        index_key = source.find(index_candidates(source.key, ".bam", ("bai",)))
+        if index_key is None:
+            raise missing_index(source.key)
+        return source.cached("bam", lambda: load_bam(source, index_key), index_key)
+
+    def pieces(self, source: Source, query: Query) -> list[Piece]:
+        bam = self.open(source)
+        if query.klass is Class.HEADER or query.regions is None:
+            return assemble(source, bam.layout, None, query.klass is Class.HEADER)
+        chunks: list[tuple[int, int]] = []
+        for region in query.regions:
+            if region.reference_name == UNPLACED:
+                start = max(bam.index.last_end(), bam.layout.header_end)
+                chunks.append((start, bam.layout.data_end << 16))
+                continue
+            ref_id = bam.ref_ids.get(region.reference_name)
+            if ref_id is None:
+                raise NotFound(f"reference {region.reference_name!r} is not in {query.id}")
+            if ref_id >= bam.index.n_ref:
+                continue  # the index lists no data for trailing references
+            beg = region.start or 0
+            end = MAX_COORDINATE if region.end is None else region.end
+            chunks.extend(bam.index.query(ref_id, beg, end))
+        return assemble(source, bam.layout, chunks, False)

@@ -1,0 +1,248 @@
+"""BGZF (SAMv1 section 4.1): block headers, the EOF marker, block compression and reading.
+
+Virtual offset = (compressed block offset << 16) | offset inside the uncompressed block.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+from ..protocol import InternalError
+from ..storage.base import Storage
+
+#: The 28-byte empty block that ends every BGZF file (SAMv1 4.1.2).
+EOF_MARKER = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+HEADER_SIZE = 18
+#: Largest uncompressed payload per block; htslib uses 0xff00 so that a block never exceeds 64 KiB.
+MAX_BLOCK_DATA = 0xFF00
+#: Bytes fetched per storage read while walking blocks (a few blocks at a time).
+READ_AHEAD = 256 * 1024
+
+
+def coffset(voffset: int) -> int:
+    return voffset >> 16
+
+
+def uoffset(voffset: int) -> int:
+    return voffset & 0xFFFF
+
+
+def make_voffset(coff: int, uoff: int) -> int:
+    return (coff << 16) | uoff
+
+
+def block_size(header: bytes) -> int:
+    """Total size of the block whose header (at least 18 bytes, with extra field) is given."""
+    if len(header) < HEADER_SIZE or header[:4] != b"\x1f\x8b\x08\x04":
+        raise ValueError("not a BGZF block header")
+    (xlen,) = struct.unpack_from("<H", header, 10)
+    pos, end = 12, 12 + xlen
+    if len(header) < end:
+        raise ValueError("truncated BGZF extra field")
+    while pos + 4 <= end:
+        si1, si2, slen = header[pos], header[pos + 1], struct.unpack_from("<H", header, pos + 2)[0]
+        if si1 == 66 and si2 == 67 and slen == 2:
+            return struct.unpack_from("<H", header, pos + 4)[0] + 1
+        pos += 4 + slen
+    raise ValueError("BGZF block without a BC subfield")
+
+
+def compress_block(data: bytes, level: int = 6) -> bytes:
+    """Compress `data` into one or more BGZF blocks (never the EOF marker for empty data)."""
+    out = []
+    for pos in range(0, len(data), MAX_BLOCK_DATA):
+        chunk = data[pos : pos + MAX_BLOCK_DATA]
+        comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+        deflated = comp.compress(chunk) + comp.flush()
+        bsize = HEADER_SIZE + len(deflated) + 8
+        out.append(
+            struct.pack("<4BIBBHBBHH", 0x1F, 0x8B, 8, 4, 0, 0, 0xFF, 6, 66, 67, 2, bsize - 1)
+            + deflated
+            + struct.pack("<II", zlib.crc32(chunk) & 0xFFFFFFFF, len(chunk))
+        )
+    return b"".join(out)
+
+
+def decompress_block(block: bytes) -> bytes:
+    """The payload of one complete BGZF block."""
+    xlen = struct.unpack_from("<H", block, 10)[0]
+    try:
+        data = zlib.decompress(block[12 + xlen : -8], -15)
+    except zlib.error as exc:
+        raise ValueError(f"corrupt BGZF block: {exc}") from None
+    return data
+
+
+def gunzip(data: bytes) -> bytes:
+    """Decompress a whole (multi-member) gzip stream, as CSI/TBI files are stored."""
+    out = []
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out.append(d.decompress(data))
+        data = d.unused_data
+        if not d.eof:
+            raise ValueError("truncated gzip stream")
+    return b"".join(out)
+
+
+@dataclass(frozen=True)
+class Gzi:
+    """A .gzi index: the compressed offsets of block starts (block 0 is implicit)."""
+
+    starts: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, data: bytes) -> Gzi:
+        if len(data) < 8:
+            raise ValueError("truncated GZI")
+        (n,) = struct.unpack_from("<Q", data, 0)
+        if len(data) < 8 + 16 * n:
+            raise ValueError("truncated GZI")
+        pairs = struct.unpack_from(f"<{2 * n}Q", data, 8)
+        return cls((0,) + tuple(pairs[0::2]))
+
+    def block_end(self, coff: int) -> Optional[int]:
+        """Start of the block after the one at `coff`, if the GZI knows it."""
+        i = bisect_right(self.starts, coff)
+        if i < len(self.starts) and i > 0 and self.starts[i - 1] == coff:
+            return self.starts[i]
+        return None
+
+
+@dataclass
+class Block:
+    coffset: int
+    size: int
+    data: bytes
+
+
+def iter_blocks(
+    storage: Storage, key: str, start: int = 0, stop: Optional[int] = None
+) -> "BlockIterator":
+    return BlockIterator(storage, key, start, stop)
+
+
+class BlockIterator:
+    """Walks consecutive BGZF blocks from `start`, reading the storage in large pieces."""
+
+    def __init__(self, storage: Storage, key: str, start: int, stop: Optional[int]) -> None:
+        self.storage, self.key, self.pos, self.stop = storage, key, start, stop
+        self.buf, self.buf_start = b"", start
+
+    def __iter__(self) -> "BlockIterator":
+        return self
+
+    def _ensure(self, n: int) -> bool:
+        have = self.buf_start + len(self.buf) - self.pos
+        if have >= n:
+            return True
+        keep = self.buf[self.pos - self.buf_start :]
+        more = self.storage.read(
+            self.key, self.pos + len(keep), self.pos + max(n, READ_AHEAD)
+        )
+        self.buf, self.buf_start = keep + more, self.pos
+        return len(self.buf) >= n
+
+    def __next__(self) -> Block:
+        if self.stop is not None and self.pos >= self.stop:
+            raise StopIteration
+        if not self._ensure(HEADER_SIZE):
+            if self.buf_start + len(self.buf) == self.pos:
+                raise StopIteration
+            raise ValueError("truncated BGZF block header")
+        off = self.pos - self.buf_start
+        hdr_len = HEADER_SIZE + max(0, struct.unpack_from("<H", self.buf, off + 10)[0] - 6)
+        self._ensure(hdr_len)
+        off = self.pos - self.buf_start
+        size = block_size(self.buf[off : off + hdr_len])
+        if not self._ensure(size):
+            raise ValueError("truncated BGZF block")
+        off = self.pos - self.buf_start
+        raw = self.buf[off : off + size]
+        block = Block(self.pos, size, decompress_block(raw))
+        self.pos += size
+        return block
+
+
+@dataclass
+class Prefix:
+    """The first uncompressed bytes of a BGZF file with the blocks they came from."""
+
+    data: bytes
+    blocks: list[tuple[int, int, int]]  # (coffset, size, uncompressed start)
+
+    def voffset(self, upos: int) -> int:
+        """Virtual offset of uncompressed position `upos` (must lie in a read block)."""
+        i = bisect_right([b[2] for b in self.blocks], upos) - 1
+        coff, size, ustart = self.blocks[i]
+        if upos - ustart == self._block_len(i) and i + 1 < len(self.blocks):
+            # exactly at a block end: the canonical virtual offset is the next block's start
+            return make_voffset(self.blocks[i + 1][0], 0)
+        if upos - ustart == self._block_len(i):
+            return make_voffset(coff + size, 0)
+        return make_voffset(coff, upos - ustart)
+
+    def _block_len(self, i: int) -> int:
+        end = self.blocks[i + 1][2] if i + 1 < len(self.blocks) else len(self.data)
+        return end - self.blocks[i][2]
+
+    def block_data(self, coff: int) -> bytes:
+        for i, (c, _size, ustart) in enumerate(self.blocks):
+            if c == coff:
+                return self.data[ustart : ustart + self._block_len(i)]
+        raise KeyError(coff)
+
+
+def read_prefix(
+    storage: Storage, key: str, header_length: Callable[[bytes], Optional[int]]
+) -> tuple[Prefix, int]:
+    """Decompress blocks from the start until `header_length(data)` knows where the header ends.
+
+    `header_length` returns None while it needs more data. Returns the prefix (whole blocks)
+    and the uncompressed header length.
+    """
+    parts: list[bytes] = []
+    blocks: list[tuple[int, int, int]] = []
+    total = 0
+    data = b""
+    try:
+        for block in iter_blocks(storage, key):
+            blocks.append((block.coffset, block.size, total))
+            parts.append(block.data)
+            total += len(block.data)
+            if not block.data:
+                continue
+            data = b"".join(parts)
+            parts = [data]
+            length = header_length(data)
+            if length is not None:
+                return Prefix(data, blocks), length
+    except ValueError as exc:
+        raise InternalError(f"cannot read {key}: {exc}") from None
+    length = header_length(data + b"\0")  # give parsers a chance to accept a header-only file
+    if length is not None and length <= len(data):
+        return Prefix(data, blocks), length
+    raise InternalError(f"cannot read {key}: the header is truncated")
+
+
+def merged_byte_ranges(
+    chunks: Sequence[tuple[int, int]], block_end: Callable[[int], int]
+) -> list[tuple[int, int]]:
+    """Byte ranges covering virtual-offset chunks, merged in file order.
+
+    A chunk `[vbeg, vend)` needs bytes from coffset(vbeg) to the END of the block at
+    coffset(vend) when uoffset(vend) > 0, and to coffset(vend) exactly when it is 0.
+    """
+    from .._ranges import merge_ranges
+
+    ranges = []
+    for vbeg, vend in chunks:
+        end = block_end(coffset(vend)) if uoffset(vend) else coffset(vend)
+        if end > coffset(vbeg):
+            ranges.append((coffset(vbeg), end))
+    return merge_ranges(ranges)

@@ -1,0 +1,142 @@
+"""VCF (bgzipped, with TBI or CSI) and BCF (with CSI): variant tickets.
+
+Reference IDs differ: a VCF index carries the contig names itself (tabix meta); a BCF index
+does not, its IDs follow the BCF header's contig dictionary (IDX= where present).
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .._ranges import BinningIndex
+from ..index.binning import parse_binning_index
+from ..protocol import MAX_COORDINATE, Class, Format, InternalError, NotFound, Query
+from . import bgzf
+from .bam import index_candidates
+from .base import Piece, Source, missing_index
+from .blocks import BgzfLayout, assemble, load_layout
+
+_CONTIG = re.compile(rb"^##contig=<(.*)>\s*$", re.MULTILINE)
+_ID = re.compile(rb"(?:^|,)ID=([^,>]+)")
+_IDX = re.compile(rb"(?:^|,)IDX=(\d+)")
+
+
+def vcf_header_length(data: bytes) -> Optional[int]:
+    """Length of the `#` lines at the start of `data`, or None if they may continue."""
+    pos = 0
+    while pos < len(data):
+        if data[pos] != 0x23:  # '#'
+            return pos
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return None
+        pos = nl + 1
+    return None
+
+
+def bcf_header_length(data: bytes) -> Optional[int]:
+    """BCF: magic 'BCF\\2\\x', l_text, text."""
+    if len(data) < 9:
+        return None
+    if data[:3] != b"BCF" or data[3] != 2:
+        raise ValueError("not a BCF 2 file")
+    (l_text,) = struct.unpack_from("<I", data, 5)
+    return 9 + l_text if len(data) >= 9 + l_text else None
+
+
+def header_contigs(text: bytes) -> dict[str, int]:
+    """Contig names of a VCF/BCF header with their dictionary index (IDX= wins)."""
+    contigs: dict[str, int] = {}
+    for i, match in enumerate(_CONTIG.finditer(text)):
+        ident = _ID.search(match.group(1))
+        if not ident:
+            continue
+        idx = _IDX.search(match.group(1))
+        contigs[ident.group(1).decode()] = int(idx.group(1)) if idx else i
+    return contigs
+
+
+@dataclass
+class VariantFile:
+    layout: BgzfLayout
+    header_names: frozenset[str]
+    ref_ids: dict[str, int]
+    index: BinningIndex
+
+
+def _load(
+    source: Source,
+    index_key: str,
+    header_length: Callable[[bytes], Optional[int]],
+    is_bcf: bool,
+) -> VariantFile:
+    def checked(data: bytes) -> Optional[int]:
+        try:
+            return header_length(data)
+        except ValueError as exc:
+            raise InternalError(f"{source.key}: {exc}") from None
+
+    prefix, length = bgzf.read_prefix(source.storage, source.key, checked)
+    text = prefix.data[:length]
+    layout = load_layout(source, prefix, length)
+    index = parse_binning_index(source.read_all(index_key), index_key)
+    contigs = header_contigs(text)
+    if is_bcf:
+        ref_ids = dict(contigs)
+    else:
+        ref_ids = {name: i for i, name in enumerate(index.names)}
+    return VariantFile(layout, frozenset(contigs) | frozenset(ref_ids), ref_ids, index)
+
+
+class _VariantHandler:
+    format: Format
+    extensions: tuple[str, ...]
+    _index_exts: tuple[str, ...]
+    _header_length: Callable[[bytes], Optional[int]]
+
+    def open(self, source: Source) -> VariantFile:
+        ext = self.extensions[0]
+        index_key = source.find(index_candidates(source.key, ext, self._index_exts))
+        if index_key is None:
+            raise missing_index(source.key)
+        is_bcf = self.format is Format.BCF
+        header_length = self._header_length
+        return source.cached(
+            self.format.value,
+            lambda: _load(source, index_key, header_length, is_bcf),
+            index_key,
+        )
+
+    def pieces(self, source: Source, query: Query) -> list[Piece]:
+        vf = self.open(source)
+        if query.klass is Class.HEADER or query.regions is None:
+            return assemble(source, vf.layout, None, query.klass is Class.HEADER)
+        chunks: list[tuple[int, int]] = []
+        for region in query.regions:
+            name = region.reference_name
+            if name not in vf.header_names:
+                raise NotFound(f"reference {name!r} is not in {query.id}")
+            ref_id = vf.ref_ids.get(name)
+            if ref_id is None or ref_id >= vf.index.n_ref:
+                continue  # declared in the header, but no records
+            beg = region.start or 0
+            end = MAX_COORDINATE if region.end is None else region.end
+            chunks.extend(vf.index.query(ref_id, beg, end))
+        return assemble(source, vf.layout, chunks, False)
+
+
+class VcfHandler(_VariantHandler):
+    format = Format.VCF
+    extensions = (".vcf.gz",)
+    _index_exts = ("tbi",)
+    _header_length = staticmethod(vcf_header_length)
+
+
+class BcfHandler(_VariantHandler):
+    format = Format.BCF
+    extensions = (".bcf",)
+    _index_exts = ()
+    _header_length = staticmethod(bcf_header_length)

@@ -1,0 +1,96 @@
+"""Ordered `[[locations]]`: an ID -> (storage, key stem) by regex and substitution."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+from ..config import Config, LocationConfig
+from ..protocol import Format
+from .base import Storage
+
+_GROUP_REF = re.compile(r"\$(?:(\d+)|\{(\w+)\})")
+
+
+def substitute(template: str, match: re.Match[str]) -> str:
+    """Expand `$1` and `${name}` in `template` from the groups of `match`."""
+
+    def repl(m: re.Match[str]) -> str:
+        group = int(m.group(1)) if m.group(1) is not None else m.group(2)
+        return match.group(group) or ""
+
+    return _GROUP_REF.sub(repl, template)
+
+
+def template_groups(template: str) -> list[str]:
+    """The group references a substitution uses (for validation)."""
+    return [m.group(1) or m.group(2) for m in _GROUP_REF.finditer(template)]
+
+
+@dataclass
+class Match:
+    storage: Storage
+    key: str  # the substituted stem; format extensions are appended to it
+    location: LocationConfig
+
+
+StorageFactory = Callable[[LocationConfig, str, Config], Storage]
+
+
+def mount_name(i: int, location: LocationConfig) -> str:
+    """Path segment under /data that selects location `i`: "" for the first, else "~name"."""
+    if i == 0:
+        return ""
+    return "~" + (location.name or str(i))
+
+
+def default_factory(location: LocationConfig, mount: str, config: Config) -> Storage:
+    """Build the backend a location names (s3/url modules are imported only when used)."""
+    if location.backend == "file":
+        from .local import LocalStorage
+
+        return LocalStorage(location.root or ".", config.data_url(), mount)
+    if location.backend == "s3":
+        from .s3 import S3Storage  # type: ignore[import-not-found]
+
+        return S3Storage.from_location(location, mount, config)  # type: ignore[no-any-return]
+    if location.backend == "url":
+        from .url import UrlStorage  # type: ignore[import-not-found]
+
+        return UrlStorage.from_location(location, mount, config)  # type: ignore[no-any-return]
+    raise ValueError(f"unknown backend {location.backend!r}")
+
+
+class Resolver:
+    """Tries locations in order; `storage_factory` is injectable for tests and later backends."""
+
+    def __init__(self, config: Config, storage_factory: StorageFactory = default_factory) -> None:
+        self.config = config
+        self.rules: list[tuple[re.Pattern[str], LocationConfig, Storage]] = []
+        #: storages by their /data mount segment, for the data endpoint
+        self.mounts: dict[str, Storage] = {}
+        for i, loc in enumerate(config.locations):
+            mount = mount_name(i, loc)
+            storage = storage_factory(loc, mount, config)
+            self.rules.append((re.compile(loc.regex), loc, storage))
+            self.mounts[mount] = storage
+
+    def matches(self, id: str, fmt: Optional[Format] = None) -> Iterator[Match]:
+        """Every location whose regex matches `id` (and serves `fmt`), in order."""
+        for regex, location, storage in self.rules:
+            if location.formats and fmt is not None:
+                if fmt.value not in {f.upper() for f in location.formats}:
+                    continue
+            m = regex.fullmatch(id)
+            if m is None:
+                continue
+            yield Match(storage, substitute(location.substitution, m), location)
+
+    def mount_for(self, path: str) -> tuple[Optional[Storage], str]:
+        """Split a /data path into (storage, key) by its optional leading ~mount segment."""
+        if path.startswith("~"):
+            head, _, rest = path.partition("/")
+            if head in self.mounts:
+                return self.mounts[head], rest
+        return self.mounts.get(""), path
