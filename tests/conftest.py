@@ -1,0 +1,219 @@
+"""Shared fixtures: generated BAM/VCF data, a real gunicorn server, ticket reassembly."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+pysam = pytest.importorskip("pysam")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout: float = 30.0, **kw: object) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        try:
+            requests.get(url, timeout=1, **kw)  # type: ignore[arg-type]
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"server at {url} did not start")
+
+
+class Server:
+    """A real `htsgetr serve` (gunicorn) process on a free loopback port."""
+
+    def __init__(self, args: list[str], port: int, scheme: str = "http",
+                 env: Optional[dict[str, str]] = None) -> None:
+        self.port = port
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "htsgetr", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+
+    def start(self, **kw: object) -> "Server":
+        wait_for(self.url + "/service-info", self.proc, **kw)
+        return self
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+
+
+def fetch_block(block: dict, session: Optional[requests.Session] = None, **kw: object) -> bytes:
+    """Bytes of one ticket url: inline `data:;base64,` or an HTTP GET with its headers."""
+    url = block["url"]
+    if url.startswith("data:"):
+        assert url.startswith("data:;base64,"), url[:40]
+        return base64.b64decode(url[len("data:;base64,"):])
+    getter = session or requests
+    resp = getter.get(url, headers=block.get("headers", {}), timeout=30, **kw)  # type: ignore[arg-type]
+    assert resp.status_code in (200, 206), (resp.status_code, resp.text[:200])
+    assert "Content-Encoding" not in resp.headers
+    rng = block.get("headers", {}).get("Range")
+    if rng:
+        first, last = rng.split("=")[1].split("-")
+        assert len(resp.content) == int(last) - int(first) + 1
+    return resp.content
+
+
+def reassemble(ticket: dict, **kw: object) -> bytes:
+    """Concatenate every block of a ticket, as a client does."""
+    with requests.Session() as session:
+        return b"".join(fetch_block(b, session, **kw) for b in ticket["htsget"]["urls"])
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_bam(path: Path, seed: int = 1, refs: Optional[list[tuple[str, int]]] = None,
+             n_reads: int = 3000, csi: bool = False, min_shift: int = 14) -> Path:
+    """A sorted, indexed BAM: several references (one empty), varied read lengths,
+    placed unmapped mates, and unplaced unmapped reads at the end."""
+    rng = random.Random(seed)
+    refs = refs or [("chr1", 250_000), ("chr2", 120_000), ("chrEmpty", 50_000), ("chr3", 90_000)]
+    header = {
+        "HD": {"VN": "1.6", "SO": "coordinate"},
+        "SQ": [{"SN": n, "LN": ln} for n, ln in refs],
+        "RG": [{"ID": "rg1", "SM": "sample1"}],
+        "PG": [{"ID": "gen", "PN": "htsgetr-tests"}],
+        "CO": ["generated for htsgetr tests " + "x" * rng.randint(0, 500)],
+    }
+    reads = []
+    for i in range(n_reads):
+        tid = rng.choice([t for t, (n, _) in enumerate(refs) if n != "chrEmpty"])
+        ln = refs[tid][1]
+        qlen = rng.choice([36, 50, 75, 100, 151, 250, rng.randint(20, 300)])
+        pos = rng.randint(0, ln - qlen - 1)
+        reads.append((tid, pos, qlen, i, False))
+    for i in range(n_reads // 20):  # placed unmapped (has a ref and pos, flag 4)
+        tid = rng.choice([0, 1])
+        reads.append((tid, rng.randint(0, refs[tid][1] - 400), 80, n_reads + i, True))
+    reads.sort()
+    unsorted = path.with_suffix(".unsorted.bam")
+    with pysam.AlignmentFile(str(unsorted), "wb", header=header) as out:
+        for tid, pos, qlen, i, unmapped in reads:
+            a = pysam.AlignedSegment(out.header)
+            a.query_name = f"read{i}"
+            a.query_sequence = "".join(rng.choice("ACGT") for _ in range(qlen))
+            a.query_qualities = pysam.qualitystring_to_array("I" * qlen)
+            a.reference_id = tid
+            a.reference_start = pos
+            if unmapped:
+                a.flag = 4
+            else:
+                a.flag = rng.choice([0, 16])
+                a.mapping_quality = rng.randint(0, 60)
+                if rng.random() < 0.1:
+                    d = rng.randint(1, 500)
+                    a.cigarstring = f"{qlen // 2}M{d}N{qlen - qlen // 2}M"
+                else:
+                    a.cigarstring = f"{qlen}M"
+            a.set_tag("RG", "rg1")
+            out.write(a)
+        for i in range(n_reads // 10):  # unplaced unmapped
+            a = pysam.AlignedSegment(out.header)
+            a.query_name = f"unplaced{i}"
+            a.query_sequence = "ACGT" * 10
+            a.query_qualities = pysam.qualitystring_to_array("I" * 40)
+            a.flag = 4
+            a.reference_id = -1
+            a.reference_start = -1
+            out.write(a)
+    pysam.sort("-o", str(path), str(unsorted))
+    unsorted.unlink()
+    if csi:
+        pysam.index("-c", "-m", str(min_shift), str(path))
+    else:
+        pysam.index(str(path))
+    return path
+
+
+def make_vcf(path: Path, seed: int = 2, csi: bool = False, n: int = 3000) -> Path:
+    """A bgzipped, indexed VCF with several contigs, one declared but empty."""
+    rng = random.Random(seed)
+    contigs = [("1", 300_000), ("2", 200_000), ("empty", 10_000), ("X", 150_000)]
+    lines = ["##fileformat=VCFv4.2"]
+    lines += [f"##contig=<ID={c},length={ln}>" for c, ln in contigs]
+    lines += ['##INFO=<ID=DP,Number=1,Type=Integer,Description="Depth">',
+              '##FORMAT=<ID=GT,Number=1,Type=String,Description="Genotype">',
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2"]
+    records = []
+    for _ in range(n):
+        c = rng.choice([0, 1, 3])
+        pos = rng.randint(1, contigs[c][1])
+        ref = rng.choice(["A", "C", "G", "T", "ACGT" * rng.randint(1, 30)])
+        records.append((c, pos, ref))
+    records.sort()
+    for i, (c, pos, ref) in enumerate(records):
+        lines.append(f"{contigs[c][0]}\t{pos}\tv{i}\t{ref}\tG\t50\tPASS\tDP={rng.randint(1, 99)}"
+                     f"\tGT\t0/1\t1/1")
+    plain = path.with_suffix("")  # x.vcf.gz -> x.vcf
+    plain.write_text("\n".join(lines) + "\n")
+    pysam.tabix_index(str(plain), preset="vcf", force=True, csi=csi)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    make_bam(d / "sample.bam")
+    (d / "nested" / "deep").mkdir(parents=True)
+    make_bam(d / "nested" / "deep" / "other.bam", seed=7)
+    make_bam(d / "csi.bam", seed=3, csi=True, min_shift=12)
+    make_vcf(d / "calls.vcf.gz")
+    make_vcf(d / "calls_csi.vcf.gz", seed=4, csi=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def server(data_dir: Path) -> Iterator[Server]:
+    port = free_port()
+    srv = Server(["--data-dir", str(data_dir), "--port", str(port), "--workers", "2"], port)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def shared(*parts: str) -> Path:
+    """A file of ../shared/data, or skip the test where that folder is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference data {path} not present")
+    return path
