@@ -99,7 +99,8 @@ class Htsget:
             if text and len(text[0]) == 32:
                 return text[0].lower()
         storage = source.storage
-        if isinstance(storage, LocalStorage) and storage.size(source.key) <= self.config.md5_max_bytes:
+        small = storage.size(source.key) <= self.config.md5_max_bytes
+        if isinstance(storage, LocalStorage) and small:
             return source.cached("md5", lambda: _file_md5(storage.path(source.key)))
         return None
 

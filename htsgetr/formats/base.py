@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Protocol, TypeVar, Union
+from typing import Callable, Optional, Protocol, TypeVar, Union
 
 from ..cache import LRUCache
 from ..protocol import Class, Format, NotFound, Query

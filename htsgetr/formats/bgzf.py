@@ -9,7 +9,7 @@ import struct
 import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 from ..protocol import InternalError
 from ..storage.base import Storage
@@ -123,7 +123,7 @@ class Block:
 
 def iter_blocks(
     storage: Storage, key: str, start: int = 0, stop: Optional[int] = None
-) -> "BlockIterator":
+) -> BlockIterator:
     return BlockIterator(storage, key, start, stop)
 
 
@@ -134,7 +134,7 @@ class BlockIterator:
         self.storage, self.key, self.pos, self.stop = storage, key, start, stop
         self.buf, self.buf_start = b"", start
 
-    def __iter__(self) -> "BlockIterator":
+    def __iter__(self) -> BlockIterator:
         return self
 
     def _ensure(self, n: int) -> bool:
@@ -228,21 +228,3 @@ def read_prefix(
     if length is not None and length <= len(data):
         return Prefix(data, blocks), length
     raise InternalError(f"cannot read {key}: the header is truncated")
-
-
-def merged_byte_ranges(
-    chunks: Sequence[tuple[int, int]], block_end: Callable[[int], int]
-) -> list[tuple[int, int]]:
-    """Byte ranges covering virtual-offset chunks, merged in file order.
-
-    A chunk `[vbeg, vend)` needs bytes from coffset(vbeg) to the END of the block at
-    coffset(vend) when uoffset(vend) > 0, and to coffset(vend) exactly when it is 0.
-    """
-    from .._ranges import merge_ranges
-
-    ranges = []
-    for vbeg, vend in chunks:
-        end = block_end(coffset(vend)) if uoffset(vend) else coffset(vend)
-        if end > coffset(vbeg):
-            ranges.append((coffset(vbeg), end))
-    return merge_ranges(ranges)

@@ -1,20 +1,27 @@
 """Tickets for BGZF-compressed formats (BAM, VCF.gz, BCF): header, body chunks, EOF.
 
-The rules (DESIGN.md): a chunk needs its last block whole when uoffset(vend) > 0; ranges are
-merged in file order; where the header shares a block with records, the header's part of that
-block and the body's part are each re-compressed into blocks of their own and sent inline, so
-`class=header` is exact and no record or header line is ever sent twice.
+The rules (DESIGN.md): chunks are merged in file order; the bytes of a chunk are its whole
+blocks as byte ranges plus, where it starts or ends inside a block, that block's part
+re-compressed into a block of its own and sent inline. So the header (which may share a block
+with records) is exact for `class=header`, and no record or header line is ever sent twice
+or cut in half.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
-from ..protocol import Class
+from .._ranges import merge_ranges
+from ..protocol import Class, InternalError
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
+
+#: decompressed blocks kept per file for re-cutting chunk ends
+BLOCK_CACHE = 64
 
 
 @dataclass
@@ -28,6 +35,7 @@ class BgzfLayout:
     eof_present: bool
     gzi: Optional[bgzf.Gzi] = None
     _block_ends: dict[int, int] = field(default_factory=dict)
+    _blocks: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
 
     @property
     def data_end(self) -> int:
@@ -51,6 +59,23 @@ class BgzfLayout:
                 end = self.data_end  # a corrupt block: send to the end rather than cut short
         self._block_ends[coff] = min(end, self.size)
         return self._block_ends[coff]
+
+    def block_data(self, source: Source, coff: int) -> bytes:
+        """Uncompressed data of the block at `coff` (a few recent blocks are kept)."""
+        if coff == bgzf.coffset(self.header_end) and self.header_block:
+            return self.header_block
+        if coff in self._blocks:
+            self._blocks.move_to_end(coff)
+            return self._blocks[coff]
+        raw = source.read(coff, self.block_end(source, coff))
+        try:
+            data = bgzf.decompress_block(raw)
+        except (ValueError, struct.error) as exc:
+            raise InternalError(f"{source.key}: corrupt BGZF block at {coff}: {exc}") from None
+        self._blocks[coff] = data
+        while len(self._blocks) > BLOCK_CACHE:
+            self._blocks.popitem(last=False)
+        return data
 
 
 def load_layout(source: Source, prefix: bgzf.Prefix, header_len: int) -> BgzfLayout:
@@ -83,26 +108,53 @@ def header_pieces(layout: BgzfLayout) -> list[Piece]:
     return pieces
 
 
+def chunk_pieces(source: Source, layout: BgzfLayout, vbeg: int, vend: int) -> list[Piece]:
+    """Exactly the bytes of virtual range [vbeg, vend): whole blocks as a byte range, and the
+    partial blocks at either end re-compressed inline.
+
+    Blocks need not start at record boundaries (bgzip cuts VCF text every 64 KiB, and long BAM
+    records span blocks), so sending the whole first or last block could hand a client half a
+    record; re-cutting costs at most two small blocks per merged chunk.
+    """
+    cb, ub = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
+    ce, ue = bgzf.coffset(vend), bgzf.uoffset(vend)
+    if cb == ce:
+        data = layout.block_data(source, cb)[ub:ue]
+        return [Inline(bgzf.compress_block(data), Class.BODY)] if data else []
+    pieces: list[Piece] = []
+    start = cb
+    if ub:
+        head = layout.block_data(source, cb)[ub:]
+        if head:
+            pieces.append(Inline(bgzf.compress_block(head), Class.BODY))
+        start = layout.block_end(source, cb)
+    if ce > start:
+        pieces.append(ByteRange(start, ce, Class.BODY))
+    if ue:
+        tail = layout.block_data(source, ce)[:ue]
+        pieces.append(Inline(bgzf.compress_block(tail), Class.BODY))
+    return pieces
+
+
 def body_pieces(
     source: Source, layout: BgzfLayout, chunks: Sequence[tuple[int, int]]
 ) -> list[Piece]:
-    """Pieces for the body: chunks -> whole-block byte ranges, merged, header block re-cut."""
-    hcoff, huoff = bgzf.coffset(layout.header_end), bgzf.uoffset(layout.header_end)
+    """Pieces for the body: chunks clipped to the body, merged in file order, cut exactly."""
     clipped = []
     for vbeg, vend in chunks:
         vbeg = max(vbeg, layout.header_end)
         vend = min(vend, layout.data_end << 16)
         if vend > vbeg:
             clipped.append((vbeg, vend))
-    ranges = bgzf.merged_byte_ranges(clipped, lambda c: layout.block_end(source, c))
     pieces: list[Piece] = []
-    for start, end in ranges:
-        end = min(end, layout.data_end)
-        if huoff and start == hcoff:
-            pieces.append(Inline(bgzf.compress_block(layout.header_block[huoff:]), Class.BODY))
-            start = hcoff + layout.header_block_size
-        if end > start:
-            pieces.append(ByteRange(start, end, Class.BODY))
+    for vbeg, vend in merge_ranges(clipped):
+        for piece in chunk_pieces(source, layout, vbeg, vend):
+            last = pieces[-1] if pieces else None
+            touching = isinstance(last, ByteRange) and last.end == getattr(piece, "start", -1)
+            if isinstance(piece, ByteRange) and isinstance(last, ByteRange) and touching:
+                pieces[-1] = ByteRange(last.start, piece.end, Class.BODY)
+            else:
+                pieces.append(piece)
     return pieces
 
 

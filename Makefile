@@ -1,0 +1,53 @@
+# htsgetr: `make test` installs everything the tests need and runs them; `make serve` serves
+# bundled example data. Works as root (CI) or as a user with sudo.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+HOST ?= 127.0.0.1
+APT_PACKAGES := samtools bcftools tabix nginx-light python3-venv python3-dev build-essential
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: test serve deps apt venv build lint bench example-data clean
+
+test: deps build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve: deps build example-data
+	$(VENV)/bin/htsgetr serve --data-dir example-data --host $(HOST) --port $(PORT)
+
+deps: apt $(VENV)/.installed
+
+apt:
+	@missing=""; for p in samtools bcftools tabix bgzip nginx; do \
+	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: $(VENV)/.installed
+	$(PY) setup.py -q build_ext --inplace
+
+lint: deps build
+	$(VENV)/bin/ruff check htsgetr tests bench
+	$(VENV)/bin/mypy htsgetr
+
+bench: deps build
+	$(PY) bench/run.py
+
+example-data: $(VENV)/.installed
+	$(PY) -m htsgetr.examples example-data
+
+clean:
+	rm -rf build $(VENV) htsgetr/*.so htsgetr/_ranges.c example-data .pytest_cache

@@ -1,0 +1,261 @@
+"""End to end under a real gunicorn: BAM and VCF tickets reassemble to what htslib returns."""
+
+from __future__ import annotations
+
+import collections
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pysam
+import pytest
+import requests
+
+from conftest import Server, reassemble, shared
+
+CT = "application/vnd.ga4gh.htsget.v1.3.0+json"
+
+
+def ticket(server: Server, endpoint: str, id: str, **params: object) -> dict:
+    resp = requests.get(f"{server.url}/{endpoint}/{id}", params=params, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"] == CT
+    body = resp.json()
+    assert set(body) == {"htsget"} and set(body["htsget"]) <= {"format", "urls", "md5"}
+    return body
+
+
+def bam_records(path: Path) -> list[str]:
+    with pysam.AlignmentFile(str(path), "rb", check_sq=False) as f:
+        return [r.to_string() for r in f.fetch(until_eof=True)]
+
+
+def vcf_records(path: Path) -> list[str]:
+    with pysam.VariantFile(str(path)) as f:
+        return [str(r) for r in f]
+
+
+def region_bam(path: Path, contig: str, start: int | None, end: int | None) -> list[str]:
+    with pysam.AlignmentFile(str(path), "rb") as f:
+        return [r.to_string() for r in f.fetch(contig, start, end)]
+
+
+def region_vcf(path: Path, contig: str, start: int | None, end: int | None) -> list[str]:
+    with pysam.VariantFile(str(path)) as f:
+        if contig not in f.index:
+            return []
+        return [str(r) for r in f.fetch(contig, start, end)]
+
+
+def check_payload(payload: bytes, tmp: Path, suffix: str, expected: list[str]) -> list[str]:
+    """The payload is a valid file with every expected record once and no record twice."""
+    out = tmp / f"payload{suffix}"
+    out.write_bytes(payload)
+    got = bam_records(out) if suffix == ".bam" else vcf_records(out)
+    counts = collections.Counter(got)
+    dupes = [r for r, n in counts.items() if n > 1]
+    assert not dupes, f"{len(dupes)} records duplicated"
+    missing = [r for r in expected if r not in counts]
+    assert not missing, f"{len(missing)} of {len(expected)} region records missing"
+    assert payload.endswith(bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000"))
+    return got
+
+
+def header_text(path: Path) -> str:
+    if path.suffix == ".bam":
+        with pysam.AlignmentFile(str(path), "rb", check_sq=False) as f:
+            return str(f.header)
+    with pysam.VariantFile(str(path)) as f:
+        return str(f.header)
+
+
+# --------------------------------------------------------------------------- whole file
+
+
+@pytest.mark.parametrize("id,suffix,endpoint", [
+    ("sample", ".bam", "reads"),
+    ("nested/deep/other", ".bam", "reads"),
+    ("csi", ".bam", "reads"),
+    ("calls", ".vcf.gz", "variants"),
+    ("calls_csi", ".vcf.gz", "variants"),
+])
+def test_whole_file(server: Server, data_dir: Path, tmp_path: Path, id: str, suffix: str,
+                    endpoint: str) -> None:
+    t = ticket(server, endpoint, id)
+    original = data_dir / f"{id}{suffix}"
+    payload = reassemble(t)
+    expected = bam_records(original) if suffix == ".bam" else vcf_records(original)
+    got = check_payload(payload, tmp_path, suffix, expected)
+    assert got == expected
+    classes = [u.get("class") for u in t["htsget"]["urls"]]
+    assert classes[0] == "header" and classes[-1] == "body"
+    if "md5" in t["htsget"]:
+        import hashlib
+
+        assert hashlib.md5(payload).hexdigest() == t["htsget"]["md5"]
+
+
+@pytest.mark.parametrize("id,suffix,endpoint", [
+    ("sample", ".bam", "reads"), ("calls", ".vcf.gz", "variants")])
+def test_header_class(server: Server, data_dir: Path, tmp_path: Path, id: str, suffix: str,
+                      endpoint: str) -> None:
+    t = ticket(server, endpoint, id, **{"class": "header"})
+    assert all(u["class"] == "header" for u in t["htsget"]["urls"])
+    out = tmp_path / f"h{suffix}"
+    out.write_bytes(reassemble(t))
+    assert header_text(out) == header_text(data_dir / f"{id}{suffix}")
+    assert (bam_records(out) if suffix == ".bam" else vcf_records(out)) == []
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def _random_regions(refs: list[tuple[str, int]], n: int, seed: int) -> list[tuple]:
+    rng = random.Random(seed)
+    regions = []
+    for _ in range(n):
+        name, length = rng.choice(refs)
+        kind = rng.random()
+        if kind < 0.1:
+            regions.append((name, None, None))
+        elif kind < 0.2:
+            regions.append((name, rng.randint(0, length), None))
+        elif kind < 0.3:
+            regions.append((name, None, rng.randint(1, length)))
+        else:
+            start = rng.randint(0, length - 1)
+            regions.append((name, start, min(length + 100, start + rng.choice([1, 50, 1000, 20000, 100000]))))
+    return regions
+
+
+def _params(name: str, start: int | None, end: int | None) -> dict:
+    p: dict = {"referenceName": name}
+    if start is not None:
+        p["start"] = start
+    if end is not None:
+        p["end"] = end
+    return p
+
+
+@pytest.mark.parametrize("id", ["sample", "csi"])
+def test_random_bam_regions(server: Server, data_dir: Path, tmp_path: Path, id: str) -> None:
+    path = data_dir / f"{id}.bam"
+    with pysam.AlignmentFile(str(path)) as f:
+        refs = list(zip(f.references, f.lengths))
+    for name, start, end in _random_regions(refs, 40, seed=hash(id) & 0xFFFF):
+        t = ticket(server, "reads", id, **_params(name, start, end))
+        check_payload(reassemble(t), tmp_path, ".bam", region_bam(path, name, start, end))
+
+
+@pytest.mark.parametrize("id", ["calls", "calls_csi"])
+def test_random_vcf_regions(server: Server, data_dir: Path, tmp_path: Path, id: str) -> None:
+    path = data_dir / f"{id}.vcf.gz"
+    refs = [("1", 300_000), ("2", 200_000), ("empty", 10_000), ("X", 150_000)]
+    for name, start, end in _random_regions(refs, 40, seed=17):
+        t = ticket(server, "variants", id, **_params(name, start, end))
+        check_payload(reassemble(t), tmp_path, ".vcf.gz", region_vcf(path, name, start, end))
+
+
+def test_empty_reference_gives_valid_empty_file(server: Server, tmp_path: Path) -> None:
+    t = ticket(server, "reads", "sample", referenceName="chrEmpty")
+    assert check_payload(reassemble(t), tmp_path, ".bam", []) == []
+    t = ticket(server, "variants", "calls", referenceName="empty", start=0, end=5000)
+    assert check_payload(reassemble(t), tmp_path, ".vcf.gz", []) == []
+
+
+def test_unplaced_reads(server: Server, data_dir: Path, tmp_path: Path) -> None:
+    t = ticket(server, "reads", "sample", referenceName="*")
+    path = data_dir / "sample.bam"
+    with pysam.AlignmentFile(str(path)) as f:
+        unplaced = [r.to_string() for r in f.fetch(until_eof=True) if r.reference_id < 0]
+    assert unplaced
+    check_payload(reassemble(t), tmp_path, ".bam", unplaced)
+
+
+def test_post_overlapping_regions_one_stream(server: Server, data_dir: Path, tmp_path: Path) -> None:
+    regions = [
+        {"referenceName": "chr1", "start": 1000, "end": 60000},
+        {"referenceName": "chr1", "start": 30000, "end": 90000},
+        {"referenceName": "chr2", "start": 0, "end": 50000},
+        {"referenceName": "chr1", "start": 50000, "end": 51000},
+    ]
+    resp = requests.post(f"{server.url}/reads/sample", json={"format": "bam", "regions": regions},
+                         timeout=30)
+    assert resp.status_code == 200, resp.text
+    path = data_dir / "sample.bam"
+    expected: set[str] = set()
+    for r in regions:
+        expected |= set(region_bam(path, r["referenceName"], r["start"], r["end"]))
+    check_payload(reassemble(resp.json()), tmp_path, ".bam", sorted(expected))
+    header_urls = [u for u in resp.json()["htsget"]["urls"] if u["class"] == "header"]
+    assert len(header_urls) >= 1
+
+
+# --------------------------------------------------------------------------- real clients
+
+
+@pytest.mark.skipif(shutil.which("samtools") is None, reason="samtools not installed")
+def test_samtools_reads_ticket_url(server: Server, data_dir: Path) -> None:
+    url = f"{server.url}/reads/sample?referenceName=chr1&start=10000&end=20000"
+    out = subprocess.run(["samtools", "view", url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = [line for line in out.stdout.splitlines() if line]
+    names = {line.split("\t")[0] for line in got}
+    expected = region_bam(data_dir / "sample.bam", "chr1", 10000, 20000)
+    assert expected and {r.split("\t")[0] for r in expected} <= names
+
+
+@pytest.mark.skipif(shutil.which("bcftools") is None, reason="bcftools not installed")
+def test_bcftools_reads_ticket_url(server: Server, data_dir: Path) -> None:
+    url = f"{server.url}/variants/calls?referenceName=2&start=1000&end=90000"
+    out = subprocess.run(["bcftools", "view", "-H", url], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    ids = {line.split("\t")[2] for line in out.stdout.splitlines() if line}
+    expected = region_vcf(data_dir / "calls.vcf.gz", "2", 1000, 90000)
+    assert expected and {r.split("\t")[2] for r in expected} <= ids
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Server:
+    root = shared()
+    from conftest import free_port
+
+    port = free_port()
+    srv = Server(["--data-dir", str(root), "--port", str(port)], port).start()
+    yield srv
+    srv.stop()
+
+
+def test_shared_bam_whole_and_regions(shared_server: Server, tmp_path: Path) -> None:
+    path = shared("bam", "htsnexus_test_NA12878.bam")
+    t = ticket(shared_server, "reads", "bam/htsnexus_test_NA12878")
+    payload = reassemble(t)
+    assert check_payload(payload, tmp_path, ".bam", []) == bam_records(path)
+    import hashlib
+
+    assert hashlib.md5(payload).hexdigest() == "6dc47e886b9f2ecef870af88da3ebdd6"
+    for name, start, end in [("11", 4999976, 5002000), ("20", None, None), ("11", 5050000, 5099889),
+                             ("20", 6000000, 6000001), ("1", None, None)]:
+        t = ticket(shared_server, "reads", "bam/htsnexus_test_NA12878", **_params(name, start, end))
+        check_payload(reassemble(t), tmp_path, ".bam", region_bam(path, name, start, end))
+    t = ticket(shared_server, "reads", "bam/htsnexus_test_NA12878", referenceName="*")
+    got = check_payload(reassemble(t), tmp_path, ".bam", [])
+    assert sum(1 for r in got if r.split("\t")[2] == "*") == 12475
+
+
+@pytest.mark.parametrize("name", ["spec-v4.3", "sample1-bcbio-cancer"])
+def test_shared_vcf(shared_server: Server, tmp_path: Path, name: str) -> None:
+    path = shared("vcf", f"{name}.vcf.gz")
+    t = ticket(shared_server, "variants", f"vcf/{name}")
+    assert check_payload(reassemble(t), tmp_path, ".vcf.gz", []) == vcf_records(path)
+    with pysam.VariantFile(str(path)) as f:
+        contigs = list(f.index)
+    for contig in contigs:
+        t = ticket(shared_server, "variants", f"vcf/{name}", referenceName=contig, start=0,
+                   end=20_000_000)
+        check_payload(reassemble(t), tmp_path, ".vcf.gz", region_vcf(path, contig, 0, 20_000_000))
