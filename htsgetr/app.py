@@ -21,6 +21,7 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
         raise ValueError(f"role must be one of {ROLES}")
     app = Flask("htsgetr")
     app.url_map.strict_slashes = False
+    app.url_map.merge_slashes = False  # an ID with "//" is refused, not redirected
     app.extensions["htsgetr"] = engine or Htsget(config)
     if role in ("all", "ticket"):
         app.register_blueprint(service_info.bp)

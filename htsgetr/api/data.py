@@ -85,7 +85,9 @@ def data(path: str) -> Response:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
-        return Response(b"", status=status, headers=headers)
+        resp = Response(b"", status=status, headers=headers)
+        resp.headers["Content-Length"] = str(end - start)
+        return resp
     if isinstance(storage, LocalStorage):
         body = _file_body(storage.path(key), start, end - start)
     elif hasattr(storage, "stream"):

@@ -1,0 +1,228 @@
+"""Protocol errors, service-info and the /data endpoint, through the Flask app and gunicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import Server
+from htsgetr.app import create_app
+from htsgetr.config import for_data_dir
+
+CT = "application/vnd.ga4gh.htsget.v1.3.0+json"
+
+
+@pytest.fixture(scope="module")
+def client(data_dir: Path):
+    app = create_app(for_data_dir(str(data_dir)))
+    return app.test_client()
+
+
+def assert_error(resp, status: int, error: str) -> dict:
+    assert resp.status_code == status, resp.get_data(as_text=True)
+    body = resp.get_json(force=True)
+    assert set(body) == {"htsget"}
+    assert body["htsget"]["error"] == error
+    assert isinstance(body["htsget"]["message"], str) and body["htsget"]["message"]
+    assert "Traceback" not in resp.get_data(as_text=True)
+    return body
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("url,status,error", [
+    ("/reads/nope", 404, "NotFound"),
+    ("/variants/nope", 404, "NotFound"),
+    ("/reads/sample?referenceName=chrNope", 404, "NotFound"),
+    ("/variants/calls?referenceName=chrNope", 404, "NotFound"),
+    ("/reads/sample?format=VCF", 400, "UnsupportedFormat"),
+    ("/variants/calls?format=BAM", 400, "UnsupportedFormat"),
+    ("/reads/sample?format=XYZ", 400, "UnsupportedFormat"),
+    ("/reads/sample?start=10", 400, "InvalidInput"),
+    ("/reads/sample?end=10", 400, "InvalidInput"),
+    ("/reads/sample?referenceName=chr1&start=abc", 400, "InvalidInput"),
+    ("/reads/sample?referenceName=chr1&start=-5", 400, "InvalidInput"),
+    ("/reads/sample?referenceName=chr1&end=1.5", 400, "InvalidInput"),
+    ("/reads/sample?referenceName=chr1&start=99999999999", 400, "InvalidInput"),
+    ("/reads/sample?class=bogus", 400, "InvalidInput"),
+    ("/reads/sample?class=header&referenceName=chr1", 400, "InvalidInput"),
+    ("/reads/sample?referenceName=*&start=5", 400, "InvalidInput"),
+    ("/reads/sample?fields=QNAME,NOPE", 400, "InvalidInput"),
+    ("/reads/sample?tags=RG&notags=RG", 400, "InvalidInput"),
+    ("/reads/sample?referenceName=chr1&start=20&end=10", 400, "InvalidRange"),
+])
+def test_get_errors(client, url: str, status: int, error: str) -> None:
+    assert_error(client.get(url), status, error)
+    assert client.get(url).content_type == CT
+
+
+def test_get_start_equal_end_is_valid(client) -> None:
+    resp = client.get("/reads/sample?referenceName=chr1&start=10&end=10")
+    assert resp.status_code == 200
+
+
+@pytest.mark.parametrize("body,status,error", [
+    (b"{not json", 400, "InvalidInput"),
+    (b"[1,2]", 400, "InvalidInput"),
+    (json.dumps({"regions": []}).encode(), 400, "InvalidInput"),
+    (json.dumps({"regions": [{"start": 5}]}).encode(), 400, "InvalidInput"),
+    (json.dumps({"regions": [{"referenceName": "chr1", "start": 10, "end": 10}]}).encode(),
+     400, "InvalidRange"),
+    (json.dumps({"regions": [{"referenceName": "chr1", "start": 20, "end": 10}]}).encode(),
+     400, "InvalidRange"),
+    (json.dumps({"regions": [{"referenceName": "chr1", "start": "x"}]}).encode(),
+     400, "InvalidInput"),
+    (json.dumps({"regions": "chr1"}).encode(), 400, "InvalidInput"),
+    (json.dumps({"format": "CRAMX"}).encode(), 400, "UnsupportedFormat"),
+    (json.dumps({"regions": [{"referenceName": "nope"}]}).encode(), 404, "NotFound"),
+    (json.dumps({"fields": ["BOGUS"]}).encode(), 400, "InvalidInput"),
+])
+def test_post_errors(client, body: bytes, status: int, error: str) -> None:
+    assert_error(client.post("/reads/sample", data=body,
+                             content_type="application/json"), status, error)
+
+
+def test_post_query_parameters_refused(client) -> None:
+    assert_error(client.post("/reads/sample?referenceName=chr1", json={}), 400, "InvalidInput")
+
+
+def test_post_too_large(client) -> None:
+    big = json.dumps({"regions": [{"referenceName": "chr1"}] * 100000}).encode()
+    assert_error(client.post("/reads/sample", data=big, content_type="application/json"),
+                 413, "PayloadTooLarge")
+
+
+def test_post_empty_body_is_whole_file(client) -> None:
+    resp = client.post("/reads/sample")
+    assert resp.status_code == 200
+    assert resp.get_json()["htsget"]["format"] == "BAM"
+
+
+def test_unknown_parameters_ignored(client) -> None:
+    resp = client.get("/reads/sample?encryptionScheme=c4gh&foo=bar")
+    assert resp.status_code == 200
+
+
+def test_format_case_insensitive(client) -> None:
+    assert client.get("/reads/sample?format=bam").status_code == 200
+    assert client.post("/reads/sample", json={"format": "bam"}).status_code == 200
+
+
+@pytest.mark.parametrize("id", [
+    "../sample", "nested/../sample", "nested/../../etc/passwd", "/etc/passwd", "%2Fetc%2Fpasswd",
+    "nested%2F..%2F..%2Fsample", "sample%00", "..%2Fsample", "nested//deep/other", "./sample",
+])
+def test_ids_cannot_escape(client, id: str) -> None:
+    resp = client.get(f"/reads/{id}")
+    assert resp.status_code in (404, 400)
+    assert_error(resp, resp.status_code, "NotFound" if resp.status_code == 404 else "InvalidInput")
+
+
+def test_symlink_outside_root_refused(data_dir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.bam"
+    outside.write_bytes((data_dir / "sample.bam").read_bytes())
+    link = data_dir / "escape.bam"
+    if not link.exists():
+        os.symlink(outside, link)
+    client = create_app(for_data_dir(str(data_dir))).test_client()
+    try:
+        assert_error(client.get("/reads/escape"), 404, "NotFound")
+        assert_error(client.get("/data/escape.bam"), 404, "NotFound")
+    finally:
+        link.unlink()
+
+
+def test_nested_id_and_service_info_reserved(client) -> None:
+    assert client.get("/reads/nested/deep/other").status_code == 200
+    info = client.get("/reads/service-info").get_json()
+    assert info["htsget"]["datatype"] == "reads"
+
+
+def test_unknown_route_and_method(client) -> None:
+    assert_error(client.get("/nothing/here"), 404, "NotFound")
+    resp = client.delete("/reads/sample")
+    assert resp.status_code == 405
+    assert "htsget" in resp.get_json()
+
+
+# --------------------------------------------------------------------------- service-info
+
+
+@pytest.mark.parametrize("path,datatype,formats", [
+    ("/service-info", "reads", ["BAM", "CRAM"]),
+    ("/reads/service-info", "reads", ["BAM", "CRAM"]),
+    ("/variants/service-info", "variants", ["VCF", "BCF"]),
+])
+def test_service_info(client, path: str, datatype: str, formats: list[str]) -> None:
+    resp = client.get(path)
+    assert resp.status_code == 200
+    info = resp.get_json()
+    assert info["type"] == {"group": "org.ga4gh", "artifact": "htsget", "version": "1.3.0"}
+    assert info["htsget"]["datatype"] == datatype
+    assert info["htsget"]["formats"] == formats
+    assert info["htsget"]["fieldsParameterEffective"] is False
+    assert info["htsget"]["tagsParametersEffective"] is False
+    for key in ("id", "name", "organization", "version"):
+        assert key in info
+
+
+# --------------------------------------------------------------------------- /data
+
+
+def test_data_ranges(client, data_dir: Path) -> None:
+    raw = (data_dir / "sample.bam").read_bytes()
+    resp = client.get("/data/sample.bam", headers={"Range": "bytes=100-199"})
+    assert resp.status_code == 206
+    assert resp.data == raw[100:200]
+    assert resp.headers["Content-Range"] == f"bytes 100-199/{len(raw)}"
+    assert resp.headers["Accept-Ranges"] == "bytes"
+    assert "Content-Encoding" not in resp.headers
+    resp = client.get("/data/sample.bam", headers={"Range": f"bytes={len(raw) - 10}-"})
+    assert resp.data == raw[-10:]
+    resp = client.get("/data/sample.bam", headers={"Range": "bytes=-28"})
+    assert resp.data == raw[-28:]
+    resp = client.get("/data/sample.bam")
+    assert resp.status_code == 200 and resp.data == raw
+    resp = client.get("/data/sample.bam", headers={"Range": f"bytes={len(raw)}-"})
+    assert resp.status_code == 416
+    assert resp.headers["Content-Range"] == f"bytes */{len(raw)}"
+    head = client.head("/data/sample.bam", headers={"Range": "bytes=0-9"})
+    assert head.status_code == 206 and head.headers["Content-Length"] == "10"
+    gz = client.get("/data/calls.vcf.gz", headers={"Range": "bytes=0-1"})
+    assert gz.data == b"\x1f\x8b" and "Content-Encoding" not in gz.headers
+    assert_error(client.get("/data/../etc/passwd"), 404, "NotFound")
+    assert_error(client.get("/data/missing.bam"), 404, "NotFound")
+
+
+def test_data_cors_preflight(client) -> None:
+    resp = client.options("/data/sample.bam", headers={
+        "Origin": "https://igv.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "Range"})
+    assert resp.status_code == 200
+    assert resp.headers["Access-Control-Allow-Origin"] in ("*", "https://igv.example")
+    assert "range" in resp.headers["Access-Control-Allow-Headers"].lower()
+
+
+def test_data_under_gunicorn_sendfile(server: Server, data_dir: Path) -> None:
+    """Under gunicorn the range comes out exact (sendfile bounded by Content-Length)."""
+    raw = (data_dir / "sample.bam").read_bytes()
+    with requests.Session() as s:
+        for start, end in [(0, 0), (5, 70000), (len(raw) - 28, len(raw) - 1), (1000, 1000)]:
+            resp = s.get(f"{server.url}/data/sample.bam",
+                         headers={"Range": f"bytes={start}-{end}"}, timeout=10)
+            assert resp.status_code == 206
+            assert resp.content == raw[start:end + 1]
+        resp = s.get(f"{server.url}/data/sample.bam", timeout=10)
+        assert resp.content == raw
+
+
+def test_errors_under_gunicorn(server: Server) -> None:
+    resp = requests.get(f"{server.url}/reads/sample?referenceName=chr1&start=9&end=1", timeout=10)
+    assert resp.status_code == 400 and resp.json()["htsget"]["error"] == "InvalidRange"
+    resp = requests.get(f"{server.url}/reads/sample.bai", timeout=10)
+    assert resp.status_code == 404 and resp.json()["htsget"]["error"] == "NotFound"
