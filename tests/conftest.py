@@ -199,6 +199,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_bam(d / "csi.bam", seed=3, csi=True, min_shift=12)
     make_vcf(d / "calls.vcf.gz")
     make_vcf(d / "calls_csi.vcf.gz", seed=4, csi=True)
+    subprocess.run(["bcftools", "view", "-Ob", "-o", str(d / "calls.bcf"), str(d / "calls.vcf.gz")],
+                   check=True)
+    subprocess.run(["bcftools", "index", str(d / "calls.bcf")], check=True)
+    # headers larger than one BGZF block, so header and first records share a block mid-file
+    many = [(f"contig{i:05d}_with_a_long_name", 10_000 + i) for i in range(4000)]
+    make_bam(d / "bighdr.bam", seed=9, refs=many[:1] + [("chr1", 250_000), ("chrEmpty", 10)]
+             + many[1:], n_reads=800)
     return d
 
 

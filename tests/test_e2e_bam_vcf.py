@@ -73,16 +73,22 @@ def header_text(path: Path) -> str:
 # --------------------------------------------------------------------------- whole file
 
 
+FORMAT = {".bam": "BAM", ".vcf.gz": "VCF", ".bcf": "BCF"}
+
+
 @pytest.mark.parametrize("id,suffix,endpoint", [
     ("sample", ".bam", "reads"),
     ("nested/deep/other", ".bam", "reads"),
     ("csi", ".bam", "reads"),
+    ("bighdr", ".bam", "reads"),
     ("calls", ".vcf.gz", "variants"),
     ("calls_csi", ".vcf.gz", "variants"),
+    ("calls", ".bcf", "variants"),
 ])
 def test_whole_file(server: Server, data_dir: Path, tmp_path: Path, id: str, suffix: str,
                     endpoint: str) -> None:
-    t = ticket(server, endpoint, id)
+    t = ticket(server, endpoint, id, format=FORMAT[suffix])
+    assert t["htsget"]["format"] == FORMAT[suffix]
     original = data_dir / f"{id}{suffix}"
     payload = reassemble(t)
     expected = bam_records(original) if suffix == ".bam" else vcf_records(original)
@@ -97,10 +103,11 @@ def test_whole_file(server: Server, data_dir: Path, tmp_path: Path, id: str, suf
 
 
 @pytest.mark.parametrize("id,suffix,endpoint", [
-    ("sample", ".bam", "reads"), ("calls", ".vcf.gz", "variants")])
+    ("sample", ".bam", "reads"), ("bighdr", ".bam", "reads"), ("calls", ".vcf.gz", "variants"),
+    ("calls", ".bcf", "variants")])
 def test_header_class(server: Server, data_dir: Path, tmp_path: Path, id: str, suffix: str,
                       endpoint: str) -> None:
-    t = ticket(server, endpoint, id, **{"class": "header"})
+    t = ticket(server, endpoint, id, format=FORMAT[suffix], **{"class": "header"})
     assert all(u["class"] == "header" for u in t["htsget"]["urls"])
     out = tmp_path / f"h{suffix}"
     out.write_bytes(reassemble(t))
@@ -138,7 +145,7 @@ def _params(name: str, start: int | None, end: int | None) -> dict:
     return p
 
 
-@pytest.mark.parametrize("id", ["sample", "csi"])
+@pytest.mark.parametrize("id", ["sample", "csi", "bighdr"])
 def test_random_bam_regions(server: Server, data_dir: Path, tmp_path: Path, id: str) -> None:
     path = data_dir / f"{id}.bam"
     with pysam.AlignmentFile(str(path)) as f:
@@ -148,13 +155,15 @@ def test_random_bam_regions(server: Server, data_dir: Path, tmp_path: Path, id: 
         check_payload(reassemble(t), tmp_path, ".bam", region_bam(path, name, start, end))
 
 
-@pytest.mark.parametrize("id", ["calls", "calls_csi"])
-def test_random_vcf_regions(server: Server, data_dir: Path, tmp_path: Path, id: str) -> None:
-    path = data_dir / f"{id}.vcf.gz"
+@pytest.mark.parametrize("id,suffix", [
+    ("calls", ".vcf.gz"), ("calls_csi", ".vcf.gz"), ("calls", ".bcf")])
+def test_random_vcf_regions(server: Server, data_dir: Path, tmp_path: Path, id: str,
+                            suffix: str) -> None:
+    path = data_dir / f"{id}{suffix}"
     refs = [("1", 300_000), ("2", 200_000), ("empty", 10_000), ("X", 150_000)]
     for name, start, end in _random_regions(refs, 40, seed=17):
-        t = ticket(server, "variants", id, **_params(name, start, end))
-        check_payload(reassemble(t), tmp_path, ".vcf.gz", region_vcf(path, name, start, end))
+        t = ticket(server, "variants", id, format=FORMAT[suffix], **_params(name, start, end))
+        check_payload(reassemble(t), tmp_path, suffix, region_vcf(path, name, start, end))
 
 
 def test_empty_reference_gives_valid_empty_file(server: Server, tmp_path: Path) -> None:
@@ -249,13 +258,21 @@ def test_shared_bam_whole_and_regions(shared_server: Server, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("name", ["spec-v4.3", "sample1-bcbio-cancer"])
-def test_shared_vcf(shared_server: Server, tmp_path: Path, name: str) -> None:
-    path = shared("vcf", f"{name}.vcf.gz")
-    t = ticket(shared_server, "variants", f"vcf/{name}")
-    assert check_payload(reassemble(t), tmp_path, ".vcf.gz", []) == vcf_records(path)
+@pytest.mark.parametrize("suffix", [".vcf.gz", ".bcf"])
+def test_shared_variants(shared_server: Server, tmp_path: Path, name: str, suffix: str) -> None:
+    folder = "vcf" if suffix == ".vcf.gz" else "bcf"
+    path = shared(folder, f"{name}{suffix}")
+    id = f"{folder}/{name}"
+    t = ticket(shared_server, "variants", id, format=FORMAT[suffix])
+    assert check_payload(reassemble(t), tmp_path, suffix, []) == vcf_records(path)
+    t = ticket(shared_server, "variants", id, format=FORMAT[suffix], **{"class": "header"})
+    out = tmp_path / f"h{suffix}"
+    out.write_bytes(reassemble(t))
+    assert header_text(out) == header_text(path) and vcf_records(out) == []
     with pysam.VariantFile(str(path)) as f:
-        contigs = list(f.index)
-    for contig in contigs:
-        t = ticket(shared_server, "variants", f"vcf/{name}", referenceName=contig, start=0,
-                   end=20_000_000)
-        check_payload(reassemble(t), tmp_path, ".vcf.gz", region_vcf(path, contig, 0, 20_000_000))
+        contigs = list(f.header.contigs)
+    for contig in contigs[:30]:
+        for start, end in [(0, 20_000_000), (14000, 1_110_700), (None, None)]:
+            t = ticket(shared_server, "variants", id, format=FORMAT[suffix],
+                       **_params(contig, start, end))
+            check_payload(reassemble(t), tmp_path, suffix, region_vcf(path, contig, start, end))

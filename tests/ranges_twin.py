@@ -1,0 +1,302 @@
+"""Pure-Python twin of htsgetr._ranges, written for clarity, used to cross-check it.
+
+Same API names. Everything is parsed eagerly with `struct` into plain dicts and lists;
+the query follows htslib's hts_itr_query for min_off, keeps whole chunks and merges.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+U64_MAX = (1 << 64) - 1
+
+
+def bin_first(level: int) -> int:
+    return ((1 << (3 * level)) - 1) // 7
+
+
+def bin_parent(b: int) -> int:
+    return (b - 1) >> 3
+
+
+def bin_level(b: int) -> int:
+    level = 0
+    while b > 0:
+        level += 1
+        b = bin_parent(b)
+    return level
+
+
+def reg2bins(beg: int, end: int, min_shift: int, depth: int) -> list[int]:
+    if min_shift < 0 or depth < 0 or min_shift + 3 * depth > 62:
+        raise ValueError("unsupported min_shift/depth")
+    beg = max(beg, 0)
+    end = min(end, 1 << (min_shift + 3 * depth))
+    if beg >= end:
+        return []
+    bins = []
+    for level in range(depth + 1):
+        shift = min_shift + 3 * (depth - level)
+        first = bin_first(level)
+        bins.extend(range(first + (beg >> shift), first + ((end - 1) >> shift) + 1))
+    return bins
+
+
+def merge_ranges(ranges) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted((int(s), int(e)) for s, e in ranges):
+        if start > end:
+            raise ValueError("start > end")
+        if start == end:
+            continue
+        if out and out[-1][1] >= start:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+@dataclass
+class Ref:
+    # bin number -> (loff, [(vbeg, vend), ...]); BAI/TBI loff derived from the linear index
+    bins: dict[int, tuple[int, list[tuple[int, int]]]] = field(default_factory=dict)
+    ioff: list[int] = field(default_factory=list)
+
+
+class Reader:
+    def __init__(self, data: bytes, kind: str):
+        self.data = data
+        self.pos = 0
+        self.kind = kind
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError(f"truncated {self.kind} index")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def i32(self) -> int:
+        return struct.unpack("<i", self.take(4))[0]
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack("<Q", self.take(8))[0]
+
+
+class BinningIndex:
+    def __init__(self, kind: str, min_shift: int, depth: int):
+        self.kind = kind
+        self.min_shift = min_shift
+        self.depth = depth
+        self.n_ref = 0
+        self.n_no_coor: int | None = None
+        self.aux = b""
+        self.fmt = -1
+        self.col_seq = self.col_beg = self.col_end = self.meta = self.skip = 0
+        self.names: list[str] = []
+        self.refs: list[Ref] = []
+        self.n_bins = bin_first(depth + 1)
+        self.meta_bin = self.n_bins + 1
+        self.max_coord = 1 << (min_shift + 3 * depth)
+
+    # -- parsing ------------------------------------------------------------------------
+
+    def read_refs(self, r: Reader) -> None:
+        n_ref = r.i32()
+        if n_ref < 0:
+            raise ValueError("negative n_ref")
+        self.read_ref_records(r, n_ref)
+
+    def read_ref_records(self, r: Reader, n_ref: int) -> None:
+        csi = self.kind == "CSI"
+        for _ in range(n_ref):
+            ref = Ref()
+            n_bin = r.i32()
+            if n_bin < 0:
+                raise ValueError("negative n_bin")
+            for _ in range(n_bin):
+                b = r.u32()
+                loff = r.u64() if csi else 0
+                n_chunk = r.i32()
+                if n_chunk < 0:
+                    raise ValueError("negative n_chunk")
+                chunks = [(r.u64(), r.u64()) for _ in range(n_chunk)]
+                if b in ref.bins:
+                    raise ValueError("duplicate bin")
+                ref.bins[b] = (loff, chunks)
+            if not csi:
+                n_intv = r.i32()
+                if n_intv < 0:
+                    raise ValueError("negative n_intv")
+                ref.ioff = fill_linear_index([r.u64() for _ in range(n_intv)])
+                for b, (_, chunks) in ref.bins.items():
+                    loff = 0
+                    if b < self.n_bins:
+                        bot = (b - bin_first(bin_level(b))) << (3 * (self.depth - bin_level(b)))
+                        loff = ref.ioff[bot] if bot < len(ref.ioff) else 0
+                    ref.bins[b] = (loff, chunks)
+            self.refs.append(ref)
+        self.n_ref = n_ref
+        if len(r.data) - r.pos >= 8:
+            self.n_no_coor = r.u64()
+
+    def read_tabix_meta(self, meta: bytes) -> None:
+        fmt, col_seq, col_beg, col_end, meta_char, skip, l_nm = struct.unpack("<7i", meta[:28])
+        if l_nm < 0 or l_nm > len(meta) - 28:
+            return
+        self.fmt, self.col_seq, self.col_beg, self.col_end = fmt, col_seq, col_beg, col_end
+        self.meta, self.skip = meta_char, skip
+        raw = meta[28 : 28 + l_nm]
+        if raw.endswith(b"\0"):
+            raw = raw[:-1]
+        try:
+            self.names = [n.decode("utf-8") for n in raw.split(b"\0")] if raw else []
+        except UnicodeDecodeError:
+            raise ValueError("names are not UTF-8") from None
+
+    # -- queries ------------------------------------------------------------------------
+
+    def check_ref(self, ref_id: int) -> Ref:
+        if not 0 <= ref_id < self.n_ref:
+            raise IndexError("reference id out of range")
+        return self.refs[ref_id]
+
+    def min_off(self, ref: Ref, beg: int) -> int:
+        rel_off = beg >> self.min_shift
+        b = bin_first(self.depth) + rel_off
+        # lowest-level bin holding beg; if absent, walk to left siblings, then to parents
+        while b not in ref.bins and b > 0:
+            first = (bin_parent(b) << 3) + 1
+            b = b - 1 if b > first else bin_parent(b)
+        found = b in ref.bins
+        loff = ref.bins[b][0] if found else 0
+        min_off = loff
+        meta = ref.bins.get(self.meta_bin)
+        unmapped = (meta[1][1][1] & 0xFFFFFFFF) != 0 if meta and len(meta[1]) >= 2 else True
+        if rel_off < len(ref.ioff):
+            min_off = max(min_off, ref.ioff[rel_off])
+            if unmapped:
+                # placed unmapped reads are not in the linear index: look further left
+                t = rel_off - 1
+                while t >= 0 and ref.ioff[t] >= min_off:
+                    t -= 1
+                if t >= 0:
+                    min_off = ref.ioff[t]
+                if found and (min_off < loff or t < 0):
+                    min_off = loff
+        return min_off
+
+    def bin_overlaps(self, b: int, beg: int, end: int) -> bool:
+        """Does bin b cover part of [beg, end)? (What reg2bins lists, asked the other way.)"""
+        if b >= self.n_bins:  # the pseudo-bin and out-of-range numbers cover nothing
+            return False
+        level = bin_level(b)
+        shift = self.min_shift + 3 * (self.depth - level)
+        start = (b - bin_first(level)) << shift
+        return start < end and start + (1 << shift) > beg
+
+    def query(self, ref_id: int, beg: int, end: int) -> list[tuple[int, int]]:
+        ref = self.check_ref(ref_id)
+        beg = max(beg, 0)
+        end = min(end, self.max_coord)
+        if beg >= end or not ref.bins:
+            return []
+        min_off = self.min_off(ref, beg)
+        chunks = []
+        for b, (_, bin_chunks) in ref.bins.items():
+            if self.bin_overlaps(b, beg, end):
+                chunks.extend(c for c in bin_chunks if c[1] > min_off)
+        merged: list[tuple[int, int]] = []
+        for vbeg, vend in sorted(chunks):
+            if merged and merged[-1][1] >= vbeg:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], vend))
+            else:
+                merged.append((vbeg, vend))
+        return merged
+
+    def ref_meta(self, ref_id: int) -> tuple[int, int, int, int] | None:
+        meta = self.check_ref(ref_id).bins.get(self.meta_bin)
+        if meta is None or len(meta[1]) < 2:
+            return None
+        (u0, v0), (u1, v1) = meta[1][:2]
+        return (u0, v0, u1, v1)
+
+    def last_end(self) -> int:
+        best = 0
+        for ref in self.refs:
+            for b, (_, chunks) in ref.bins.items():
+                used = chunks[:1] if b == self.meta_bin else chunks
+                for _, vend in used:
+                    best = max(best, vend)
+        return best
+
+    def has_data(self, ref_id: int) -> bool:
+        return bool(self.check_ref(ref_id).bins)
+
+
+def fill_linear_index(ioff: list[int]) -> list[int]:
+    """htslib (idx_read_core + update_loff): zeros after the first non-zero slot and
+    all-ones slots take the value of the next slot to their right."""
+    ioff = list(ioff)
+    k = 0
+    while k < len(ioff) and ioff[k] == 0:
+        k += 1
+    for j in range(len(ioff) - 1, k, -1):
+        if ioff[j - 1] == 0:
+            ioff[j - 1] = ioff[j]
+    for j in range(len(ioff) - 2, -1, -1):
+        if ioff[j] == U64_MAX:
+            ioff[j] = ioff[j + 1]
+    return ioff
+
+
+def check_magic(data: bytes, magic: bytes) -> None:
+    if data[:4] != magic:
+        raise ValueError(f"bad magic, expected {magic!r}")
+
+
+def parse_bai(data: bytes) -> BinningIndex:
+    check_magic(data, b"BAI\1")
+    idx = BinningIndex("BAI", 14, 5)
+    r = Reader(bytes(data), "BAI")
+    r.take(4)
+    idx.read_refs(r)
+    return idx
+
+
+def parse_tbi(data: bytes) -> BinningIndex:
+    check_magic(data, b"TBI\1")
+    idx = BinningIndex("TBI", 14, 5)
+    r = Reader(bytes(data), "TBI")
+    r.take(4)
+    n_ref = r.i32()
+    head = r.take(28)
+    l_nm = struct.unpack("<i", head[24:28])[0]
+    if l_nm < 0:
+        raise ValueError("negative l_nm")
+    idx.read_tabix_meta(head + r.take(l_nm))
+    if n_ref < 0:
+        raise ValueError("negative n_ref")
+    idx.read_ref_records(r, n_ref)
+    return idx
+
+
+def parse_csi(data: bytes) -> BinningIndex:
+    check_magic(data, b"CSI\1")
+    r = Reader(bytes(data), "CSI")
+    r.take(4)
+    min_shift, depth, l_aux = r.i32(), r.i32(), r.i32()
+    if min_shift < 0 or depth < 0 or depth > 10 or min_shift + 3 * depth > 62:
+        raise ValueError("unsupported min_shift/depth")
+    if l_aux < 0:
+        raise ValueError("negative l_aux")
+    idx = BinningIndex("CSI", min_shift, depth)
+    idx.aux = r.take(l_aux)
+    if l_aux >= 28:
+        idx.read_tabix_meta(idx.aux)
+    idx.read_refs(r)
+    return idx

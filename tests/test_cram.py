@@ -1,0 +1,432 @@
+"""CRAM + CRAI: tickets reassemble to valid CRAM files with every region record, once.
+
+Generated CRAM 3.0, 3.1, 2.1 and a small-container 3.0 file (so regions span several
+containers), plus the htsnexus reference CRAM where ../shared/data is present.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator, Optional
+from urllib.parse import unquote, urlparse
+
+import pysam
+import pytest
+import requests
+
+from conftest import Server, free_port, make_bam, reassemble, shared
+from htsgetr.config import for_data_dir
+from htsgetr.engine import Htsget
+from htsgetr.formats.cram import (
+    EOF_CONTAINER_V2,
+    EOF_CONTAINER_V3,
+    CramHandler,
+    read_itf8,
+    read_ltf8,
+)
+from htsgetr.index.crai import Crai
+from htsgetr.protocol import (
+    Class,
+    Endpoint,
+    Format,
+    InvalidInput,
+    NotFound,
+    Query,
+    Region,
+    parse_get,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("samtools") is None, reason="samtools not installed")
+
+REFS = ["chr1", "chr2", "chrEmpty", "chr3"]
+GENERATED = ["v30", "v31", "small", "v21"]
+
+
+def samtools(*args: str) -> str:
+    out = subprocess.run(["samtools", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def cram_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cram")
+    bam = make_bam(d / "source.bam", seed=11)
+    variants = {
+        "v30": ["--output-fmt", "cram,version=3.0,no_ref=1"],
+        "v31": ["--output-fmt", "cram,version=3.1,no_ref=1"],
+        "v21": ["--output-fmt", "cram,version=2.1,no_ref=1"],
+        "small": ["--output-fmt", "cram,version=3.0,no_ref=1,seqs_per_slice=100"],
+    }
+    for name, opts in variants.items():
+        samtools("view", "-C", *opts, "-o", str(d / f"{name}.cram"), str(bam))
+        samtools("index", str(d / f"{name}.cram"))
+    # an index named <stem>.crai instead of <file>.crai
+    shutil.copy(d / "v30.cram", d / "stem.cram")
+    shutil.copy(d / "v30.cram.crai", d / "stem.crai")
+    # a CRAM with no CRAI
+    shutil.copy(d / "v30.cram", d / "noindex.cram")
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(cram_dir: Path) -> Htsget:
+    return Htsget(for_data_dir(str(cram_dir)))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def engine_payload(engine: Htsget, query: Query, root: Path) -> tuple[bytes, list[dict]]:
+    """Reassemble a ticket at engine level: inline blocks decoded, ranges read from disk."""
+    ticket = engine.ticket(query).to_json()
+    out = []
+    for block in ticket["htsget"]["urls"]:
+        url = block["url"]
+        if url.startswith("data:"):
+            assert url.startswith("data:;base64,")
+            out.append(base64.b64decode(url[len("data:;base64,") :]))
+            continue
+        key = unquote(urlparse(url).path.split("/data/", 1)[1])
+        first, last = block["headers"]["Range"].split("=")[1].split("-")
+        with open(root / key, "rb") as f:
+            f.seek(int(first))
+            out.append(f.read(int(last) - int(first) + 1))
+    return b"".join(out), ticket["htsget"]["urls"]
+
+
+def records(path: Path) -> list[str]:
+    with pysam.AlignmentFile(str(path), "rc", check_sq=False) as f:
+        return [r.to_string() for r in f.fetch(until_eof=True)]
+
+
+def region_records(path: Path, contig: str, start: Optional[int], end: Optional[int]) -> list[str]:
+    if contig == "*":
+        with pysam.AlignmentFile(str(path), "rc", check_sq=False) as f:
+            return [r.to_string() for r in f.fetch(until_eof=True) if r.reference_id == -1]
+    with pysam.AlignmentFile(str(path), "rc") as f:
+        return [r.to_string() for r in f.fetch(contig, start, end)]
+
+
+def header_text(path: Path) -> str:
+    return samtools("view", "-H", "--no-PG", str(path))
+
+
+def check_payload(
+    payload: bytes, tmp: Path, original: Path, expected: list[str], name: str = "payload"
+) -> list[str]:
+    """A valid CRAM: original header, every expected record, no record more often than in
+    the original, and exactly one EOF container at the end."""
+    out = tmp / f"{name}.cram"
+    out.write_bytes(payload)
+    eof = EOF_CONTAINER_V2 if payload[4] == 2 else EOF_CONTAINER_V3
+    assert payload.endswith(eof)
+    assert not payload[: -len(eof)].endswith(eof), "EOF container sent twice"
+    samtools("quickcheck", str(out))
+    assert header_text(out) == header_text(original)
+    got = records(out)
+    counts = collections.Counter(got)
+    all_counts = collections.Counter(records(original))
+    extra = [r for r, n in counts.items() if n > all_counts[r]]
+    assert not extra, f"{len(extra)} records more often than in the original"
+    missing = [r for r in expected if r not in counts]
+    assert not missing, f"{len(missing)} of {len(expected)} region records missing"
+    return got
+
+
+def header_bytes(path: Path, engine: Htsget, id: str) -> bytes:
+    source = engine.locate(id, Format.CRAM)
+    cram = CramHandler().open(source)
+    return path.read_bytes()[: cram.header_end]
+
+
+def reads(id: str, regions: Optional[list[Region]] = None, klass: Optional[Class] = None) -> Query:
+    return Query(Endpoint.READS, id, Format.CRAM, klass, None if regions is None else tuple(regions))
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def test_eof_constant_matches_samtools(cram_dir: Path) -> None:
+    for name in ("v30", "v31", "small"):
+        assert (cram_dir / f"{name}.cram").read_bytes()[-38:] == EOF_CONTAINER_V3
+    assert (cram_dir / "v21.cram").read_bytes()[-30:] == EOF_CONTAINER_V2
+    assert len(EOF_CONTAINER_V3) == 38
+
+
+@pytest.mark.parametrize("data,value,size", [
+    (b"\x00", 0, 1),
+    (b"\x7f", 127, 1),
+    (b"\x80\x80", 128, 2),
+    (b"\xbf\xff", 0x3FFF, 2),
+    (b"\xc0\x40\x00", 0x4000, 3),
+    (b"\xe0\x45\x4f\x46", 0x454F46, 4),
+    (b"\xf0\x10\x00\x00\x00", 0x01000000, 5),
+    (b"\xff\xff\xff\xff\x0f", -1, 5),
+    (b"\xff\xff\xff\xff\x0e", -2, 5),
+    (b"\xf7\xff\xff\xff\x0f", (1 << 31) - 1, 5),
+])
+def test_itf8(data: bytes, value: int, size: int) -> None:
+    assert read_itf8(data + b"junk", 0) == (value, size)
+
+
+@pytest.mark.parametrize("data,value,size", [
+    (b"\x05", 5, 1),
+    (b"\x81\x00", 256, 2),
+    (b"\xc1\x00\x00", 1 << 16, 3),
+    (b"\xe1\x00\x00\x00", 1 << 24, 4),
+    (b"\xf1\x00\x00\x00\x00", 1 << 32, 5),
+    (b"\xf9" + b"\x00" * 5, 1 << 40, 6),
+    (b"\xfd" + b"\x00" * 6, 1 << 48, 7),
+    (b"\xfe\x01" + b"\x00" * 6, 1 << 48, 8),
+    (b"\xff" + b"\x01" + b"\x00" * 7, 1 << 56, 9),
+    (b"\xff" * 9, -1, 9),
+])
+def test_ltf8(data: bytes, value: int, size: int) -> None:
+    assert read_ltf8(data, 0) == (value, size)
+
+
+def test_crai_parse_plain_and_gzip(cram_dir: Path) -> None:
+    raw = (cram_dir / "small.cram.crai").read_bytes()
+    gz = Crai.parse(raw)
+    plain = Crai.parse(subprocess.run(["gzip", "-dc"], input=raw, capture_output=True).stdout)
+    assert gz.container_offsets == plain.container_offsets
+    assert len(gz.container_offsets) > 10
+
+
+# --------------------------------------------------------------------------- whole file
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_whole_file_is_the_file(engine: Htsget, cram_dir: Path, name: str) -> None:
+    payload, urls = engine_payload(engine, reads(name), cram_dir)
+    assert payload == (cram_dir / f"{name}.cram").read_bytes()
+    assert [u["class"] for u in urls] == ["header", "body", "body"]
+    ticket = engine.ticket(reads(name))
+    import hashlib
+
+    assert ticket.md5 == hashlib.md5(payload).hexdigest()
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_header_class(engine: Htsget, cram_dir: Path, tmp_path: Path, name: str) -> None:
+    original = cram_dir / f"{name}.cram"
+    payload, urls = engine_payload(engine, reads(name, klass=Class.HEADER), cram_dir)
+    assert all(u["class"] == "header" for u in urls)
+    got = check_payload(payload, tmp_path, original, [])
+    assert got == []
+    eof = EOF_CONTAINER_V2 if name == "v21" else EOF_CONTAINER_V3
+    assert payload == header_bytes(original, engine, name) + eof
+    assert "@SQ\tSN:chrEmpty" in header_text(tmp_path / "payload.cram")
+
+
+def test_stem_crai_and_missing_index(engine: Htsget, cram_dir: Path, tmp_path: Path) -> None:
+    payload, _ = engine_payload(engine, reads("stem", [Region("chr2", 0, 5000)]), cram_dir)
+    expected = region_records(cram_dir / "v30.cram", "chr2", 0, 5000)
+    check_payload(payload, tmp_path, cram_dir / "v30.cram", expected)
+    with pytest.raises(NotFound):
+        engine.ticket(reads("noindex", [Region("chr1")]))
+
+
+# --------------------------------------------------------------------------- regions
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_random_regions(engine: Htsget, cram_dir: Path, tmp_path: Path, name: str) -> None:
+    original = cram_dir / f"{name}.cram"
+    rng = random.Random(hash(name) & 0xFFFF)
+    lengths = {"chr1": 250_000, "chr2": 120_000, "chrEmpty": 50_000, "chr3": 90_000}
+    for i in range(12):
+        ref = rng.choice(REFS)
+        start: Optional[int] = rng.randint(0, lengths[ref] - 1)
+        end: Optional[int] = min(lengths[ref] + 1000, start + rng.choice([1, 50, 2000, 40_000]))
+        if i % 5 == 0:
+            start, end = None, None
+        elif i % 5 == 1:
+            end = None
+        payload, _ = engine_payload(engine, reads(name, [Region(ref, start, end)]), cram_dir)
+        expected = region_records(original, ref, start, end)
+        check_payload(payload, tmp_path, original, expected)
+
+
+def test_small_containers_are_cut_exactly(engine: Htsget, cram_dir: Path, tmp_path: Path) -> None:
+    original = cram_dir / "small.cram"
+    crai = Crai.parse((cram_dir / "small.cram.crai").read_bytes())
+    size = original.stat().st_size
+    boundaries = set(crai.container_offsets) | {size - len(EOF_CONTAINER_V3)}
+    query = reads("small", [Region("chr1", 60_000, 130_000)])
+    payload, urls = engine_payload(engine, query, cram_dir)
+    body = [u for u in urls if u["class"] == "body" and not u["url"].startswith("data:")]
+    assert len(body) == 1  # adjacent containers are merged into one range
+    first, last = (int(x) for x in body[0]["headers"]["Range"].split("=")[1].split("-"))
+    assert first in boundaries and last + 1 in boundaries
+    # several containers, but far fewer than the whole file
+    inside = [o for o in crai.container_offsets if first <= o <= last]
+    assert 1 < len(inside) < len(crai.container_offsets) // 2
+    got = check_payload(payload, tmp_path, original, region_records(original, "chr1", 60_000, 130_000))
+    assert len(got) < len(records(original)) // 4
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_unplaced(engine: Htsget, cram_dir: Path, tmp_path: Path, name: str) -> None:
+    original = cram_dir / f"{name}.cram"
+    payload, _ = engine_payload(engine, reads(name, [Region("*")]), cram_dir)
+    expected = region_records(original, "*", None, None)
+    assert len(expected) == 300
+    got = check_payload(payload, tmp_path, original, expected)
+    if name == "small":  # unplaced reads have containers of their own: nothing placed
+        assert all(r.split("\t")[2] == "*" for r in got)
+
+
+@pytest.mark.parametrize("name", ["small", "v31"])
+def test_multi_region_overlapping(engine: Htsget, cram_dir: Path, tmp_path: Path, name: str) -> None:
+    original = cram_dir / f"{name}.cram"
+    regions = [
+        Region("chr3", 10_000, 60_000),
+        Region("chr1", 100_000, 150_000),
+        Region("chr1", 120_000, 130_000),  # inside the previous one
+        Region("chr1", 140_000, 180_000),  # overlapping it
+        Region("*"),
+        Region("chr3", 50_000, 55_000),
+        Region("chrEmpty"),
+    ]
+    payload, urls = engine_payload(engine, reads(name, regions), cram_dir)
+    assert sum(1 for u in urls if u["class"] == "header") == 1
+    assert payload.count(EOF_CONTAINER_V3) == 1
+    expected: set[str] = set()
+    for r in regions:
+        expected |= set(region_records(original, r.reference_name, r.start, r.end))
+    check_payload(payload, tmp_path, original, sorted(expected))
+    ranges = [
+        tuple(int(x) for x in u["headers"]["Range"].split("=")[1].split("-"))
+        for u in urls
+        if not u["url"].startswith("data:")
+    ]
+    assert ranges == sorted(ranges)
+    for (_, a_end), (b_start, _) in zip(ranges, ranges[1:]):
+        assert a_end < b_start  # in file order, disjoint, not even adjacent (merged)
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_empty_regions(engine: Htsget, cram_dir: Path, tmp_path: Path, name: str) -> None:
+    original = cram_dir / f"{name}.cram"
+    eof = EOF_CONTAINER_V2 if name == "v21" else EOF_CONTAINER_V3
+    for region in (Region("chrEmpty"), Region("chrEmpty", 10, 20), Region("chr2", 200_000, 300_000)):
+        payload, _ = engine_payload(engine, reads(name, [region]), cram_dir)
+        assert payload == header_bytes(original, engine, name) + eof
+        assert check_payload(payload, tmp_path, original, []) == []
+
+
+def test_unknown_reference(engine: Htsget) -> None:
+    with pytest.raises(NotFound):
+        engine.ticket(reads("v30", [Region("chr9")]))
+    with pytest.raises(NotFound):
+        engine.ticket(reads("v30", [Region("chr1", 0, 10), Region("nope")]))
+    with pytest.raises(InvalidInput):
+        parse_get(Endpoint.READS, "v30", {"format": "CRAM", "referenceName": "*", "start": "1"})
+
+
+def test_cram_not_served_as_bam(engine: Htsget) -> None:
+    with pytest.raises(NotFound):
+        engine.ticket(Query(Endpoint.READS, "v30", Format.BAM))
+
+
+# --------------------------------------------------------------------------- reference data
+
+
+def test_htsnexus_cram(tmp_path: Path) -> None:
+    path = shared("cram", "htsnexus_test_NA12878.cram")
+    root = path.parent
+    engine = Htsget(for_data_dir(str(root)))
+    whole, _ = engine_payload(engine, reads("htsnexus_test_NA12878"), root)
+    assert whole == path.read_bytes()
+    header, _ = engine_payload(engine, reads("htsnexus_test_NA12878", klass=Class.HEADER), root)
+    assert check_payload(header, tmp_path, path, [], "header") == []
+    assert header_text(tmp_path / "header.cram").count("@SQ") == 86
+    rng = random.Random(5)
+    for contig, lo, hi in [("11", 4_999_976, 5_099_889), ("20", 5_999_958, 6_100_000)]:
+        for _ in range(4):
+            start = rng.randint(lo - 1000, hi)
+            end = start + rng.choice([1, 100, 10_000, 60_000])
+            payload, _ = engine_payload(
+                engine, reads("htsnexus_test_NA12878", [Region(contig, start, end)]), root
+            )
+            check_payload(payload, tmp_path, path, region_records(path, contig, start, end))
+    payload, _ = engine_payload(engine, reads("htsnexus_test_NA12878", [Region("*")]), root)
+    unplaced = region_records(path, "*", None, None)
+    assert len(unplaced) == 12_475
+    check_payload(payload, tmp_path, path, unplaced)
+    payload, _ = engine_payload(engine, reads("htsnexus_test_NA12878", [Region("1")]), root)
+    assert check_payload(payload, tmp_path, path, []) == []
+    multi = [Region("20", 6_000_000, 6_050_000), Region("11", 5_000_000, 5_010_000),
+             Region("20", 6_040_000, 6_060_000)]
+    payload, _ = engine_payload(engine, reads("htsnexus_test_NA12878", multi), root)
+    expected: set[str] = set()
+    for r in multi:
+        expected |= set(region_records(path, r.reference_name, r.start, r.end))
+    check_payload(payload, tmp_path, path, sorted(expected))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def cram_server(cram_dir: Path) -> Iterator[Server]:
+    port = free_port()
+    srv = Server(["--data-dir", str(cram_dir), "--port", str(port), "--workers", "2"], port)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def get_ticket(server: Server, id: str, **params: object) -> dict:
+    resp = requests.get(f"{server.url}/reads/{id}", params={"format": "CRAM", **params}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def test_e2e_regions(cram_server: Server, cram_dir: Path, tmp_path: Path) -> None:
+    original = cram_dir / "small.cram"
+    ticket = get_ticket(cram_server, "small", referenceName="chr2", start=30_000, end=45_000)
+    assert ticket["htsget"]["format"] == "CRAM"
+    check_payload(reassemble(ticket), tmp_path, original,
+                  region_records(original, "chr2", 30_000, 45_000))
+    ticket = get_ticket(cram_server, "small", referenceName="*")
+    check_payload(reassemble(ticket), tmp_path, original, region_records(original, "*", None, None))
+    ticket = get_ticket(cram_server, "v31", **{"class": "header"})
+    assert check_payload(reassemble(ticket), tmp_path, cram_dir / "v31.cram", []) == []
+    ticket = get_ticket(cram_server, "v30")
+    assert reassemble(ticket) == (cram_dir / "v30.cram").read_bytes()
+    assert "md5" in ticket["htsget"]
+
+
+def test_e2e_post_and_errors(cram_server: Server, cram_dir: Path, tmp_path: Path) -> None:
+    original = cram_dir / "small.cram"
+    body = {"format": "cram", "regions": [
+        {"referenceName": "chr1", "start": 1000, "end": 30_000},
+        {"referenceName": "chr1", "start": 20_000, "end": 40_000},
+        {"referenceName": "chr3"},
+    ]}
+    resp = requests.post(f"{cram_server.url}/reads/small", json=body, timeout=30)
+    assert resp.status_code == 200, resp.text
+    expected = set(region_records(original, "chr1", 1000, 40_000))
+    expected |= set(region_records(original, "chr3", None, None))
+    check_payload(reassemble(resp.json()), tmp_path, original, sorted(expected))
+    resp = requests.get(f"{cram_server.url}/reads/small",
+                        params={"format": "CRAM", "referenceName": "chrX"}, timeout=30)
+    assert resp.status_code == 404
+    assert resp.json()["htsget"]["error"] == "NotFound"
+
+
+def test_samtools_reads_cram_ticket(cram_server: Server, cram_dir: Path) -> None:
+    url = f"{cram_server.url}/reads/small?format=CRAM&referenceName=chr1&start=10000&end=20000"
+    out = subprocess.run(["samtools", "view", url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    names = {line.split("\t")[0] for line in out.stdout.splitlines() if line}
+    expected = region_records(cram_dir / "small.cram", "chr1", 10000, 20000)
+    assert expected and {r.split("\t")[0] for r in expected} <= names
