@@ -18,8 +18,8 @@ from urllib.parse import unquote, urlparse
 import pysam
 import pytest
 import requests
-
 from conftest import Server, free_port, make_bam, reassemble, shared
+
 from htsgetr.config import for_data_dir
 from htsgetr.engine import Htsget
 from htsgetr.formats.cram import (
