@@ -1,0 +1,208 @@
+"""`make bench`: htsgetr's hot paths, each as a ratio against a reference measured in the same run.
+
+- index: cold ticket (parse a several-MB BAI + header + query) and warm ticket (cached)
+  vs htslib via pysam opening the same BAM + BAI and seeking to the region.
+- http: ticket requests through gunicorn vs a bare Flask app under the same gunicorn.
+- data: /data range throughput (sendfile) vs nginx serving the same file.
+
+Tests never depend on these numbers; they are printed for people.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from htsgetr.config import for_data_dir  # noqa: E402
+from htsgetr.engine import Htsget  # noqa: E402
+from htsgetr.protocol import Endpoint, parse_get  # noqa: E402
+
+# GRCh38 primary assembly lengths (chr1..22, X, Y, M)
+GRCH38 = [248956422, 242193529, 198295559, 190214555, 181538259, 170805979, 159345973,
+          145138636, 138394717, 133797422, 135086622, 133275309, 114364328, 107043718,
+          101991189, 90338345, 83257441, 80373285, 58617616, 64444167, 46709983, 50818468,
+          156040895, 57227415, 16569]
+NAMES = [f"chr{i}" for i in range(1, 23)] + ["chrX", "chrY", "chrM"]
+
+
+def timeit(fn: Callable[[], object], repeat: int) -> float:
+    """Median seconds per call."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_big_bam(out: Path, spacing: int = 6000) -> Path:
+    """A BAM with a read every `spacing` bp over GRCh38-length references: a multi-MB BAI."""
+    bam = out / "genome.bam"
+    if (out / "genome.bam.bai").exists():
+        return bam
+    rng = random.Random(1)
+    sam = out / "genome.sam"
+    with open(sam, "w") as f:
+        f.write("@HD\tVN:1.6\tSO:coordinate\n")
+        for name, length in zip(NAMES, GRCH38):
+            f.write(f"@SQ\tSN:{name}\tLN:{length}\n")
+        seq, qual = "ACGT" * 25, "I" * 100
+        n = 0
+        for name, length in zip(NAMES, GRCH38):
+            for pos in range(1, length - 200, spacing):
+                p = pos + rng.randint(0, spacing // 2)
+                f.write(f"r{n}\t0\t{name}\t{p}\t60\t100M\t*\t0\t0\t{seq}\t{qual}\n")
+                n += 1
+    subprocess.run(["samtools", "view", "-b", "-o", str(bam), str(sam)], check=True)
+    sam.unlink()
+    subprocess.run(["samtools", "index", str(bam)], check=True)
+    return bam
+
+
+def bench_index(data: Path) -> None:
+    import pysam
+
+    bai = data / "genome.bam.bai"
+    print(f"index: genome.bam.bai = {bai.stat().st_size / 1e6:.1f} MB")
+    rng = random.Random(2)
+    regions = []
+    for _ in range(200):
+        i = rng.randrange(22)
+        start = rng.randrange(GRCH38[i] - 1_000_000)
+        regions.append((NAMES[i], start, start + rng.choice([1000, 100_000, 1_000_000])))
+
+    def cold_ours() -> None:
+        name, s, e = rng.choice(regions)
+        Htsget(for_data_dir(str(data))).ticket(parse_get(
+            Endpoint.READS, "genome", {"referenceName": name, "start": str(s), "end": str(e)}))
+
+    def cold_htslib() -> None:
+        name, s, e = rng.choice(regions)
+        with pysam.AlignmentFile(str(data / "genome.bam")) as f:
+            next(f.fetch(name, s, e), None)
+
+    engine = Htsget(for_data_dir(str(data)))
+
+    def warm_ours() -> None:
+        name, s, e = rng.choice(regions)
+        engine.ticket(parse_get(
+            Endpoint.READS, "genome", {"referenceName": name, "start": str(s), "end": str(e)}))
+
+    warm_ours()
+    f = pysam.AlignmentFile(str(data / "genome.bam"))
+
+    def warm_htslib() -> None:
+        name, s, e = rng.choice(regions)
+        next(f.fetch(name, s, e), None)
+
+    c_ours, c_ref = timeit(cold_ours, 30), timeit(cold_htslib, 30)
+    w_ours, w_ref = timeit(warm_ours, 500), timeit(warm_htslib, 500)
+    print(f"  cold ticket        {c_ours * 1e3:8.2f} ms   htslib open+index+fetch "
+          f"{c_ref * 1e3:8.2f} ms   ratio {c_ours / c_ref:5.2f}")
+    print(f"  warm ticket        {w_ours * 1e3:8.3f} ms   htslib warm fetch       "
+          f"{w_ref * 1e3:8.3f} ms   ratio {w_ours / w_ref:5.2f}")
+
+
+def _serve(cmd: list[str], url: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **(env or {})}, start_new_session=True)
+    for _ in range(200):
+        try:
+            requests.get(url, timeout=1)
+            return proc
+        except requests.RequestException:
+            time.sleep(0.05)
+    raise RuntimeError(f"{cmd[0]} did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(10)
+
+
+def bench_http(data: Path, tmp: Path) -> None:
+    bare = tmp / "bare_app.py"
+    bare.write_text("from flask import Flask\napp = Flask('bare')\n"
+                    "@app.get('/ping')\ndef ping():\n    return {'ok': True}\n")
+    port_a, port_b = 18231, 18232
+    ours = _serve([sys.executable, "-m", "htsgetr", "serve", "--data-dir", str(data),
+                   "--port", str(port_a), "--workers", "1"], f"http://127.0.0.1:{port_a}/service-info")
+    flask_proc = _serve([sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port_b}",
+                         "--chdir", str(tmp), "bare_app:app"], f"http://127.0.0.1:{port_b}/ping")
+    try:
+        s = requests.Session()
+        url = f"http://127.0.0.1:{port_a}/reads/genome?referenceName=chr7&start=5000000&end=5100000"
+        s.get(url)
+        t_ours = timeit(lambda: s.get(url).raise_for_status(), 300)
+        t_bare = timeit(lambda: s.get(f"http://127.0.0.1:{port_b}/ping").raise_for_status(), 300)
+        print(f"http: ticket request {t_ours * 1e3:6.2f} ms   bare Flask {t_bare * 1e3:6.2f} ms"
+              f"   ratio {t_ours / t_bare:5.2f}")
+    finally:
+        _stop(ours)
+        _stop(flask_proc)
+
+
+def bench_data(data: Path, tmp: Path) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port_a, port_n = 18233, 18234
+    size = (data / "genome.bam").stat().st_size
+    ours = _serve([sys.executable, "-m", "htsgetr", "serve", "--data-dir", str(data),
+                   "--port", str(port_a), "--workers", "1"], f"http://127.0.0.1:{port_a}/service-info")
+    procs = [ours]
+    try:
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            f"daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;\n"
+            "events {}\nhttp { access_log off; sendfile on;\n"
+            f"  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};\n"
+            f"  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n"
+            f"  server {{ listen 127.0.0.1:{port_n}; location / {{ root {data}; }} }} }}\n")
+        if os.path.exists(nginx):
+            procs.append(_serve([nginx, "-c", str(conf)], f"http://127.0.0.1:{port_n}/"))
+        s = requests.Session()
+        length = min(size, 32 << 20)
+        hdr = {"Range": f"bytes=0-{length - 1}"}
+
+        def fetch(url: str) -> None:
+            r = s.get(url, headers=hdr)
+            assert len(r.content) == length
+
+        t_ours = timeit(lambda: fetch(f"http://127.0.0.1:{port_a}/data/genome.bam"), 10)
+        line = f"data: {length / t_ours / 1e6:7.0f} MB/s"
+        if len(procs) > 1:
+            t_ngx = timeit(lambda: fetch(f"http://127.0.0.1:{port_n}/genome.bam"), 10)
+            line += f"   nginx {length / t_ngx / 1e6:7.0f} MB/s   ratio (time) {t_ours / t_ngx:5.2f}"
+        print(line + f"   ({length >> 20} MiB range, client = python requests)")
+    finally:
+        for p in procs:
+            _stop(p)
+
+
+def main() -> int:
+    cache = ROOT / "build" / "bench-data"
+    cache.mkdir(parents=True, exist_ok=True)
+    print("generating benchmark data (once) ...", flush=True)
+    make_big_bam(cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench_index(cache)
+        bench_http(cache, Path(tmp))
+        bench_data(cache, Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
