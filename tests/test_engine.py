@@ -1,0 +1,149 @@
+"""The engine as a Python API: index discovery, GZI, md5, caching, ticket shape."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pysam
+import pytest
+
+from conftest import make_bam, make_vcf
+from htsgetr import Htsget, Query, Region
+from htsgetr.config import for_data_dir
+from htsgetr.formats import bgzf
+from htsgetr.protocol import Class, Endpoint, Format, NotFound
+
+
+def payload(engine: Htsget, root: Path, query: Query) -> bytes:
+    """Reassemble a ticket straight from disk (no HTTP): urls map to files under root."""
+    out = []
+    for block in engine.ticket(query).to_json()["htsget"]["urls"]:
+        url = block["url"]
+        if url.startswith("data:;base64,"):
+            out.append(base64.b64decode(url[13:]))
+            continue
+        key = url.split("/data/", 1)[1]
+        first, last = block["headers"]["Range"][6:].split("-")
+        with open(root / key, "rb") as f:
+            f.seek(int(first))
+            out.append(f.read(int(last) - int(first) + 1))
+    return b"".join(out)
+
+
+def records(data: bytes, tmp: Path, suffix: str = ".bam") -> list[str]:
+    path = tmp / f"p{suffix}"
+    path.write_bytes(data)
+    if suffix == ".bam":
+        with pysam.AlignmentFile(str(path), check_sq=False) as f:
+            return [r.to_string() for r in f.fetch(until_eof=True)]
+    with pysam.VariantFile(str(path)) as f:
+        return [str(r) for r in f]
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    d = tmp_path / "root"
+    d.mkdir()
+    make_bam(d / "a.bam", seed=11, n_reads=1500)
+    return d
+
+
+def test_stem_bai_and_csi_discovery(root: Path, tmp_path: Path) -> None:
+    engine = Htsget(for_data_dir(str(root)))
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1", 0, 100_000),))
+    expected = payload(engine, root, q)
+    os.rename(root / "a.bam.bai", root / "a.bai")
+    assert payload(Htsget(for_data_dir(str(root))), root, q) == expected
+    os.unlink(root / "a.bai")
+    with pytest.raises(NotFound):
+        Htsget(for_data_dir(str(root))).ticket(q)
+    pysam.index("-c", str(root / "a.bam"))
+    got = records(payload(Htsget(for_data_dir(str(root))), root, q), tmp_path)
+    assert set(records(expected, tmp_path)) <= set(got)
+
+
+def test_gzi_and_block_headers_agree(root: Path) -> None:
+    """Block ends from a .gzi and from BGZF headers give the same ticket."""
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr2", 5000, 60_000),))
+    without = Htsget(for_data_dir(str(root))).ticket(q).to_json()
+    subprocess.run(["bgzip", "-r", str(root / "a.bam")], check=True)
+    assert (root / "a.bam.gzi").exists()
+    with_gzi = Htsget(for_data_dir(str(root))).ticket(q).to_json()
+    assert with_gzi == without
+
+
+def test_md5_whole_file_only(root: Path) -> None:
+    engine = Htsget(for_data_dir(str(root)))
+    whole = engine.ticket(Query(Endpoint.READS, "a", Format.BAM))
+    raw = (root / "a.bam").read_bytes()
+    assert whole.md5 == hashlib.md5(raw).hexdigest()
+    assert payload(engine, root, Query(Endpoint.READS, "a", Format.BAM)) == raw
+    region = engine.ticket(Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1"),)))
+    assert region.md5 is None and "md5" not in region.to_json()["htsget"]
+    header = engine.ticket(Query(Endpoint.READS, "a", Format.BAM, klass=Class.HEADER))
+    assert header.md5 is None
+    (root / "a.bam.md5").write_text("0123456789abcdef0123456789abcdef  a.bam\n")
+    fresh = Htsget(for_data_dir(str(root)))
+    assert fresh.ticket(Query(Endpoint.READS, "a", Format.BAM)).md5 == \
+        "0123456789abcdef0123456789abcdef"
+
+
+def test_no_md5_when_payload_differs_from_file(tmp_path: Path) -> None:
+    """A bgzip'd VCF whose header shares a block is re-cut: the payload is not the file."""
+    d = tmp_path / "v"
+    d.mkdir()
+    make_vcf(d / "v.vcf.gz", n=200)
+    engine = Htsget(for_data_dir(str(d)))
+    q = Query(Endpoint.VARIANTS, "v", Format.VCF)
+    t = engine.ticket(q)
+    data = payload(engine, d, q)
+    if data == (d / "v.vcf.gz").read_bytes():
+        assert t.md5 == hashlib.md5(data).hexdigest()
+    else:
+        assert t.md5 is None
+    assert records(data, tmp_path, ".vcf.gz") == records((d / "v.vcf.gz").read_bytes(), tmp_path,
+                                                         ".vcf.gz")
+
+
+def test_cache_follows_file_changes(root: Path, tmp_path: Path) -> None:
+    engine = Htsget(for_data_dir(str(root)))
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1", 0, 50_000),))
+    first = records(payload(engine, root, q), tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    make_bam(other / "a.bam", seed=99, n_reads=700)
+    shutil.copy(other / "a.bam", root / "a.bam")
+    shutil.copy(other / "a.bam.bai", root / "a.bam.bai")
+    second = records(payload(engine, root, q), tmp_path)
+    with pysam.AlignmentFile(str(other / "a.bam")) as f:
+        expected = [r.to_string() for r in f.fetch("chr1", 0, 50_000)]
+    assert set(expected) <= set(second) and first != second
+
+
+def test_ticket_shape(root: Path) -> None:
+    engine = Htsget(for_data_dir(str(root)))
+    t = engine.ticket(Query(Endpoint.READS, "a", Format.BAM,
+                            regions=(Region("chr1", 100, 2000), Region("chr3"))))
+    body = t.to_json()["htsget"]
+    assert set(body) <= {"format", "urls", "md5"}
+    classes = {u.get("class") for u in body["urls"]}
+    assert classes <= {"header", "body"} and None not in classes
+    for u in body["urls"]:
+        assert u["url"].startswith(("http://", "https://", "data:;base64,"))
+    assert body["urls"][-1]["url"] == "data:;base64," + base64.b64encode(bgzf.EOF_MARKER).decode()
+
+
+def test_compress_block_roundtrip() -> None:
+    data = os.urandom(200_000)
+    blocks = bgzf.compress_block(data)
+    out, pos = [], 0
+    while pos < len(blocks):
+        size = bgzf.block_size(blocks[pos:pos + 18])
+        out.append(bgzf.decompress_block(blocks[pos:pos + size]))
+        pos += size
+    assert b"".join(out) == data and len(out) == 4
