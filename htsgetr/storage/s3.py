@@ -1,0 +1,427 @@
+"""Amazon S3 and S3-compatible stores (MinIO, Ceph, R2, ...) through boto3.
+
+- Metadata comes from HeadObject, cached per process for ``cache_ttl`` seconds (found and not
+  found alike), so a warm ticket makes no S3 call within the TTL (`remote_cache.MetaCache`).
+- Indexes, headers and BGZF block headers are read with ranged GetObject; small reads share
+  aligned windows (`remote_cache.RangeCache`). A read whose ETag differs from the cached one
+  invalidates the cache and fails (502) instead of mixing two versions of an object.
+- ``mode = "presigned"`` (also "redirect", the default): ticket urls are presigned GET urls,
+  valid ``expires`` seconds, with the Range header in the url's ``headers``; clients need no
+  AWS credentials. ``mode = "proxy"``: ticket urls point at our ``/data``, which streams the
+  range from S3 (`stream`), for buckets clients cannot reach.
+- Credentials, region and endpoint follow boto3's standard chain (environment including
+  ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``, shared files, ``profile``, instance roles);
+  the location's ``region`` / ``endpoint_url`` win when set. Without any credentials the client
+  is unsigned and ticket urls are plain object urls (public buckets).
+- Bucket per ID: when the location has no ``bucket``, keys are ``<bucket>/<key>`` (e.g. a
+  substitution ``$1/$2`` over ``^([^/]+)/(.*)$``).
+
+Errors (the client always gets htsget JSON):
+
+- missing object or bucket -> NotFound (404).
+- HeadObject answers a bare 403 both for "denied" and, when the role lacks s3:ListBucket, for
+  "missing"; a ranged GET then tells them apart (NoSuchKey -> 404; AccessDenied stays
+  ambiguous and is answered as NotFound with a warning in the log; a rejected credential
+  -> 502). A GetObject denied for an object HEAD could see -> UpstreamError 502: S3's 403 is
+  about *our* credentials, not the client's permission, so it is an upstream fault.
+- connection refused / endpoint unreachable -> 503; connect or read timeout -> 504 (never
+  retried: a hanging endpoint would hang again, and the client must hear back in bounded
+  time); throttling and 5xx -> retried ``retries`` times with short backoff, then 503 / 502.
+- GLACIER / DEEP_ARCHIVE (and Intelligent-Tiering archive tiers) not restored ->
+  `ArchivedObject`, a PermissionDenied (403): the object exists but cannot be read until it is
+  restored, which takes hours. 403 is in htsget's error set, and htsget clients (htslib, the
+  GA4GH client) retry 5xx but not 4xx, so no client spins on it; the message says to restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from urllib.parse import quote
+
+from ..protocol import HtsgetError, NotFound, PermissionDenied, UpstreamError
+from .base import range_header
+from .local import safe_key
+from .remote_cache import WINDOW, MetaCache, ObjectMeta, ProcessLocal, RangeCache
+
+if TYPE_CHECKING:
+    from ..config import Config, LocationConfig
+
+log = logging.getLogger("htsgetr.storage.s3")
+
+#: Bytes per chunk when proxying a range through /data.
+STREAM_CHUNK = 256 * 1024
+#: Storage classes whose objects must be restored before they can be read.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+ARCHIVE_TIERS = frozenset({"ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"})
+#: Error codes meaning "the server's credentials were refused" (not "the object is private").
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "AuthorizationHeaderMalformed",
+    }
+)
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchVersion"})
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
+                            "ServiceUnavailable", "RequestTimeout", "InternalError"})
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+
+
+class ArchivedObject(PermissionDenied):
+    """The object is in an archive storage class and not restored (see the module doc)."""
+
+
+class Denied(UpstreamError):
+    """S3 answered 403 (a 502 for the client: it is about the server's credentials)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message, 502)
+        self.code = code
+
+
+def _backoff(attempt: int) -> float:
+    """0.1 s, 0.2 s, 0.4 s ... with jitter, capped at 2 s."""
+    return float(min(2.0, 0.1 * (2**attempt)) * (0.5 + random.random() / 2))
+
+
+class S3Storage:
+    """One S3 location: a bucket (or a bucket per key) and a key prefix."""
+
+    def __init__(
+        self,
+        bucket: Optional[str],
+        prefix: str = "",
+        *,
+        region: Optional[str] = None,
+        endpoint_url: Optional[str] = None,
+        path_style: bool = False,
+        profile: Optional[str] = None,
+        expires: int = 3600,
+        mode: str = "presigned",
+        timeout: float = 10.0,
+        retries: int = 2,
+        cache_ttl: float = 0.0,
+        data_url: str = "",
+        mount: str = "",
+    ) -> None:
+        if mode == "redirect":
+            mode = "presigned"
+        if mode not in ("presigned", "proxy"):
+            raise ValueError(f"s3 mode must be 'presigned' or 'proxy', not {mode!r}")
+        if bucket is not None and "$" not in bucket and not _BUCKET.match(bucket):
+            raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        # a bucket template ("$1") is expanded by the resolver into "<bucket>/<key>" keys
+        self.bucket = bucket if bucket and "$" not in bucket else None
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.region = region
+        self.endpoint_url = endpoint_url or None
+        self.path_style = path_style
+        self.profile = profile
+        self.expires = int(expires)
+        self.mode = mode
+        self.timeout = float(timeout)
+        self.retries = max(0, int(retries))
+        self.data_url = data_url.rstrip("/") + "/data/" + (mount + "/" if mount else "")
+        where = self.endpoint_url or "aws"
+        self.name = f"s3:{where}:{self.bucket or '*'}/{self.prefix}"
+        self.meta_cache = MetaCache(cache_ttl)
+        self.windows = RangeCache()
+        self._client: ProcessLocal[Any] = ProcessLocal(self._make_client)
+        self._unsigned = False
+        #: HTTP requests sent to S3 by this process (retries included); for tests and metrics
+        self.calls = 0
+        self._calls_lock = threading.Lock()
+
+    @classmethod
+    def from_location(cls, location: LocationConfig, mount: str, config: Config) -> S3Storage:
+        return cls(
+            location.bucket,
+            location.prefix,
+            region=location.region,
+            endpoint_url=location.endpoint_url,
+            path_style=location.path_style,
+            profile=location.profile,
+            expires=location.expires,
+            mode=location.mode,
+            timeout=location.timeout,
+            retries=location.retries,
+            cache_ttl=location.cache_ttl,
+            data_url=config.data_url(),
+            mount=mount,
+        )
+
+    # ------------------------------------------------------------------ client
+
+    def _make_client(self) -> Any:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config as BotoConfig
+
+        session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        self._unsigned = session.get_credentials() is None
+        if self._unsigned:
+            log.info("%s: no AWS credentials found, using unsigned requests", self.name)
+        config = BotoConfig(
+            connect_timeout=self.timeout,
+            read_timeout=self.timeout,
+            # retries are ours (`_call`): botocore's would also retry timeouts
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            s3={"addressing_style": "path" if self.path_style else "auto"},
+            signature_version=UNSIGNED if self._unsigned else "s3v4",
+            max_pool_connections=32,
+        )
+        client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        client.meta.events.register("before-send.s3", self._count)
+        return client
+
+    def _count(self, **_: Any) -> None:
+        with self._calls_lock:
+            self.calls += 1
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client of this process (built on first use, rebuilt after a fork)."""
+        return self._client.get()
+
+    def _call(self, what: str, op: Callable[..., Any], **params: Any) -> Any:
+        """Run one S3 operation with bounded retries; map failures to htsget errors."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        attempt = 0
+        while True:
+            try:
+                return op(**params)
+            except (ConnectTimeoutError, ReadTimeoutError):
+                raise UpstreamError(f"S3 timed out on {what} (after {self.timeout:g} s)", 504) \
+                    from None
+            except ClientError as exc:
+                err = _client_error(exc, what)
+                if not isinstance(err, UpstreamError) or err.status < 503:
+                    raise err from None
+                if attempt >= self.retries:
+                    raise err from None
+                last: HtsgetError = err
+            except NoCredentialsError:
+                raise UpstreamError("S3 credentials are not available to the server") from None
+            except (EndpointConnectionError, BotoConnectionError):
+                if attempt >= self.retries:
+                    raise UpstreamError(f"S3 endpoint unreachable on {what}", 503) from None
+                last = UpstreamError(f"S3 endpoint unreachable on {what}", 503)
+            except BotoCoreError as exc:
+                raise UpstreamError(f"S3 failed on {what}: {type(exc).__name__}") from None
+            log.warning("%s: %s, retrying (%d/%d)", self.name, last.message, attempt + 1,
+                        self.retries)
+            time.sleep(_backoff(attempt))
+            attempt += 1
+
+    # ------------------------------------------------------------------ keys and metadata
+
+    def locate(self, key: str) -> tuple[str, str]:
+        """(bucket, object key) of a storage key; NotFound for keys that cannot be objects."""
+        clean = safe_key(key)
+        if clean is None:
+            raise NotFound(f"no such object: {key!r}")
+        if self.bucket:
+            return self.bucket, self.prefix + clean
+        bucket, sep, rest = clean.partition("/")
+        if not sep or not _BUCKET.match(bucket):
+            raise NotFound(f"no such object: {key!r}")
+        return bucket, self.prefix + rest
+
+    def meta(self, key: str) -> ObjectMeta:
+        bucket, obj = self.locate(key)
+        return self.meta_cache.get((bucket, obj), lambda: self._head(bucket, obj, key))
+
+    def _head(self, bucket: str, obj: str, key: str) -> ObjectMeta:
+        try:
+            head = self._call(f"HEAD {key}", self.client.head_object, Bucket=bucket, Key=obj)
+        except Denied:
+            return self._probe_denied(bucket, obj, key)
+        return _meta_from(head, int(head["ContentLength"]))
+
+    def _probe_denied(self, bucket: str, obj: str, key: str) -> ObjectMeta:
+        """HEAD said a bare 403: a 1-byte GET names the reason (see the module doc)."""
+        try:
+            resp = self._call(
+                f"GET {key}", self.client.get_object, Bucket=bucket, Key=obj, Range="bytes=0-0"
+            )
+        except Denied as err:
+            if err.code in CREDENTIAL_CODES:
+                raise
+            log.warning(
+                "%s: S3 denied access to s3://%s/%s; answering NotFound (grant s3:ListBucket "
+                "to tell missing from forbidden)", self.name, bucket, obj)
+            raise NotFound(f"no such object: {key!r}") from None
+        resp["Body"].close()
+        total = resp.get("ContentRange", "").rpartition("/")[2]
+        size = int(total) if total.isdigit() else int(resp.get("ContentLength", 0))
+        return _meta_from(resp, size)
+
+    def _readable(self, key: str) -> tuple[str, str, ObjectMeta]:
+        bucket, obj = self.locate(key)
+        meta = self.meta(key)
+        if meta.archived:
+            raise ArchivedObject(
+                f"{key} is archived in S3 storage class {meta.archived} and must be restored "
+                "before it can be read"
+            )
+        return bucket, obj, meta
+
+    # ------------------------------------------------------------------ Storage protocol
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.meta(key)
+            return True
+        except NotFound:
+            return False
+
+    def size(self, key: str) -> int:
+        return self.meta(key).size
+
+    def version(self, key: str) -> str:
+        return self.meta(key).version
+
+    def read(self, key: str, start: int, end: int) -> bytes:
+        bucket, obj, meta = self._readable(key)
+        end = min(end, meta.size)
+        if start >= end:
+            return b""
+
+        def fetch(a: int, b: int) -> bytes:
+            return self._get_range(key, bucket, obj, meta, a, b)
+
+        if end - start <= WINDOW:
+            return self.windows.read((bucket, obj, meta.version), meta.size, start, end, fetch)
+        return fetch(start, end)
+
+    def _get_range(
+        self, key: str, bucket: str, obj: str, meta: ObjectMeta, start: int, end: int
+    ) -> bytes:
+        from botocore.exceptions import BotoCoreError, ReadTimeoutError
+
+        rng = range_header(start, end)["Range"]
+        resp = self._call(f"GET {key}", self.client.get_object, Bucket=bucket, Key=obj, Range=rng)
+        body = resp["Body"]
+        try:
+            self._check_version(key, bucket, obj, meta, resp)
+            data: bytes = body.read()
+        except ReadTimeoutError:
+            raise UpstreamError(f"S3 timed out reading {key}", 504) from None
+        except BotoCoreError as exc:
+            raise UpstreamError(f"S3 read of {key} was cut short ({type(exc).__name__})") \
+                from None
+        finally:
+            body.close()
+        if len(data) != end - start:
+            raise UpstreamError(f"S3 returned {len(data)} of {end - start} bytes of {key}")
+        return data
+
+    def _check_version(
+        self, key: str, bucket: str, obj: str, meta: ObjectMeta, resp: dict[str, Any]
+    ) -> None:
+        etag = resp.get("ETag")
+        if meta.etag and etag and etag != meta.etag:
+            self.meta_cache.invalidate((bucket, obj))
+            raise UpstreamError(f"{key} changed while it was being read; retry the request")
+
+    def block_url(self, key: str, start: int, end: int) -> tuple[str, Optional[dict[str, str]]]:
+        bucket, obj, _ = self._readable(key)
+        if self.mode == "proxy":
+            return self.data_url + quote(key), range_header(start, end)
+        return self.presign(bucket, obj), range_header(start, end)
+
+    def presign(self, bucket: str, obj: str) -> str:
+        """A GET url for the object, valid `expires` seconds (computed locally, no S3 call)."""
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": obj}, ExpiresIn=self.expires
+            )
+        except BotoCoreError as exc:
+            raise UpstreamError(f"cannot presign an S3 url: {type(exc).__name__}") from None
+        return url
+
+    def stream(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``[start, end)`` for /data (proxy mode). The GetObject happens now, so its
+        errors become htsget errors; a failure mid-body cuts the response short, which clients
+        detect by Content-Length."""
+        from botocore.exceptions import BotoCoreError
+
+        bucket, obj, meta = self._readable(key)
+        end = min(end, meta.size)
+        if start >= end:
+            return iter(())
+        rng = range_header(start, end)["Range"]
+        resp = self._call(f"GET {key}", self.client.get_object, Bucket=bucket, Key=obj, Range=rng)
+        body = resp["Body"]
+        try:
+            self._check_version(key, bucket, obj, meta, resp)
+        except UpstreamError:
+            body.close()
+            raise
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            try:
+                for chunk in body.iter_chunks(STREAM_CHUNK):
+                    sent += len(chunk)
+                    yield chunk
+            except BotoCoreError as exc:
+                log.error("%s: stream of %s cut at %d of %d bytes: %s", self.name, key, sent,
+                          end - start, type(exc).__name__)
+                raise UpstreamError(f"S3 stream of {key} was cut short") from None
+            finally:
+                body.close()
+
+        return chunks()
+
+
+def _meta_from(resp: dict[str, Any], size: int) -> ObjectMeta:
+    etag = resp.get("ETag")
+    version = f"{etag}:{size}" if etag else f"{resp.get('LastModified')}:{size}"
+    storage_class = resp.get("StorageClass")
+    archived = None
+    restore = resp.get("Restore") or ""
+    if storage_class in ARCHIVE_CLASSES and 'ongoing-request="false"' not in restore:
+        archived = storage_class
+    if resp.get("ArchiveStatus") in ARCHIVE_TIERS:
+        archived = f"INTELLIGENT_TIERING ({resp['ArchiveStatus']})"
+    return ObjectMeta(size, version, etag, archived)
+
+
+def _client_error(exc: Any, what: str) -> HtsgetError:
+    """An S3 error answer as the htsget error to raise."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in NOT_FOUND_CODES or status == 404:
+        return NotFound(f"no such object ({what})")
+    if code == "InvalidObjectState":
+        return ArchivedObject(f"{what}: the object is archived and must be restored first")
+    if code in CREDENTIAL_CODES:
+        return Denied(f"S3 refused the server's credentials on {what} ({code})", code)
+    if status == 403 or code == "AccessDenied":
+        return Denied(f"S3 denied {what} (403)", code or "403")
+    if code in THROTTLE_CODES or status == 503:
+        return UpstreamError(f"S3 is unavailable on {what} ({code or status})", 503)
+    if status == 412:
+        return UpstreamError(f"{what}: the object changed; retry the request")
+    return UpstreamError(f"S3 failed on {what} ({code or status})")
