@@ -26,7 +26,7 @@ class LRUCache:
             if key in self._data:
                 self._data.move_to_end(key)
                 self.hits += 1
-                return self._data[key]  # type: ignore[no-any-return]
+                return self._data[key]
             self.misses += 1
         value = load()  # outside the lock: loads may do I/O
         with self._lock:

@@ -28,13 +28,13 @@ def default_handlers() -> dict[Format, FormatHandler]:
         Format.BCF: BcfHandler(),
     }
     try:  # formats that arrive in their own modules
-        from .formats.cram import CramHandler  # type: ignore[import-not-found]
+        from .formats.cram import CramHandler
 
         handlers[Format.CRAM] = CramHandler()
     except ImportError:
         pass
     try:
-        from .formats.fasta import FastaHandler, FastqHandler  # type: ignore[import-not-found]
+        from .formats.fasta import FastaHandler, FastqHandler
 
         handlers[Format.FASTA] = FastaHandler()
         handlers[Format.FASTQ] = FastqHandler()

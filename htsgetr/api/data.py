@@ -9,7 +9,7 @@ decompressed by clients.
 from __future__ import annotations
 
 import re
-from typing import IO, Iterator, Optional
+from typing import IO, Iterable, Iterator, Optional
 
 from flask import Blueprint, Response, current_app, request
 
@@ -56,14 +56,15 @@ def _limited(f: IO[bytes], length: int) -> Iterator[bytes]:
         f.close()
 
 
-def _file_body(path: str, start: int, length: int) -> object:
+def _file_body(path: str, start: int, length: int) -> Iterable[bytes]:
     f = open(path, "rb")
     f.seek(start)
     wrapper = request.environ.get("wsgi.file_wrapper")
     # gunicorn's FileWrapper is sent with sendfile(2) and capped by Content-Length; other
     # servers' wrappers read to EOF, so they get a bounded Python iterator instead.
     if wrapper is not None and getattr(wrapper, "__module__", "").startswith("gunicorn"):
-        return wrapper(f, CHUNK)
+        body: Iterable[bytes] = wrapper(f, CHUNK)
+        return body
     return _limited(f, length)
 
 

@@ -13,7 +13,8 @@ bp = Blueprint("tickets", __name__)
 
 
 def _engine() -> Htsget:
-    return current_app.extensions["htsgetr"]  # type: ignore[no-any-return]
+    engine: Htsget = current_app.extensions["htsgetr"]
+    return engine
 
 
 def _read_body(limit: int) -> bytes:

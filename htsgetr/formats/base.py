@@ -76,9 +76,13 @@ class Source:
 class FormatHandler(Protocol):
     """A format module: which files it reads and how a query becomes pieces of them."""
 
-    format: Format
-    #: suffixes appended to the resolved ID, tried in order (".bam"; ".fa", ".fa.gz", ...)
-    extensions: tuple[str, ...]
+    @property
+    def format(self) -> Format: ...
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """Suffixes appended to the resolved ID, tried in order (".bam"; ".fa", ".fa.gz")."""
+        ...
 
     def pieces(self, source: Source, query: Query) -> list[Piece]: ...
 
