@@ -1,35 +1,169 @@
 """Configuration: dataclasses, with TOML (tomllib / tomli) + HTSGET_* environment + CLI layers.
 
-The dataclasses are the single source of truth: the TOML schema, validation and the
-commented default file are derived from them.
+The dataclasses are the single source of truth: the TOML schema (keys and types, from the
+type hints), validation, the environment variable names and the commented default file
+(`htsgetr config default`, from each field's `doc`) are all derived from them.
+
+Precedence: command line > HTSGET_* environment > file (HTSGET_CONFIG or --config) > defaults.
+Every error is a `ConfigError` naming the source (file, variable) and the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import difflib
+import json
+import os
+import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+from .protocol import ENDPOINT_FORMATS, Endpoint, Format
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "HTSGET_"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key and where it came from."""
+
+    def __init__(self, message: str, key: Optional[str] = None, source: Optional[str] = None):
+        self.message, self.key, self.source = message, key, source
+        super().__init__(": ".join([p for p in (source, key) if p] + [message]))
+
+
+@dataclass
+class _Ctx:
+    """Where values come from: for error messages, relative paths and string parsing."""
+
+    source: Optional[str] = None  # "htsget.toml", "HTSGET_PORT", "command line"
+    base_dir: Optional[str] = None  # relative paths in a file are relative to the file
+    from_str: bool = False  # environment values are strings parsed into the field's type
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, key or None, self.source)
+
+
+def _opt(default: Any = None, doc: str = "", *, factory: Any = None, **meta: Any) -> Any:
+    """A dataclass field with its documentation and checks (choices, min, max, path, check)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": doc, **meta})
+    return field(default=default, metadata={"doc": doc, **meta})
+
+
+# --------------------------------------------------------------------------- field checks
+
+FORMATS = tuple(f.value for f in Format)
+BACKENDS = ("file", "s3", "url")
+MODES = ("redirect", "proxy", "presigned")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_formats(value: Optional[list[str]], key: str, ctx: _Ctx) -> Optional[list[str]]:
+    if value is None:
+        return None
+    out = []
+    for i, fmt in enumerate(value):
+        if fmt.upper() not in FORMATS:
+            raise ctx.error(f"{key}[{i}]", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+        out.append(fmt.upper())
+    return out
+
+
+def _check_url(value: Optional[str], key: str, ctx: _Ctx) -> Optional[str]:
+    if value is not None and urlsplit(value).scheme not in ("http", "https"):
+        raise ctx.error(key, f"expected an http(s):// URL, got {value!r}")
+    return value
+
+
+SERVICE_INFO_STRINGS = (
+    "id", "name", "description", "contactUrl", "documentationUrl", "environment", "version",
+    "createdAt", "updatedAt",
+)  # fmt: skip
+_SI_KNOWN = {*SERVICE_INFO_STRINGS, "organization", *(e.value for e in Endpoint)}
+
+
+def _norm(key: str) -> str:
+    return key.replace("_", "").replace("-", "").lower()
+
+
+def _check_service_info(info: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:
+    """Known GA4GH fields typed, per-endpoint tables checked, custom fields kept as they are."""
+    out: dict[str, Any] = {}
+    for name, value in info.items():
+        sub = f"{key}.{name}"
+        if name in ("type", "htsget"):
+            raise ctx.error(sub, "is derived by the server and cannot be configured")
+        if name not in _SI_KNOWN:
+            near = [k for k in _SI_KNOWN if _norm(k) == _norm(name)]
+            if near:
+                raise ctx.error(sub, f"unknown key (did you mean {near[0]!r}?)")
+            out[name] = _plain(value)  # a custom field
+        elif name in ("createdAt", "updatedAt") and isinstance(
+            value, (datetime.date, datetime.datetime)
+        ):
+            out[name] = _plain(value)
+        elif name in SERVICE_INFO_STRINGS:
+            out[name] = _convert(str, value, sub, ctx)
+        elif name == "organization":
+            org = _convert(dict[str, str], value, sub, ctx)
+            for k in org:
+                if k not in ("name", "url"):
+                    raise ctx.error(f"{sub}.{k}", "unknown key (organization has name and url)")
+            out[name] = org
+        else:  # reads / variants / sequences
+            table = _convert(dict[str, Any], value, sub, ctx)
+            allowed = [f.value for f in ENDPOINT_FORMATS[Endpoint(name)]]
+            for k in table:
+                if k != "formats":
+                    raise ctx.error(f"{sub}.{k}", "unknown key (an endpoint table has formats)")
+            fmts = _convert(list[str], table.get("formats", []), f"{sub}.formats", ctx)
+            for i, fmt in enumerate(fmts):
+                if fmt.upper() not in allowed:
+                    raise ctx.error(
+                        f"{sub}.formats[{i}]",
+                        f"{fmt!r} is not a {name} format (one of {', '.join(allowed)})",
+                    )
+            out[name] = {"formats": [f.upper() for f in fmts]} if "formats" in table else {}
+    return out
+
+
+# --------------------------------------------------------------------------- the schema
 
 
 @dataclass
 class ServerConfig:
     """One HTTP bind (the ticket server, or a separate data server)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    #: public URL clients use to reach this server; default http(s)://host:port
-    base_url: Optional[str] = None
-    workers: int = 2
-    threads: int = 4
-    timeout: int = 60
-    tls_cert: Optional[str] = None
-    tls_key: Optional[str] = None
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    host: str = _opt("127.0.0.1", "address to bind: 0.0.0.0 (or ::) for every interface")
+    port: int = _opt(8080, "TCP port", min=0, max=65535)
+    base_url: Optional[str] = _opt(
+        None,
+        "public URL clients reach this server at (behind a proxy); default from host:port",
+        check=_check_url,
+    )
+    workers: int = _opt(2, "gunicorn worker processes", min=1)
+    threads: int = _opt(4, "threads per worker (1: sync workers)", min=1)
+    timeout: int = _opt(60, "seconds a silent worker gets before it is restarted", min=1)
+    graceful_timeout: int = _opt(30, "seconds in-flight requests get on reload or stop", min=0)
+    tls_cert: Optional[str] = _opt(None, "PEM certificate (chain): serve HTTPS", path=True)
+    tls_key: Optional[str] = _opt(None, "PEM private key of tls_cert", path=True)
+    cors_origins: list[str] = _opt(
+        doc='origins allowed to call cross-origin ("*": any)', factory=lambda: ["*"]
+    )
 
     def url(self) -> str:
         if self.base_url:
             return self.base_url.rstrip("/")
         scheme = "https" if self.tls_cert else "http"
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.port}"
@@ -39,61 +173,60 @@ class ServerConfig:
 class DataServerConfig(ServerConfig):
     """The /data endpoint. Unless `separate`, it is served by the ticket server's bind."""
 
-    separate: bool = False
-    port: int = 8081
+    separate: bool = _opt(False, "serve /data on its own bind (below) instead of the ticket one")
+    port: int = _opt(8081, "TCP port", min=0, max=65535)
 
 
 @dataclass
 class LocationConfig:
     """One ordered ID-resolution rule: `regex` over the ID -> `substitution` -> backend key."""
 
-    #: optional name; also the /data/~<name>/ path segment of this location's data urls
-    name: Optional[str] = None
-    regex: str = "(.*)"
-    substitution: str = "$1"
-    backend: str = "file"  # file | s3 | url
-    #: file: the root directory
-    root: Optional[str] = None
-    #: s3: bucket (may use capture groups), key prefix, region, endpoint, ...
-    bucket: Optional[str] = None
-    prefix: str = ""
-    region: Optional[str] = None
-    endpoint_url: Optional[str] = None
-    path_style: bool = False
-    profile: Optional[str] = None
-    expires: int = 3600
-    #: url: the base URL the substituted key is appended to
-    url: Optional[str] = None
-    index_url: Optional[str] = None
-    mode: str = "redirect"  # url: redirect | proxy; s3: presigned | proxy
-    timeout: float = 10.0
-    retries: int = 2
-    headers: dict[str, str] = field(default_factory=dict)
-    forward_headers: list[str] = field(default_factory=list)
-    forward_authorization: bool = False
-    cache_ttl: float = 0.0
-    #: formats served from here (None: all)
-    formats: Optional[list[str]] = None
-    #: when the object is missing here, try the next matching location
-    fall_through: bool = False
+    name: Optional[str] = _opt(None, "optional name; also the /data/~<name>/ path of its urls")
+    regex: str = _opt("(.*)", "matched against the whole ID (Python re syntax)")
+    substitution: str = _opt("$1", "the storage key stem: $1 / ${name} capture groups, $$ = $")
+    backend: str = _opt("file", "file | s3 | url", choices=BACKENDS)
+    root: Optional[str] = _opt(None, "file: the directory keys live under", path=True)
+    bucket: Optional[str] = _opt(None, "s3: bucket (may use capture groups)")
+    prefix: str = _opt("", "key prefix inside the store (s3; file: a subdirectory of root)")
+    region: Optional[str] = _opt(None, "s3: region (default: the AWS configuration)")
+    endpoint_url: Optional[str] = _opt(None, "s3: endpoint (MinIO, Ceph, R2, ...)")
+    path_style: bool = _opt(False, "s3: path-style addressing")
+    profile: Optional[str] = _opt(None, "s3: AWS profile (default: the standard chain)")
+    expires: int = _opt(3600, "s3: presigned URL lifetime, seconds", min=1)
+    url: Optional[str] = _opt(None, "url: base URL the key is appended to (may use groups)")
+    index_url: Optional[str] = _opt(None, "url: base URL of the index files, if elsewhere")
+    mode: str = _opt("redirect", "url: redirect | proxy; s3: presigned | proxy", choices=MODES)
+    timeout: float = _opt(10.0, "url/s3: seconds per upstream request", min=0.001)
+    retries: int = _opt(2, "url/s3: retries of a failed upstream request", min=0)
+    headers: dict[str, str] = _opt(doc="url: headers sent upstream", factory=dict, secret=True)
+    forward_headers: list[str] = _opt(doc="url: client headers forwarded upstream", factory=list)
+    forward_authorization: bool = _opt(False, "url: forward the client's bearer token upstream")
+    cache_ttl: float = _opt(0.0, "url/s3: seconds object metadata is trusted unchecked", min=0)
+    formats: Optional[list[str]] = _opt(
+        None, "formats served from here (default: all)", check=_check_formats
+    )
+    fall_through: bool = _opt(False, "when the object is missing here, try the next match")
 
 
 @dataclass
 class Config:
-    ticket_server: ServerConfig = field(default_factory=ServerConfig)
-    data_server: DataServerConfig = field(default_factory=DataServerConfig)
-    locations: list[LocationConfig] = field(default_factory=list)
-    service_info: dict[str, Any] = field(default_factory=dict)
-    #: largest accepted POST body, bytes
-    max_post_bytes: int = 1 << 20
-    #: parsed indexes/headers kept per worker
-    cache_entries: int = 256
-    #: whole-file md5 is computed (once, cached) for local files up to this size
-    md5_max_bytes: int = 1 << 30
-    auth: dict[str, Any] = field(default_factory=dict)
-    crypt4gh: dict[str, Any] = field(default_factory=dict)
-    logging: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    ticket_server: ServerConfig = _opt(doc="the htsget endpoints", factory=ServerConfig)
+    data_server: DataServerConfig = _opt(doc="the /data endpoint", factory=DataServerConfig)
+    locations: list[LocationConfig] = _opt(doc="ordered ID -> storage rules", factory=list)
+    service_info: dict[str, Any] = _opt(
+        doc="GA4GH service-info fields", factory=dict, check=_check_service_info
+    )
+    max_post_bytes: int = _opt(1 << 20, "largest accepted POST body, bytes", min=1)
+    cache_entries: int = _opt(256, "parsed indexes/headers kept per worker", min=0)
+    md5_max_bytes: int = _opt(
+        1 << 30, "whole-file md5 is computed for local files up to this", min=0
+    )
+    watch: bool = _opt(False, "poll the config file and reload when it changes")
+    watch_interval: float = _opt(2.0, "seconds between polls of the config file", min=0.05)
+    auth: dict[str, Any] = _opt(doc="bearer-token authorization", factory=dict)
+    crypt4gh: dict[str, Any] = _opt(doc="Crypt4GH", factory=dict)
+    logging: dict[str, Any] = _opt(doc="logging", factory=dict)
+    metrics: dict[str, Any] = _opt(doc="metrics", factory=dict)
 
     def data_url(self) -> str:
         """Base URL of the /data endpoint that local and proxied ticket urls point at."""
@@ -110,15 +243,456 @@ def for_data_dir(data_dir: str, **server: Any) -> Config:
     )
 
 
-def load_config(path: Optional[str] = None, env: Optional[dict[str, str]] = None) -> Config:
-    """Configuration from a TOML file (optional) and HTSGET_* environment variables."""
-    import os
+# --------------------------------------------------------------------------- typed conversion
 
-    env = dict(os.environ if env is None else env)
-    data_dir = env.get("HTSGET_DATA_DIR", ".")
-    config = for_data_dir(data_dir)
-    ts = config.ticket_server
-    ts.host = env.get("HTSGET_HOST", ts.host)
-    ts.port = int(env.get("HTSGET_PORT", ts.port))
-    ts.base_url = env.get("HTSGET_BASE_URL", ts.base_url)
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def hints(cls: type) -> dict[str, Any]:
+    """The resolved type hints of a config dataclass (cached)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def fields_of(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _describe(value: Any) -> str:
+    kinds = [(bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+             (list, "an array"), (dict, "a table"), (datetime.date, "a date")]  # fmt: skip
+    for kind, text in kinds:
+        if isinstance(value, kind):
+            return f"{text} ({value!r})" if kind in (bool, int, float, str) else text
+    return type(value).__name__
+
+
+def _plain(value: Any) -> Any:
+    """TOML values as JSON-able ones (dates as ISO 8601 strings)."""
+    if isinstance(value, datetime.datetime):
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _parse_str(tp: Any, text: str, key: str, ctx: _Ctx) -> Any:
+    """An environment string as a value of type `tp` (lists: comma-separated or JSON)."""
+    origin = get_origin(tp)
+    try:
+        if tp is bool:
+            low = text.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(text)
+        if origin is list:
+            if text.strip().startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        if origin is dict or tp is Any or dataclasses.is_dataclass(tp):
+            return json.loads(text)
+    except ValueError:
+        name = {bool: "a boolean", int: "an integer", float: "a number"}.get(tp, "JSON")
+        raise ctx.error(key, f"expected {name}, got {text!r}") from None
+    return text
+
+
+def _convert(tp: Any, value: Any, key: str, ctx: _Ctx) -> Any:
+    """`value` checked against (and, from the environment, parsed into) the type `tp`."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Union:  # Optional[X]
+        if ctx.from_str and value == "":
+            return None
+        return _convert(next(a for a in args if a is not type(None)), value, key, ctx)
+    if ctx.from_str and isinstance(value, str) and tp is not str:
+        value = _parse_str(tp, value, key, ctx)
+    if tp is Any:
+        return _plain(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key, ctx)  # type: ignore[arg-type]
+    if origin is list:
+        if not isinstance(value, list):
+            raise ctx.error(key, f"expected an array, got {_describe(value)}")
+        return [_convert(args[0], v, f"{key}[{i}]", ctx) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ctx.error(key, f"expected a table, got {_describe(value)}")
+        return {k: _convert(args[1], v, _join(key, k), ctx) for k, v in value.items()}
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:  # pragma: no cover - a type the schema does not use
+        raise TypeError(f"unsupported config type {tp!r}")
+    if not ok:
+        name = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[tp]
+        raise ctx.error(key, f"expected {name}, got {_describe(value)}")
+    return float(value) if tp is float else value
+
+
+def _check_field(f: dataclasses.Field[Any], value: Any, key: str, ctx: _Ctx) -> Any:
+    meta = f.metadata
+    if value is None:
+        return value
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ctx.error(key, f"{value!r} is not one of {', '.join(meta['choices'])}")
+    if "min" in meta and value < meta["min"]:
+        raise ctx.error(key, f"must be at least {meta['min']}, got {value!r}")
+    if "max" in meta and value > meta["max"]:
+        raise ctx.error(key, f"must be at most {meta['max']}, got {value!r}")
+    if meta.get("path") and ctx.base_dir and not os.path.isabs(value):
+        value = os.path.normpath(os.path.join(ctx.base_dir, os.path.expanduser(value)))
+    if meta.get("check"):
+        value = meta["check"](value, key, ctx)
+    return value
+
+
+def build(cls: type, table: Any, key: str, ctx: _Ctx) -> Any:
+    """An instance of the dataclass `cls` from a TOML table: unknown keys and bad types refused."""
+    if not isinstance(table, dict):
+        raise ctx.error(key, f"expected a table, got {_describe(table)}")
+    if cls is LocationConfig:
+        table = expand_location(table, key, ctx)
+    elif cls is Config and "locations" in table:
+        table = {**table, "locations": _location_list(table["locations"])}
+    known = fields_of(cls)
+    kwargs = {}
+    for name, value in table.items():
+        sub = _join(key, name)
+        if name not in known:
+            near = difflib.get_close_matches(name, list(known), n=1)
+            raise ctx.error(sub, "unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        kwargs[name] = _check_field(
+            known[name], _convert(hints(cls)[name], value, sub, ctx), sub, ctx
+        )
+    obj = cls(**kwargs)
+    CHECKS.get(cls, lambda o, k, c: None)(obj, key, ctx)
+    return obj
+
+
+# --------------------------------------------------------------------------- sugar
+
+
+def _location_list(value: Any) -> Any:
+    """`locations = "URL"` or a list mixing URLs and tables: URLs are storage sugar."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        return [{"storage": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+def parse_storage(spec: str) -> dict[str, Any]:
+    """`[ID_PREFIX=]URL` (file:///dir, a plain path, s3://bucket/prefix, https://host/path)
+    as location keys. Raises ValueError."""
+    table: dict[str, Any] = {}
+    head, sep, rest = spec.partition("=")
+    if sep and "://" not in head and ("://" in rest or rest.startswith(("/", "."))):
+        table["id_prefix"], spec = head, rest
+    parts = urlsplit(spec)
+    scheme = parts.scheme.lower() if "://" in spec else ""
+    if scheme in ("", "file"):
+        root = spec if not scheme else parts.path
+        if scheme and parts.netloc not in ("", "localhost"):  # file://relative/dir
+            root = parts.netloc + parts.path
+        if not root:
+            raise ValueError(f"no directory in {spec!r}")
+        table.update(backend="file", root=root)
+    elif scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"no bucket in {spec!r}")
+        prefix = parts.path.strip("/")
+        table.update(backend="s3", bucket=parts.netloc, prefix=prefix + "/" if prefix else "")
+    elif scheme in ("http", "https"):
+        table.update(backend="url", url=spec)
+    else:
+        raise ValueError(f"unsupported storage URL {spec!r} (file://, s3://, http(s)://)")
+    return table
+
+
+def expand_location(table: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:
+    """`storage = "URL"` and `id_prefix = "..."` rewritten as plain location keys."""
+    table = dict(table)
+    if "storage" in table:
+        spec = table.pop("storage")
+        if not isinstance(spec, str):
+            raise ctx.error(_join(key, "storage"), f"expected a string, got {_describe(spec)}")
+        try:
+            expanded = parse_storage(spec)
+        except ValueError as err:
+            raise ctx.error(_join(key, "storage"), str(err)) from None
+        for name in expanded:
+            if name in table:
+                raise ctx.error(_join(key, name), f"conflicts with storage = {spec!r}")
+        table.update(expanded)
+    if "id_prefix" in table:
+        prefix = table.pop("id_prefix")
+        if not isinstance(prefix, str):
+            raise ctx.error(_join(key, "id_prefix"), f"expected a string, got {_describe(prefix)}")
+        if "regex" in table:
+            raise ctx.error(_join(key, "id_prefix"), "give either id_prefix or regex, not both")
+        table["regex"] = re.escape(prefix) + "(.*)"
+    return table
+
+
+# --------------------------------------------------------------------------- whole-object checks
+
+
+def _check_server(server: ServerConfig, key: str, ctx: _Ctx) -> None:
+    if bool(server.tls_cert) != bool(server.tls_key):
+        missing = "tls_key" if server.tls_cert else "tls_cert"
+        raise ctx.error(_join(key, missing), "tls_cert and tls_key go together")
+
+
+def _check_location(loc: LocationConfig, key: str, ctx: _Ctx) -> None:
+    from .storage.resolver import template_groups
+
+    try:
+        regex = re.compile(loc.regex)
+    except re.error as err:
+        raise ctx.error(
+            _join(key, "regex"), f"bad regular expression {loc.regex!r}: {err}"
+        ) from None
+    have = [str(i) for i in range(regex.groups + 1)] + list(regex.groupindex)
+    for name in ("substitution", "bucket", "prefix", "url", "index_url"):
+        for group in template_groups(getattr(loc, name) or ""):
+            if group not in have:
+                listed = ", ".join(have[1:]) or "none"
+                raise ctx.error(
+                    _join(key, name),
+                    f"names group {group!r}, which the regex {loc.regex!r} lacks"
+                    f" (groups: {listed})",
+                )
+    required = {"file": "root", "s3": "bucket", "url": "url"}[loc.backend]
+    if not getattr(loc, required):
+        raise ctx.error(_join(key, required), f"required by backend {loc.backend!r}")
+    if loc.name is not None and not _NAME.match(loc.name):
+        raise ctx.error(_join(key, "name"), f"{loc.name!r}: use letters, digits, '.', '_', '-'")
+
+
+def _check_config(config: Config, key: str, ctx: _Ctx) -> None:
+    names: dict[str, int] = {}
+    for i, loc in enumerate(config.locations):
+        if loc.name is not None:
+            if loc.name in names:
+                raise ctx.error(
+                    f"locations[{i}].name", f"{loc.name!r} repeats locations[{names[loc.name]}]"
+                )
+            names[loc.name] = i
+    t, d = config.ticket_server, config.data_server
+    if d.separate and d.port == t.port and d.port != 0 and d.host == t.host:
+        raise ctx.error(
+            "data_server.port", f"the separate data server needs its own bind ({d.port})"
+        )
+
+
+CHECKS: dict[type, Callable[[Any, str, _Ctx], None]] = {
+    ServerConfig: _check_server,
+    DataServerConfig: _check_server,
+    LocationConfig: _check_location,
+    Config: _check_config,
+}
+
+
+def check_tree(obj: Any, key: str, ctx: _Ctx) -> None:
+    """Re-run every whole-object check (after overrides changed single keys)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_tree(value, _join(key, f.name), ctx)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    check_tree(item, f"{_join(key, f.name)}[{i}]", ctx)
+    CHECKS.get(type(obj), lambda o, k, c: None)(obj, key, ctx)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def read_file(path: str) -> Config:
+    """The configuration a TOML file describes (over the defaults)."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read the file: {err.strerror or err}", source=path) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"invalid TOML: {err}", source=path) from None
+    ctx = _Ctx(source=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    config: Config = build(Config, doc, "", ctx)
     return config
+
+
+def set_key(obj: Any, dotted: str, value: Any, ctx: _Ctx) -> None:
+    """Override one key (`ticket_server.port`, `service_info.name`, ...) with a checked value."""
+    parts, key = dotted.split("."), ""
+    while True:
+        name, parts = parts[0], parts[1:]
+        known = fields_of(type(obj))
+        sub = _join(key, name)
+        if name not in known:
+            near = difflib.get_close_matches(name, list(known), n=1)
+            raise ctx.error(sub, "unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        current = getattr(obj, name)
+        if parts and dataclasses.is_dataclass(current):
+            obj, key = current, sub
+            continue
+        if parts and isinstance(current, dict):  # into a free-form table
+            new = dict(current)
+            inner = new
+            for p in parts[:-1]:
+                inner[p] = dict(inner.get(p) or {})
+                inner = inner[p]
+            inner[parts[-1]] = _plain(value)
+            value = new
+        elif parts:
+            raise ctx.error(sub, f"is not a table, cannot set {dotted!r}")
+        tp = hints(type(obj))[name]
+        if name == "locations" and type(obj) is Config:
+            value = _location_list(value)
+        setattr(obj, name, _check_field(known[name], _convert(tp, value, sub, ctx), sub, ctx))
+        return
+
+
+def leaf_keys(cls: type = Config, key: str = "") -> Iterator[str]:
+    """Every dotted key that has an environment variable (all but the [[locations]] tables)."""
+    for f in dataclasses.fields(cls):
+        tp = hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from leaf_keys(tp, _join(key, f.name))  # type: ignore[arg-type]
+        elif f.name != "locations":
+            yield _join(key, f.name)
+
+
+def env_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+#: short names kept from the first releases (HTSGET_PORT etc. mean the ticket server)
+ENV_ALIASES = {
+    "HTSGET_HOST": "ticket_server.host",
+    "HTSGET_PORT": "ticket_server.port",
+    "HTSGET_BASE_URL": "ticket_server.base_url",
+    "HTSGET_WORKERS": "ticket_server.workers",
+}
+#: locations sugar: a directory, and whitespace-separated [ID_PREFIX=]URL storage specs
+ENV_DATA_DIR, ENV_STORAGE, ENV_CONFIG = "HTSGET_DATA_DIR", "HTSGET_STORAGE", "HTSGET_CONFIG"
+
+
+def env_vars() -> dict[str, str]:
+    """HTSGET_* variable -> dotted key, aliases included."""
+    return {**ENV_ALIASES, **{env_name(k): k for k in leaf_keys()}}
+
+
+def storage_locations(specs: list[str], ctx: _Ctx, data_dir: Optional[str] = None) -> list[Any]:
+    """`--data-dir` / `--storage` (or their variables) as location tables."""
+    tables: list[Any] = [{"backend": "file", "root": data_dir}] if data_dir else []
+    return tables + [{"storage": s} for s in specs]
+
+
+def _apply_locations(config: Config, tables: list[Any], ctx: _Ctx) -> None:
+    if tables:
+        config.locations = [
+            build(LocationConfig, t, f"locations[{i}]", ctx) for i, t in enumerate(tables)
+        ]
+
+
+def apply_env(config: Config, env: dict[str, str]) -> None:
+    for var, dotted in env_vars().items():
+        if var in env:
+            set_key(config, dotted, env[var], _Ctx(source=var, from_str=True))
+    specs = env.get(ENV_STORAGE, "").split()
+    ctx = _Ctx(source=ENV_STORAGE if specs else ENV_DATA_DIR)
+    _apply_locations(config, storage_locations(specs, ctx, env.get(ENV_DATA_DIR)), ctx)
+
+
+def apply_cli(config: Config, cli: dict[str, Any]) -> None:
+    """Command-line values by dotted key; `data_dir` / `storage` (a list) are locations sugar."""
+    ctx = _Ctx(source="command line")
+    for dotted, value in cli.items():
+        if dotted not in ("data_dir", "storage") and value is not None:
+            set_key(config, dotted, value, ctx)
+    _apply_locations(
+        config, storage_locations(cli.get("storage") or [], ctx, cli.get("data_dir")), ctx
+    )
+
+
+def load_config(
+    path: Optional[str] = None,
+    env: Optional[dict[str, str]] = None,
+    cli: Optional[dict[str, Any]] = None,
+) -> Config:
+    """Defaults < the TOML file (`path`, else HTSGET_CONFIG) < HTSGET_* variables < `cli`.
+
+    With no location anywhere, IDs are files under the current directory.
+    """
+    env = dict(os.environ if env is None else env)
+    path = path or env.get(ENV_CONFIG) or None
+    config = read_file(path) if path else Config()
+    apply_env(config, env)
+    apply_cli(config, cli or {})
+    if not config.locations:
+        config.locations = [LocationConfig(root=".")]
+    check_tree(config, "", _Ctx(source="effective configuration"))
+    return config
+
+
+# --------------------------------------------------------------------------- output helpers
+
+_SECRET = re.compile(
+    r"secret|password|passwd|passphrase|token|credential|private|api_?key|authorization|cookie",
+    re.IGNORECASE,
+)
+REDACTED = "***"
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The configuration as a TOML-shaped dict (None values left out)."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    result: dict[str, Any] = strip(dataclasses.asdict(config))
+    return result
+
+
+def redact(value: Any, secret: bool = False) -> Any:
+    """Secret-looking keys (and every `headers` value, and URL passwords) replaced by ***."""
+    if isinstance(value, dict):
+        return {
+            k: redact(v, secret or k == "headers" or bool(_SECRET.search(k)))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v, secret) for v in value]
+    if secret and isinstance(value, (str, bytes)):
+        return REDACTED
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            return value.replace(f":{parts.password}@", f":{REDACTED}@", 1)
+    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -10,22 +11,29 @@ from ..config import Config, LocationConfig
 from ..protocol import Format
 from .base import Storage
 
-_GROUP_REF = re.compile(r"\$(?:(\d+)|\{(\w+)\})")
+#: `$1`, `${1}`, `${name}`, and `$$` for a literal dollar
+_GROUP_REF = re.compile(r"\$(?:(\d+)|\{(\w+)\}|(\$))")
 
 
 def substitute(template: str, match: re.Match[str]) -> str:
-    """Expand `$1` and `${name}` in `template` from the groups of `match`."""
+    """Expand `$1`, `${1}` and `${name}` in `template` from the groups of `match`."""
 
     def repl(m: re.Match[str]) -> str:
-        group = int(m.group(1)) if m.group(1) is not None else m.group(2)
-        return match.group(group) or ""
+        if m.group(3):
+            return "$"
+        ref = m.group(1) or m.group(2)
+        return match.group(int(ref) if ref.isdigit() else ref) or ""
 
     return _GROUP_REF.sub(repl, template)
 
 
 def template_groups(template: str) -> list[str]:
-    """The group references a substitution uses (for validation)."""
-    return [m.group(1) or m.group(2) for m in _GROUP_REF.finditer(template)]
+    """The group references a substitution uses (for validation), as strings."""
+    return [
+        str(int(ref)) if ref.isdigit() else ref
+        for m in _GROUP_REF.finditer(template)
+        if (ref := m.group(1) or m.group(2))
+    ]
 
 
 @dataclass
@@ -50,15 +58,19 @@ def default_factory(location: LocationConfig, mount: str, config: Config) -> Sto
     if location.backend == "file":
         from .local import LocalStorage
 
-        return LocalStorage(location.root or ".", config.data_url(), mount)
-    if location.backend == "s3":
-        from .s3 import S3Storage  # type: ignore[import-not-found]
+        root = os.path.join(location.root or ".", location.prefix)
+        return LocalStorage(root, config.data_url(), mount)
+    try:
+        if location.backend == "s3":
+            from .s3 import S3Storage  # type: ignore[import-not-found,unused-ignore]
 
-        return S3Storage.from_location(location, mount, config)  # type: ignore[no-any-return]
-    if location.backend == "url":
-        from .url import UrlStorage  # type: ignore[import-not-found]
+            return S3Storage.from_location(location, mount, config)  # type: ignore[no-any-return,unused-ignore]
+        if location.backend == "url":
+            from .url import UrlStorage  # type: ignore[import-not-found,unused-ignore]
 
-        return UrlStorage.from_location(location, mount, config)  # type: ignore[no-any-return]
+            return UrlStorage.from_location(location, mount, config)  # type: ignore[no-any-return,unused-ignore]
+    except ImportError as err:
+        raise ValueError(f"backend {location.backend!r} is not available: {err}") from None
     raise ValueError(f"unknown backend {location.backend!r}")
 
 
