@@ -119,6 +119,7 @@ def simulate(rng: random.Random, kind: str, min_shift: int = 14, depth: int = 5)
     if n_ref > 1:
         lengths[rng.randrange(n_ref)] = max_len  # one reference reaching the end of the space
     coff, uoff = rng.randrange(1 << 16), 0
+    p_unmapped = rng.choice([0.0, 0.1])
     records: list[Record] = []
     refs: list[RefSpec] = []
     for tid, length in enumerate(lengths):
@@ -131,11 +132,11 @@ def simulate(rng: random.Random, kind: str, min_shift: int = 14, depth: int = 5)
         recs = []
         for beg in starts:
             r = rng.random()
-            if r < 0.1:
+            if rng.random() < p_unmapped:
                 end, mapped = beg + 1, False  # placed unmapped: htslib indexes it as [pos, pos+1)
-            elif r < 0.2:
+            elif r < 0.1:
                 end, mapped = beg + rng.randint(1, 1 << (min_shift + 6)), True
-            elif r < 0.22:
+            elif r < 0.12:
                 end, mapped = beg + rng.randint(1, max_len // 2), True
             else:
                 end, mapped = beg + rng.randint(1, 300), True
@@ -236,12 +237,21 @@ def assert_same_index(a, b) -> None:
         assert a.ref_meta(ref) == b.ref_meta(ref)
 
 
+def busy(rng: random.Random, kind: str, min_shift: int = 14, depth: int = 5) -> Simulated:
+    """A simulated index with a fair number of records."""
+    while True:
+        sim = simulate(rng, kind, min_shift, depth)
+        if len(sim.records) > 400:
+            return sim
+
+
 RNG = random.Random(20240611)
 SIMULATED = (
-    [simulate(RNG, "BAI") for _ in range(4)]
-    + [simulate(RNG, "TBI") for _ in range(2)]
-    + [simulate(RNG, "CSI", RNG.randint(10, 16), RNG.randint(4, 7)) for _ in range(6)]
-    + [simulate(RNG, "CSI", 14, 5), simulate(RNG, "CSI", 12, 6)]
+    [busy(RNG, "BAI") for _ in range(3)]
+    + [simulate(RNG, "BAI")]
+    + [busy(RNG, "TBI") for _ in range(2)]
+    + [busy(RNG, "CSI", RNG.randint(10, 16), RNG.randint(4, 7)) for _ in range(6)]
+    + [busy(RNG, "CSI", 14, 5), busy(RNG, "CSI", 12, 6), simulate(RNG, "CSI", 13, 7)]
 )
 PARSED = [parse_both(s.kind, s.data) for s in SIMULATED]
 

@@ -1,0 +1,81 @@
+"""Type stub for the Cython extension htsgetr._ranges (binning indexes -> chunks)."""
+
+from collections.abc import Iterable
+
+class BinningIndex:
+    """A parsed BAI, CSI or TBI index; build one with parse_bai, parse_csi or parse_tbi.
+
+    References are decoded lazily, on the first query that touches them, and cached.
+    """
+
+    @property
+    def kind(self) -> str:
+        """"BAI", "CSI" or "TBI"."""
+    @property
+    def min_shift(self) -> int:
+        """log2 of the smallest bin's width (14 for BAI/TBI)."""
+    @property
+    def depth(self) -> int:
+        """Number of levels below bin 0 (5 for BAI/TBI)."""
+    @property
+    def n_ref(self) -> int:
+        """Number of references in the index."""
+    @property
+    def n_no_coor(self) -> int | None:
+        """Trailing count of unplaced unmapped records, None when the file omits it."""
+    @property
+    def aux(self) -> bytes:
+        """CSI auxiliary data (b"" when absent, and always for BAI/TBI)."""
+    @property
+    def fmt(self) -> int:
+        """Tabix format (0 generic, 1 SAM, 2 VCF, | 0x10000 zero-based); -1 without meta."""
+    @property
+    def col_seq(self) -> int:
+        """Tabix: 1-based column of the sequence name."""
+    @property
+    def col_beg(self) -> int:
+        """Tabix: 1-based column of the start position."""
+    @property
+    def col_end(self) -> int:
+        """Tabix: 1-based column of the end position (0: none)."""
+    @property
+    def meta(self) -> int:
+        """Tabix: character code of comment lines (e.g. ord("#"))."""
+    @property
+    def skip(self) -> int:
+        """Tabix: number of header lines to skip."""
+    @property
+    def names(self) -> list[str]:
+        """Tabix: sequence names, in reference-id order ([] without tabix meta)."""
+    def query(self, ref_id: int, beg: int, end: int) -> list[tuple[int, int]]:
+        """Sorted, merged (vbeg, vend) virtual-offset chunks that may hold records
+        overlapping the 0-based half-open [beg, end) of reference ref_id.
+
+        Raises IndexError for a ref_id outside [0, n_ref).
+        """
+    def ref_meta(self, ref_id: int) -> tuple[int, int, int, int] | None:
+        """(unmapped_beg_voffset, unmapped_end_voffset, n_mapped, n_unmapped) from the
+        reference's pseudo-bin, or None when it has none."""
+    def last_end(self) -> int:
+        """Largest chunk end over all bins of all references (0 if none): unplaced
+        unmapped records start at or after it."""
+    def has_data(self, ref_id: int) -> bool:
+        """True when the reference has any bins."""
+
+def parse_bai(data: bytes) -> BinningIndex:
+    """Parse a BAI file's bytes. Raises ValueError when truncated or corrupt."""
+
+def parse_csi(data: bytes) -> BinningIndex:
+    """Parse CSI bytes, already decompressed from BGZF. Raises ValueError when invalid."""
+
+def parse_tbi(data: bytes) -> BinningIndex:
+    """Parse TBI bytes, already decompressed from BGZF. Raises ValueError when invalid."""
+
+def reg2bins(beg: int, end: int, min_shift: int, depth: int) -> list[int]:
+    """Bins, level by level, that may hold records overlapping [beg, end) (CSIv1)."""
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort (start, end) byte ranges and merge overlapping or touching ones.
+
+    Empty ranges are dropped; start > end raises ValueError.
+    """
