@@ -156,6 +156,8 @@ class Payload:
         j = i  # whole blocks i..j-1
         while j < len(blocks.coffsets) - 1 and blocks.uoffsets[j + 1] <= end:
             j += 1
+        while j > i and blocks.uoffsets[j - 1] == blocks.uoffsets[j]:
+            j -= 1  # never end on empty blocks (the file's own EOF marker)
         if j > i:
             out.append(ByteRange(blocks.coffsets[i], blocks.coffsets[j], Class.BODY))
             start = blocks.uoffsets[j]
