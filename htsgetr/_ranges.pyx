@@ -196,11 +196,17 @@ cdef class BinningIndex:
 
     # -- construction -----------------------------------------------------------------
 
+    cdef inline bint _fits(self, int64_t pos, int64_t n) noexcept:
+        return 0 <= n and pos <= self._len and n <= self._len - pos
+
     cdef int _need(self, int64_t pos, int64_t n, str what) except -1:
-        if n < 0 or pos > self._len or n > self._len - pos:
-            raise ValueError(f"truncated {self.kind} index: {what} runs past the end "
-                             f"of the data ({self._len} bytes)")
+        if not self._fits(pos, n):
+            self._truncated(what)
         return 0
+
+    cdef int _truncated(self, str what) except -1:
+        raise ValueError(f"truncated {self.kind} index: {what} runs past the end "
+                         f"of the data ({self._len} bytes)")
 
     cdef int _setup(self, str kind, bytes data, int min_shift, int depth) except -1:
         self.kind = kind
@@ -235,7 +241,8 @@ cdef class BinningIndex:
         head = 16 if self._csi else 8   # bin, [loffset,] n_chunk
         for i in range(n_ref):
             self._ref_pos[i] = pos
-            self._need(pos, 4, f"n_bin of reference {i}")
+            if not self._fits(pos, 4):
+                self._truncated(f"n_bin of reference {i}")
             n_bin = _i32(self._buf + pos)
             pos += 4
             if n_bin < 0:
@@ -243,22 +250,26 @@ cdef class BinningIndex:
                                  f"negative n_bin ({n_bin})")
             self._ref_nbin[i] = <int32_t>n_bin
             for j in range(n_bin):
-                self._need(pos, head, f"bin {j} of reference {i}")
+                if not self._fits(pos, head):
+                    self._truncated(f"bin {j} of reference {i}")
                 n_chunk = _i32(self._buf + pos + head - 4)
                 pos += head
                 if n_chunk < 0:
                     raise ValueError(f"corrupt {self.kind} index: bin {j} of reference "
                                      f"{i} has negative n_chunk ({n_chunk})")
-                self._need(pos, n_chunk * 16, f"chunks of bin {j} of reference {i}")
+                if not self._fits(pos, n_chunk * 16):
+                    self._truncated(f"chunks of bin {j} of reference {i}")
                 pos += n_chunk * 16
             if not self._csi:
-                self._need(pos, 4, f"n_intv of reference {i}")
+                if not self._fits(pos, 4):
+                    self._truncated(f"n_intv of reference {i}")
                 n_intv = _i32(self._buf + pos)
                 pos += 4
                 if n_intv < 0:
                     raise ValueError(f"corrupt {self.kind} index: reference {i} has "
                                      f"negative n_intv ({n_intv})")
-                self._need(pos, n_intv * 8, f"linear index of reference {i}")
+                if not self._fits(pos, n_intv * 8):
+                    self._truncated(f"linear index of reference {i}")
                 pos += n_intv * 8
         self.n_ref = <int>n_ref
         self._refs = [None] * n_ref

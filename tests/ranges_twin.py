@@ -35,7 +35,7 @@ def reg2bins(beg: int, end: int, min_shift: int, depth: int) -> list[int]:
     end = min(end, 1 << (min_shift + 3 * depth))
     if beg >= end:
         return []
-    bins = []
+    bins: list[int] = []
     for level in range(depth + 1):
         shift = min_shift + 3 * (depth - level)
         first = bin_first(level)
@@ -206,7 +206,7 @@ class BinningIndex:
         if beg >= end or not ref.bins:
             return []
         min_off = self.min_off(ref, beg)
-        chunks = []
+        chunks: list[tuple[int, int]] = []
         for b, (_, bin_chunks) in ref.bins.items():
             if self.bin_overlaps(b, beg, end):
                 chunks.extend(c for c in bin_chunks if c[1] > min_off)
