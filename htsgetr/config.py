@@ -189,12 +189,18 @@ class LocationConfig:
     bucket: Optional[str] = _opt(None, "s3: bucket (may use capture groups)")
     prefix: str = _opt("", "key prefix inside the store (s3; file: a subdirectory of root)")
     region: Optional[str] = _opt(None, "s3: region (default: the AWS configuration)")
-    endpoint_url: Optional[str] = _opt(None, "s3: endpoint (MinIO, Ceph, R2, ...)")
+    endpoint_url: Optional[str] = _opt(
+        None, "s3: endpoint (MinIO, Ceph, R2, ...)", check=_check_url
+    )
     path_style: bool = _opt(False, "s3: path-style addressing")
     profile: Optional[str] = _opt(None, "s3: AWS profile (default: the standard chain)")
     expires: int = _opt(3600, "s3: presigned URL lifetime, seconds", min=1)
-    url: Optional[str] = _opt(None, "url: base URL the key is appended to (may use groups)")
-    index_url: Optional[str] = _opt(None, "url: base URL of the index files, if elsewhere")
+    url: Optional[str] = _opt(
+        None, "url: base URL the key is appended to (or fills {key} in)", check=_check_url
+    )
+    index_url: Optional[str] = _opt(
+        None, "url: base URL of the index files, if elsewhere", check=_check_url
+    )
     mode: str = _opt("redirect", "url: redirect | proxy; s3: presigned | proxy", choices=MODES)
     timeout: float = _opt(10.0, "url/s3: seconds per upstream request", min=0.001)
     retries: int = _opt(2, "url/s3: retries of a failed upstream request", min=0)
@@ -473,7 +479,7 @@ def _check_location(loc: LocationConfig, key: str, ctx: _Ctx) -> None:
             _join(key, "regex"), f"bad regular expression {loc.regex!r}: {err}"
         ) from None
     have = [str(i) for i in range(regex.groups + 1)] + list(regex.groupindex)
-    for name in ("substitution", "bucket", "prefix", "url", "index_url"):
+    for name in ("substitution", "bucket"):
         for group in template_groups(getattr(loc, name) or ""):
             if group not in have:
                 listed = ", ".join(have[1:]) or "none"
@@ -482,6 +488,8 @@ def _check_location(loc: LocationConfig, key: str, ctx: _Ctx) -> None:
                     f"names group {group!r}, which the regex {loc.regex!r} lacks"
                     f" (groups: {listed})",
                 )
+    if loc.backend == "url" and loc.mode == "presigned":
+        raise ctx.error(_join(key, "mode"), "a url location is 'redirect' or 'proxy'")
     required = {"file": "root", "s3": "bucket", "url": "url"}[loc.backend]
     if not getattr(loc, required):
         raise ctx.error(_join(key, required), f"required by backend {loc.backend!r}")

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from ..config import Config, LocationConfig
+from ..config import Config, ConfigError, LocationConfig
 from ..protocol import Format
 from .base import Storage
 
@@ -84,7 +84,10 @@ class Resolver:
         self.mounts: dict[str, Storage] = {}
         for i, loc in enumerate(config.locations):
             mount = mount_name(i, loc)
-            storage = storage_factory(loc, mount, config)
+            try:
+                storage = storage_factory(loc, mount, config)
+            except ValueError as err:  # e.g. an invalid bucket name, a missing backend
+                raise ConfigError(str(err), f"locations[{i}]") from None
             self.rules.append((re.compile(loc.regex), loc, storage))
             self.mounts[mount] = storage
 
@@ -97,7 +100,11 @@ class Resolver:
             m = regex.fullmatch(id)
             if m is None:
                 continue
-            yield Match(storage, substitute(location.substitution, m), location)
+            key = substitute(location.substitution, m)
+            if location.backend == "s3" and location.bucket and "$" in location.bucket:
+                # a bucket chosen by capture groups travels in the key: "<bucket>/<key>"
+                key = substitute(location.bucket, m) + "/" + key
+            yield Match(storage, key, location)
 
     def mount_for(self, path: str) -> tuple[Optional[Storage], str]:
         """Split a /data path into (storage, key) by its optional leading ~mount segment."""
