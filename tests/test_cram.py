@@ -7,10 +7,15 @@ containers), plus the htsnexus reference CRAM where ../shared/data is present.
 from __future__ import annotations
 
 import base64
+import bz2
 import collections
+import gzip
+import lzma
 import random
 import shutil
+import struct
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import unquote, urlparse
@@ -26,6 +31,8 @@ from htsgetr.formats.cram import (
     EOF_CONTAINER_V2,
     EOF_CONTAINER_V3,
     CramHandler,
+    parse_block,
+    parse_container_header,
     read_itf8,
     read_ltf8,
 )
@@ -232,8 +239,68 @@ def test_stem_crai_and_missing_index(engine: Htsget, cram_dir: Path, tmp_path: P
     payload, _ = engine_payload(engine, reads("stem", [Region("chr2", 0, 5000)]), cram_dir)
     expected = region_records(cram_dir / "v30.cram", "chr2", 0, 5000)
     check_payload(payload, tmp_path, cram_dir / "v30.cram", expected)
+    # without a CRAI: whole file and header still work, regions do not
+    payload, _ = engine_payload(engine, reads("noindex"), cram_dir)
+    assert payload == (cram_dir / "noindex.cram").read_bytes()
+    payload, _ = engine_payload(engine, reads("noindex", klass=Class.HEADER), cram_dir)
+    assert check_payload(payload, tmp_path, cram_dir / "v30.cram", []) == []
     with pytest.raises(NotFound):
         engine.ticket(reads("noindex", [Region("chr1")]))
+
+
+def itf8(value: int) -> bytes:
+    v = value & 0xFFFFFFFF
+    if v < 0x80:
+        return bytes([v])
+    if v < 0x4000:
+        return bytes([0x80 | v >> 8, v & 0xFF])
+    if v < 0x200000:
+        return bytes([0xC0 | v >> 16, (v >> 8) & 0xFF, v & 0xFF])
+    if v < 0x10000000:
+        return bytes([0xE0 | v >> 24, (v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF])
+    return bytes([0xF0 | (v >> 28), (v >> 20) & 0xFF, (v >> 12) & 0xFF, (v >> 4) & 0xFF,
+                  v & 0x0F])
+
+
+def crc(data: bytes) -> bytes:
+    return struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
+
+
+@pytest.mark.parametrize("method", [0, 1, 2, 3])
+def test_header_block_compression(cram_dir: Path, tmp_path: Path, method: int) -> None:
+    """The SAM header block raw, gzip, bzip2 or lzma (samtools writes gzip): rebuild the
+    header container of a CRAM with each, shift the CRAI, and check tickets."""
+    original = (cram_dir / "small.cram").read_bytes()
+    container = parse_container_header(original, 26, 3, 26)
+    _, _, raw, _ = parse_block(original, container.data_start, 3)
+    packed = {0: raw, 1: gzip.compress(raw), 2: bz2.compress(raw), 3: lzma.compress(raw)}[method]
+    block = bytes([method, 0]) + itf8(0) + itf8(len(packed)) + itf8(len(raw)) + packed
+    block += crc(block)
+    padding = bytes([0, 0]) + itf8(0) + itf8(100) + itf8(100) + bytes(100)
+    padding += crc(padding)
+    head = (struct.pack("<i", len(block) + len(padding)) + itf8(0) * 4 + b"\0\0"
+            + itf8(2) + itf8(2) + itf8(0) + itf8(len(block)))
+    head += crc(head)
+    rebuilt = original[:26] + head + block + padding + original[container.end :]
+    delta = len(rebuilt) - len(original)
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "rebuilt.cram").write_bytes(rebuilt)
+    lines = gzip.decompress((cram_dir / "small.cram.crai").read_bytes()).decode().splitlines()
+    shifted = []
+    for line in lines:
+        f = line.split("\t")
+        f[3] = str(int(f[3]) + delta)
+        shifted.append("\t".join(f))
+    (root / "rebuilt.cram.crai").write_bytes(gzip.compress(("\n".join(shifted) + "\n").encode()))
+    assert header_text(root / "rebuilt.cram") == header_text(cram_dir / "small.cram")
+
+    engine = Htsget(for_data_dir(str(root)))
+    header, _ = engine_payload(engine, reads("rebuilt", klass=Class.HEADER), root)
+    assert header == rebuilt[: 26 + len(head) + len(block) + len(padding)] + EOF_CONTAINER_V3
+    payload, _ = engine_payload(engine, reads("rebuilt", [Region("chr3", 20_000, 40_000)]), root)
+    expected = region_records(cram_dir / "small.cram", "chr3", 20_000, 40_000)
+    check_payload(payload, tmp_path, cram_dir / "small.cram", expected)
 
 
 # --------------------------------------------------------------------------- regions

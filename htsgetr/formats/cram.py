@@ -218,7 +218,6 @@ class CramFile:
     eof: bytes  # the EOF container this version ends with
     ref_ids: dict[str, int]
     header_text: bytes
-    crai: Crai
 
 
 def _grow(source: Source, size: int, parse: Callable[[bytes], T]) -> T:
@@ -251,7 +250,7 @@ def parse_header(data: bytes) -> tuple[tuple[int, int], ContainerHeader, bytes]:
     return (major, minor), container, sam_header_text(raw)
 
 
-def load_cram(source: Source, index_key: str) -> CramFile:
+def load_cram(source: Source) -> CramFile:
     size = source.storage.size(source.key)
     try:
         version, container, text = _grow(source, size, parse_header)
@@ -263,10 +262,9 @@ def load_cram(source: Source, index_key: str) -> CramFile:
     data_end = size
     if size - len(eof) >= container.end and source.read(size - len(eof), size) == eof:
         data_end = size - len(eof)
-    crai = Crai.parse(source.read_all(index_key), index_key)
     names = reference_names(text)
     return CramFile(
-        version, container.end, data_end, eof, {n: i for i, n in enumerate(names)}, text, crai
+        version, container.end, data_end, eof, {n: i for i, n in enumerate(names)}, text
     )
 
 
@@ -283,10 +281,16 @@ class CramHandler:
     extensions = (".cram",)
 
     def open(self, source: Source) -> CramFile:
+        """The parsed header (no index needed: whole-file and header tickets work without)."""
+        return source.cached("cram", lambda: load_cram(source))
+
+    def index(self, source: Source) -> Crai:
         index_key = source.find(index_candidates(source.key))
         if index_key is None:
             raise missing_index(source.key)
-        return source.cached("cram", lambda: load_cram(source, index_key), index_key)
+        return source.cached(
+            "crai", lambda: Crai.parse(source.read_all(index_key), index_key), index_key
+        )
 
     def pieces(self, source: Source, query: Query) -> list[Piece]:
         cram = self.open(source)
@@ -296,16 +300,18 @@ class CramHandler:
         if query.regions is None:
             ranges = [(cram.header_end, cram.data_end)]
         else:
-            ranges = self._container_ranges(cram, query)
+            ranges = self._container_ranges(cram, self.index(source), query)
         body: list[Piece] = [ByteRange(s, e, Class.BODY) for s, e in ranges if e > s]
         return header + body + [Inline(cram.eof, Class.BODY)]
 
-    def _container_ranges(self, cram: CramFile, query: Query) -> list[tuple[int, int]]:
+    def _container_ranges(
+        self, cram: CramFile, crai: Crai, query: Query
+    ) -> list[tuple[int, int]]:
         """Whole containers overlapping any region, in file order, merged, each byte once."""
         offsets: set[int] = set()
         for region in query.regions or ():
             if region.reference_name == UNPLACED:
-                offsets |= cram.crai.containers(UNMAPPED, 0, MAX_COORDINATE)
+                offsets |= crai.containers(UNMAPPED, 0, MAX_COORDINATE)
                 continue
             ref_id = cram.ref_ids.get(region.reference_name)
             if ref_id is None:
@@ -313,11 +319,11 @@ class CramHandler:
             beg = region.start or 0
             end = MAX_COORDINATE if region.end is None else region.end
             if end > beg:
-                offsets |= cram.crai.containers(ref_id, beg, end)
+                offsets |= crai.containers(ref_id, beg, end)
         ranges: list[tuple[int, int]] = []
         for offset in sorted(offsets):
             start = max(offset, cram.header_end)
-            end = min(cram.crai.next_container(offset, cram.data_end), cram.data_end)
+            end = min(crai.next_container(offset, cram.data_end), cram.data_end)
             if end <= start:
                 continue
             if ranges and ranges[-1][1] >= start:
