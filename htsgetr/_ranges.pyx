@@ -392,7 +392,8 @@ cdef class BinningIndex:
         cdef Py_ssize_t k
         cdef uint64_t min_off, loff_k = 0
         cdef bint unmapped
-        # htslib: lowest-level bin holding beg; if absent, its left siblings, then parents.
+        # htslib: lowest-level bin holding beg; if absent, its left siblings, then parents
+        # (the loop looks bin 0 up last, when it gets there).
         while True:
             k = _find_bin(r.bins, r.n_bins, b)
             if k >= 0 or b <= 0:
@@ -402,8 +403,6 @@ cdef class BinningIndex:
                 b -= 1
             else:
                 b = _bin_parent(b)
-        if b == 0 and k < 0:
-            k = _find_bin(r.bins, r.n_bins, 0)
         if k >= 0:
             loff_k = r.bins[k].loff
         min_off = loff_k
@@ -415,7 +414,8 @@ cdef class BinningIndex:
             if min_off < r.ioff[rel_off]:
                 min_off = r.ioff[rel_off]
             if unmapped:
-                # placed unmapped reads are not in the linear index: look further left
+                # placed unmapped reads may be missing from the linear index (older
+                # indexers): look further left, but never below the walked bin's loff
                 t = rel_off - 1
                 while t >= 0:
                     if r.ioff[t] < min_off:
