@@ -70,8 +70,12 @@ CREDENTIAL_CODES = frozenset(
     }
 )
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchVersion"})
-THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-                            "ServiceUnavailable", "RequestTimeout", "InternalError"})
+#: Answers meaning "busy, come back later": retried, then 503.
+THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
+)
+#: Also retried (then 502): transient server-side failures.
+TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout"})
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 
 
@@ -136,6 +140,7 @@ class S3Storage:
         self.windows = RangeCache()
         self._client: ProcessLocal[Any] = ProcessLocal(self._make_client)
         self._unsigned = False
+        self._presigned: dict[tuple[str, str], tuple[str, float]] = {}
         #: HTTP requests sent to S3 by this process (retries included); for tests and metrics
         self.calls = 0
         self._calls_lock = threading.Lock()
@@ -212,9 +217,7 @@ class S3Storage:
                     from None
             except ClientError as exc:
                 err = _client_error(exc, what)
-                if not isinstance(err, UpstreamError) or err.status < 503:
-                    raise err from None
-                if attempt >= self.retries:
+                if not _retryable(exc) or attempt >= self.retries:
                     raise err from None
                 last: HtsgetError = err
             except NoCredentialsError:
@@ -348,15 +351,26 @@ class S3Storage:
         return self.presign(bucket, obj), range_header(start, end)
 
     def presign(self, bucket: str, obj: str) -> str:
-        """A GET url for the object, valid `expires` seconds (computed locally, no S3 call)."""
+        """A GET url for the object, valid `expires` seconds (computed locally, no S3 call).
+
+        The blocks of one ticket share a url: one is reused while at least 90% of its
+        validity (and never more than a minute of it) is left.
+        """
         from botocore.exceptions import BotoCoreError
 
+        now = time.monotonic()
+        cached = self._presigned.get((bucket, obj))
+        if cached is not None and now - cached[1] < min(60.0, self.expires * 0.1):
+            return cached[0]
         try:
             url: str = self.client.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": obj}, ExpiresIn=self.expires
             )
         except BotoCoreError as exc:
             raise UpstreamError(f"cannot presign an S3 url: {type(exc).__name__}") from None
+        if len(self._presigned) > 10_000:
+            self._presigned.clear()
+        self._presigned[(bucket, obj)] = (url, now)
         return url
 
     def stream(self, key: str, start: int, end: int) -> Iterator[bytes]:
@@ -405,6 +419,12 @@ def _meta_from(resp: dict[str, Any], size: int) -> ObjectMeta:
     if resp.get("ArchiveStatus") in ARCHIVE_TIERS:
         archived = f"INTELLIGENT_TIERING ({resp['ArchiveStatus']})"
     return ObjectMeta(size, version, etag, archived)
+
+
+def _retryable(exc: Any) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
 
 
 def _client_error(exc: Any, what: str) -> HtsgetError:

@@ -1,0 +1,600 @@
+"""S3 backend against a real S3 endpoint process (moto's server on a loopback port).
+
+Region tickets are fetched with plain `requests` and the ticket's headers (presigned urls, no
+AWS credentials on the client side) and must reassemble to every record htslib returns, none
+twice. Proxy mode goes through a real gunicorn. Warm tickets make no S3 call within the TTL.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import parse_qs, urlparse
+
+import pysam
+import pytest
+import requests
+from conftest import SHARED_DATA, free_port, make_bam, make_vcf, reassemble
+
+from htsgetr.config import Config, LocationConfig, ServerConfig
+from htsgetr.engine import Htsget
+from htsgetr.protocol import (
+    Endpoint,
+    Format,
+    NotFound,
+    PermissionDenied,
+    Query,
+    Region,
+    UpstreamError,
+)
+from htsgetr.storage.s3 import ArchivedObject, S3Storage
+
+boto3 = pytest.importorskip("boto3")
+
+ROOT = Path(__file__).resolve().parent.parent
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    "AWS_CONFIG_FILE": "/nonexistent",
+}
+BUCKET = "htsgetr-test"
+PREFIX = "cohort"
+EOF_BGZF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+
+#: (file name under the data dir, files that go with it) of the shared reference data
+SHARED_FILES = {
+    "htsnexus_test_NA12878.bam": ("bam", [".bai", ".gzi"]),
+    "htsnexus_test_NA12878.cram": ("cram", [".crai"]),
+    "spec-v4.3.vcf.gz": ("vcf", [".tbi", ".gzi"]),
+    "sample1-bcbio-cancer.vcf.gz": ("vcf", [".tbi", ".gzi"]),
+    "spec-v4.3.bcf": ("bcf", [".csi", ".gzi"]),
+}
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def wait_port(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class MotoServer:
+    """moto's S3 server as a real process; its request log goes to a file we can count."""
+
+    def __init__(self, log_dir: Path, port: Optional[int] = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"moto-{self.port}.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> MotoServer:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **AWS_ENV},
+        )
+        log.close()
+        wait_port(self.url + "/moto-api/", self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def requests_logged(self) -> list[str]:
+        """Request lines of the S3 API (moto's own /moto-api excluded)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [ln for ln in lines if '"' in ln and "HTTP/1.1" in ln and "/moto-api" not in ln]
+
+    def client(self) -> Any:
+        return boto3.client(
+            "s3", endpoint_url=self.url, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+
+
+class AppServer:
+    """gunicorn serving `create_app(config)` from a generated module (works whether or not
+    `htsgetr serve --config` is available)."""
+
+    def __init__(self, tmp: Path, config: Config, port: int, env: Optional[dict[str, str]] = None,
+                 workers: int = 2, threads: int = 4) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        name = f"htsgetr_test_app_{port}"
+        (tmp / f"{name}.py").write_text(
+            "from htsgetr.config import *  # noqa\n"
+            "from htsgetr.app import create_app\n"
+            f"app = create_app({config!r})\n"
+        )
+        self.log_path = tmp / f"{name}.log"
+        log = open(self.log_path, "ab")
+        path = os.pathsep.join([str(tmp), str(ROOT), os.environ.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(workers),
+             "--threads", str(threads), "-k", "gthread", "--timeout", "60", f"{name}:app"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(tmp),
+            env={**os.environ, **AWS_ENV, **(env or {}), "PYTHONPATH": path},
+        )
+        log.close()
+
+    def start(self) -> AppServer:
+        try:
+            wait_port(self.url + "/service-info", self.proc)
+        except RuntimeError:
+            raise RuntimeError(self.log_path.read_text()) from None
+        return self
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def server_config(port: int, *locations: LocationConfig) -> Config:
+    return Config(ticket_server=ServerConfig(host="127.0.0.1", port=port),
+                  locations=list(locations))
+
+
+# --------------------------------------------------------------------------- data
+
+
+def build_remote_data(d: Path) -> Path:
+    """Generated BAM/VCF files, plus the shared reference files where present."""
+    make_bam(d / "sample.bam")
+    (d / "nested").mkdir(exist_ok=True)
+    make_bam(d / "nested" / "other.bam", seed=7)
+    make_bam(d / "csi.bam", seed=3, csi=True, min_shift=12)
+    make_vcf(d / "calls.vcf.gz")
+    for name, (sub, extras) in SHARED_FILES.items():
+        src = SHARED_DATA / sub / name
+        if src.exists():
+            for suffix in ["", *extras]:
+                if Path(str(src) + suffix).exists():
+                    shutil.copy(str(src) + suffix, d / (name + suffix))
+    return d
+
+
+def upload_tree(client: Any, root: Path, bucket: str, prefix: str) -> None:
+    try:
+        client.create_bucket(Bucket=bucket)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(root)}" if prefix else str(path.relative_to(root))
+            client.upload_file(str(path), bucket, key)
+
+
+def records(path: Path) -> list[str]:
+    if path.suffix in (".bam", ".cram"):
+        with pysam.AlignmentFile(str(path), check_sq=False) as f:
+            return [r.to_string() for r in f.fetch(until_eof=True)]
+    with pysam.VariantFile(str(path)) as f:
+        return [str(r) for r in f]
+
+
+def region_records(path: Path, contig: str, start: Optional[int], end: Optional[int]
+                   ) -> list[str]:
+    if path.suffix in (".bam", ".cram"):
+        with pysam.AlignmentFile(str(path)) as f:
+            if contig == "*":
+                return [r.to_string() for r in f.fetch(until_eof=True)
+                        if r.reference_id < 0]
+            return [r.to_string() for r in f.fetch(contig, start, end)]
+    with pysam.VariantFile(str(path)) as f:
+        if contig not in f.index:
+            return []
+        return [str(r) for r in f.fetch(contig, start, end)]
+
+
+def check_payload(payload: bytes, tmp: Path, suffix: str, expected: list[str]) -> list[str]:
+    out = tmp / f"payload{suffix}"
+    out.write_bytes(payload)
+    got = records(out)
+    counts = collections.Counter(got)
+    dupes = [r for r, n in counts.items() if n > 1]
+    assert not dupes, f"{len(dupes)} records duplicated"
+    missing = [r for r in expected if r not in counts]
+    assert not missing, f"{len(missing)} of {len(expected)} region records missing"
+    return got
+
+
+def query_for(name: str, regions: Optional[list[tuple[str, Optional[int], Optional[int]]]]
+              ) -> tuple[Query, str]:
+    if name.endswith(".bam"):
+        endpoint, fmt, suffix = Endpoint.READS, Format.BAM, ".bam"
+    elif name.endswith(".cram"):
+        endpoint, fmt, suffix = Endpoint.READS, Format.CRAM, ".cram"
+    elif name.endswith(".bcf"):
+        endpoint, fmt, suffix = Endpoint.VARIANTS, Format.BCF, ".bcf"
+    else:
+        endpoint, fmt, suffix = Endpoint.VARIANTS, Format.VCF, ".vcf.gz"
+    regs = None if regions is None else tuple(Region(c, s, e) for c, s, e in regions)
+    return Query(endpoint, name[: -len(suffix)], fmt, regions=regs), suffix
+
+
+#: (file, regions) region tickets checked against htslib; None = the whole file
+CASES: list[tuple[str, Optional[list[tuple[str, Optional[int], Optional[int]]]]]] = [
+    ("sample.bam", [("chr1", 1000, 50000)]),
+    ("sample.bam", [("chr2", None, None)]),
+    ("sample.bam", [("chr1", 10_000, 20_000), ("chr1", 15_000, 90_000), ("chr3", 0, 5000)]),
+    ("sample.bam", [("*", None, None)]),
+    ("sample.bam", None),
+    ("nested/other.bam", [("chr3", 2000, 80_000)]),
+    ("csi.bam", [("chr1", 100_000, 200_000)]),
+    ("calls.vcf.gz", [("1", 1000, 150_000)]),
+    ("calls.vcf.gz", [("X", None, None), ("2", 5, 100_000)]),
+    ("calls.vcf.gz", None),
+    ("htsnexus_test_NA12878.bam", [("11", 5_000_000, 5_050_000)]),
+    ("htsnexus_test_NA12878.bam", [("20", None, None)]),
+    ("htsnexus_test_NA12878.cram", [("11", 5_010_000, 5_020_000)]),
+    ("spec-v4.3.vcf.gz", [("20", 1, 1_300_000)]),
+    ("sample1-bcbio-cancer.vcf.gz", [("chrM", 100, 10_000)]),
+    ("spec-v4.3.bcf", [("20", 1, 1_300_000)]),
+]
+
+
+def expected_records(path: Path, regions: Optional[list[tuple[str, Optional[int], Optional[int]]]]
+                     ) -> list[str]:
+    if regions is None:
+        return records(path)
+    out: list[str] = []
+    for contig, start, end in regions:
+        out.extend(region_records(path, contig, start, end))
+    return list(dict.fromkeys(out))
+
+
+def verify_ticket(ticket: dict, data: Path, name: str,
+                  regions: Optional[list[tuple[str, Optional[int], Optional[int]]]],
+                  tmp: Path) -> bytes:
+    _, suffix = query_for(name, regions)
+    payload = reassemble(ticket)
+    check_payload(payload, tmp, suffix, expected_records(data / name, regions))
+    if suffix != ".cram":
+        assert payload.endswith(EOF_BGZF)
+    return payload
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def remote_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_remote_data(tmp_path_factory.mktemp("remote"))
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory, remote_data: Path) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto")).start()
+    upload_tree(server.client(), remote_data, BUCKET, PREFIX)
+    yield server
+    server.stop()
+
+
+def s3_location(moto: MotoServer, **kw: Any) -> LocationConfig:
+    params: dict[str, Any] = {
+        "backend": "s3", "bucket": BUCKET, "prefix": PREFIX, "endpoint_url": moto.url,
+        "path_style": True,
+    }
+    params.update(kw)
+    return LocationConfig(**params)
+
+
+def storage_of(engine: Htsget) -> S3Storage:
+    storage = engine.resolver.rules[0][2]
+    assert isinstance(storage, S3Storage)
+    return storage
+
+
+# --------------------------------------------------------------------------- storage units
+
+
+def test_storage_basics(moto: MotoServer, remote_data: Path) -> None:
+    s = S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, path_style=True, expires=600)
+    raw = (remote_data / "sample.bam").read_bytes()
+    assert s.exists("sample.bam") and not s.exists("nope.bam")
+    assert s.size("sample.bam") == len(raw)
+    assert s.version("sample.bam").startswith('"')
+    assert s.version("sample.bam") != s.version("csi.bam")
+    # small reads (window cache), a read across two windows, a large read, past the end
+    for a, b in [(0, 18), (5, 1000), (131_000, 132_000), (0, 300_000), (len(raw) - 28, len(raw)),
+                 (len(raw) - 10, len(raw) + 100), (len(raw) + 5, len(raw) + 10)]:
+        assert s.read("sample.bam", a, b) == raw[a:b], (a, b)
+    assert s.read("nested/other.bam", 0, 4) == b"\x1f\x8b\x08\x04"
+    with pytest.raises(NotFound):
+        s.size("nope.bam")
+    with pytest.raises(NotFound):
+        s.read("nope.bam", 0, 10)
+    for bad in ("../sample.bam", "/sample.bam", "a//b", ""):
+        assert not s.exists(bad)
+
+
+def test_presigned_block_urls(moto: MotoServer, remote_data: Path) -> None:
+    """Presigned GET urls carry the Range in headers; plain requests (no AWS) fetch them."""
+    s = S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, path_style=True, expires=900)
+    raw = (remote_data / "sample.bam").read_bytes()
+    for a, b in [(0, 1), (100, 70_000), (1000, len(raw))]:
+        url, headers = s.block_url("sample.bam", a, b)
+        assert headers == {"Range": f"bytes={a}-{b - 1}"}
+        parsed = urlparse(url)
+        assert parsed.path == f"/{BUCKET}/{PREFIX}/sample.bam"  # path-style addressing
+        qs = parse_qs(parsed.query)
+        assert qs["X-Amz-Expires"] == ["900"] and "X-Amz-Signature" in qs
+        resp = requests.get(url, headers=headers, timeout=10)
+        assert resp.status_code == 206 and resp.content == raw[a:b]
+
+
+def test_bucket_from_key(moto: MotoServer, remote_data: Path) -> None:
+    """Without a bucket, keys are `<bucket>/<key>` (for buckets taken from the ID)."""
+    s = S3Storage(None, PREFIX, endpoint_url=moto.url, path_style=True)
+    raw = (remote_data / "calls.vcf.gz").read_bytes()
+    assert s.read(f"{BUCKET}/calls.vcf.gz", 0, 100) == raw[:100]
+    assert not s.exists("no-such-bucket-here/calls.vcf.gz")
+    assert not s.exists("calls.vcf.gz")  # no bucket segment
+    url, _ = s.block_url(f"{BUCKET}/calls.vcf.gz", 0, 10)
+    assert f"/{BUCKET}/{PREFIX}/calls.vcf.gz" in url
+    # a "$1" template in the location is the same thing (the resolver expands it)
+    assert S3Storage("$1", "", endpoint_url=moto.url).bucket is None
+
+
+def test_endpoint_from_environment(moto: MotoServer, remote_data: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS_ENDPOINT_URL_S3 is honoured as boto3 does (no endpoint in the location)."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto.url)
+    s = S3Storage(BUCKET, PREFIX, path_style=True)
+    assert s.size("sample.bam") == (remote_data / "sample.bam").stat().st_size
+    assert s.block_url("sample.bam", 0, 10)[0].startswith(moto.url + "/")
+
+
+def test_anonymous_public_bucket(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No credentials anywhere: unsigned requests, plain object urls in tickets."""
+    client = moto.client()
+    client.create_bucket(Bucket="htsgetr-public")
+    client.put_object(Bucket="htsgetr-public", Key="x.bin", Body=b"0123456789", ACL="public-read")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    s = S3Storage("htsgetr-public", "", endpoint_url=moto.url, path_style=True)
+    assert s.read("x.bin", 2, 5) == b"234"
+    url, headers = s.block_url("x.bin", 2, 5)
+    assert "X-Amz-Signature" not in url
+    assert requests.get(url, headers=headers, timeout=10).content == b"234"
+
+
+def test_glacier_is_a_clear_error(moto: MotoServer) -> None:
+    client = moto.client()
+    body = (Path(__file__).parent / "conftest.py").read_bytes()
+    client.put_object(Bucket=BUCKET, Key="cold/frozen.bam", Body=body, StorageClass="GLACIER")
+    client.put_object(Bucket=BUCKET, Key="cold/frozen.bam.bai", Body=b"BAI\x01")
+    s = S3Storage(BUCKET, "cold", endpoint_url=moto.url, path_style=True)
+    assert s.exists("frozen.bam") and s.size("frozen.bam") == len(body)
+    for call in (lambda: s.read("frozen.bam", 0, 10), lambda: s.block_url("frozen.bam", 0, 10),
+                 lambda: s.stream("frozen.bam", 0, 10)):
+        with pytest.raises(ArchivedObject) as info:
+            call()
+        assert info.value.status == 403 and "GLACIER" in info.value.message
+        assert isinstance(info.value, PermissionDenied)
+    engine = Htsget(Config(locations=[s3_location(moto, prefix="cold")]))
+    with pytest.raises(PermissionDenied) as info:
+        engine.ticket(Query(Endpoint.READS, "frozen", Format.BAM))
+    assert "restored" in info.value.message
+    assert info.value.to_json()["htsget"]["error"] == "PermissionDenied"
+
+
+def test_changed_object_is_never_mixed(moto: MotoServer, remote_data: Path) -> None:
+    """Within the TTL the cached version is trusted, but a read that meets another ETag
+    fails (and drops the cache) instead of mixing two versions of a file."""
+    client = moto.client()
+    client.put_object(Bucket=BUCKET, Key="mut/x.bin", Body=b"a" * 500_000)
+    s = S3Storage(BUCKET, "mut", endpoint_url=moto.url, path_style=True, cache_ttl=300)
+    v1 = s.version("x.bin")
+    assert s.read("x.bin", 0, 10) == b"a" * 10
+    client.put_object(Bucket=BUCKET, Key="mut/x.bin", Body=b"b" * 500_000)
+    assert s.version("x.bin") == v1  # within the TTL: no S3 call
+    assert s.read("x.bin", 0, 10) == b"a" * 10  # cached window of the same version
+    with pytest.raises(UpstreamError) as info:
+        s.read("x.bin", 400_000, 400_010)  # not cached: S3 answers with the new ETag
+    assert info.value.status == 502 and "changed" in info.value.message
+    assert s.version("x.bin") != v1
+    assert s.read("x.bin", 400_000, 400_010) == b"b" * 10
+
+
+# --------------------------------------------------------------------------- tickets
+
+
+@pytest.mark.parametrize("name,regions", CASES, ids=[f"{n}-{r}" for n, r in CASES])
+def test_presigned_region_tickets(moto: MotoServer, remote_data: Path, tmp_path: Path,
+                                  name: str, regions: Any) -> None:
+    if not (remote_data / name).exists():
+        pytest.skip(f"{name} not present (../shared/data absent)")
+    engine = Htsget(Config(locations=[s3_location(moto)]))
+    query, _ = query_for(name, regions)
+    try:
+        ticket = engine.ticket(query).to_json()
+    except NotFound as exc:
+        if "not available" in exc.message:
+            pytest.skip(exc.message)
+        raise
+    for block in ticket["htsget"]["urls"]:
+        if not block["url"].startswith("data:"):
+            assert "X-Amz-Signature=" in block["url"] and f"/{BUCKET}/{PREFIX}/" in block["url"]
+            assert block["headers"]["Range"].startswith("bytes=")
+    verify_ticket(ticket, remote_data, name, regions, tmp_path)
+
+
+def test_s3_tickets_equal_local_tickets(moto: MotoServer, remote_data: Path) -> None:
+    """Same byte ranges and inline blocks as the same file on local disk."""
+    local = Htsget(Config(locations=[LocationConfig(root=str(remote_data))]))
+    remote = Htsget(Config(locations=[s3_location(moto)]))
+    for name, regions in CASES[:8]:
+        query, _ = query_for(name, regions)
+        a = local.ticket(query).to_json()["htsget"]["urls"]
+        b = remote.ticket(query).to_json()["htsget"]["urls"]
+        assert [x.get("headers") for x in a] == [x.get("headers") for x in b]
+        assert [x["url"] for x in a if x["url"].startswith("data:")] == \
+            [x["url"] for x in b if x["url"].startswith("data:")]
+
+
+def test_warm_ticket_makes_no_s3_call(moto: MotoServer, remote_data: Path) -> None:
+    engine = Htsget(Config(locations=[s3_location(moto, cache_ttl=60)]))
+    storage = storage_of(engine)
+    methods: list[str] = []
+    storage.client.meta.events.register(
+        "before-send.s3", lambda request, **_: methods.append(request.method))
+    query = Query(Endpoint.READS, "sample", Format.BAM, regions=(Region("chr1", 1000, 50000),))
+    t0 = time.perf_counter()
+    cold = engine.ticket(query).to_json()
+    cold_ms = (time.perf_counter() - t0) * 1000
+    cold_calls = len(methods)
+    assert cold_calls > 0 and "GET" in methods and "HEAD" in methods
+    warm_ms = []
+    for _ in range(5):
+        methods.clear()
+        t0 = time.perf_counter()
+        assert engine.ticket(query).to_json() == cold
+        warm_ms.append((time.perf_counter() - t0) * 1000)
+        assert methods == [], methods
+    print(f"\nS3 ticket: cold {cold_ms:.1f} ms ({cold_calls} S3 calls), "
+          f"warm {min(warm_ms):.2f}-{max(warm_ms):.2f} ms (0 S3 calls)")
+
+
+def test_ttl_zero_revalidates_with_heads_only(moto: MotoServer) -> None:
+    """With cache_ttl = 0 a warm ticket only revalidates (HEAD), never re-reads."""
+    engine = Htsget(Config(locations=[s3_location(moto, cache_ttl=0)]))
+    storage = storage_of(engine)
+    methods: list[str] = []
+    storage.client.meta.events.register(
+        "before-send.s3", lambda request, **_: methods.append(request.method))
+    query = Query(Endpoint.VARIANTS, "calls", Format.VCF, regions=(Region("1", 1000, 90000),))
+    engine.ticket(query)
+    time.sleep(1.2)  # past the coalescing window
+    methods.clear()
+    engine.ticket(query)
+    assert methods and set(methods) == {"HEAD"}, methods
+    # one HEAD per object (data, index candidates, gzi), not one per question asked
+    assert len(methods) <= 5
+
+
+def test_changed_object_gives_new_ticket(moto: MotoServer, remote_data: Path,
+                                         tmp_path: Path) -> None:
+    client = moto.client()
+    src = tmp_path / "v1.bam"
+    make_bam(src, seed=21, n_reads=800)
+    for suffix in ("", ".bai"):
+        client.upload_file(str(src) + suffix, BUCKET, f"swap/x.bam{suffix}")
+    engine = Htsget(Config(locations=[s3_location(moto, prefix="swap", cache_ttl=0)]))
+    query = Query(Endpoint.READS, "x", Format.BAM, regions=(Region("chr1", 0, 100_000),))
+    first = engine.ticket(query).to_json()
+    check_payload(reassemble(first), tmp_path, ".bam", region_records(src, "chr1", 0, 100_000))
+    src2 = tmp_path / "v2.bam"
+    make_bam(src2, seed=22, n_reads=1600)
+    for suffix in ("", ".bai"):
+        client.upload_file(str(src2) + suffix, BUCKET, f"swap/x.bam{suffix}")
+    time.sleep(1.2)
+    second = engine.ticket(query).to_json()
+    assert second != first
+    check_payload(reassemble(second), tmp_path, ".bam", region_records(src2, "chr1", 0, 100_000))
+
+
+# --------------------------------------------------------------------------- under gunicorn
+
+
+def test_proxy_mode_under_gunicorn(moto: MotoServer, remote_data: Path, tmp_path: Path) -> None:
+    """Ticket urls point at our /data, which streams the range from S3."""
+    port = free_port()
+    config = server_config(port, s3_location(moto, mode="proxy", cache_ttl=60))
+    server = AppServer(tmp_path, config, port, workers=1).start()
+    try:
+        for name, regions in [CASES[0], CASES[2], CASES[7]]:
+            query, _ = query_for(name, regions)
+            params: dict[str, Any] = {"format": query.format.value}
+            if regions and len(regions) == 1:
+                params.update(referenceName=regions[0][0], start=regions[0][1],
+                              end=regions[0][2])
+                resp = requests.get(f"{server.url}/{query.endpoint.value}/{query.id}",
+                                    params=params, timeout=30)
+            else:
+                body = {"format": query.format.value,
+                        "regions": [{"referenceName": c, "start": s, "end": e}
+                                    for c, s, e in regions or []]}
+                resp = requests.post(f"{server.url}/{query.endpoint.value}/{query.id}",
+                                     json=body, timeout=30)
+            assert resp.status_code == 200, resp.text
+            ticket = resp.json()
+            for block in ticket["htsget"]["urls"]:
+                if not block["url"].startswith("data:"):
+                    assert block["url"].startswith(f"{server.url}/data/{name}")
+            verify_ticket(ticket, remote_data, name, regions, tmp_path)
+        # /data answers ranges itself, with the object's size
+        raw = (remote_data / "sample.bam").read_bytes()
+        resp = requests.get(f"{server.url}/data/sample.bam", headers={"Range": "bytes=10-99"},
+                            timeout=10)
+        assert resp.status_code == 206 and resp.content == raw[10:100]
+        assert resp.headers["Content-Range"] == f"bytes 10-99/{len(raw)}"
+        missing = requests.get(f"{server.url}/reads/nope", timeout=10)
+        assert missing.status_code == 404 and missing.json()["htsget"]["error"] == "NotFound"
+        # warm tickets reach moto no more (one worker, TTL 60 s): count its request log
+        url = f"{server.url}/reads/sample?referenceName=chr1&start=1000&end=50000"
+        assert requests.get(url, timeout=10).status_code == 200
+        before = len(moto.requests_logged())
+        for _ in range(5):
+            assert requests.get(url, timeout=10).status_code == 200
+        time.sleep(0.2)
+        assert len(moto.requests_logged()) == before
+    finally:
+        server.stop()
+
+
+def test_presigned_mode_under_gunicorn(moto: MotoServer, remote_data: Path,
+                                       tmp_path: Path) -> None:
+    port = free_port()
+    config = server_config(port, s3_location(moto))
+    server = AppServer(tmp_path, config, port, workers=2).start()
+    try:
+        resp = requests.get(f"{server.url}/reads/sample",
+                            params={"referenceName": "chr1", "start": 5000, "end": 200_000},
+                            timeout=30)
+        assert resp.status_code == 200, resp.text
+        ticket = resp.json()
+        assert any(b["url"].startswith(moto.url + "/") for b in ticket["htsget"]["urls"])
+        verify_ticket(ticket, remote_data, "sample.bam", [("chr1", 5000, 200_000)], tmp_path)
+    finally:
+        server.stop()
