@@ -51,7 +51,7 @@ from htsgetr.protocol import (
 pytestmark = pytest.mark.skipif(shutil.which("samtools") is None, reason="samtools not installed")
 
 REFS = ["chr1", "chr2", "chrEmpty", "chr3"]
-GENERATED = ["v30", "v31", "small", "v21"]
+GENERATED = ["v30", "v31", "small", "v21", "slices"]
 
 
 def samtools(*args: str) -> str:
@@ -69,6 +69,9 @@ def cram_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "v31": ["--output-fmt", "cram,version=3.1,no_ref=1"],
         "v21": ["--output-fmt", "cram,version=2.1,no_ref=1"],
         "small": ["--output-fmt", "cram,version=3.0,no_ref=1,seqs_per_slice=100"],
+        # several slices per container: several CRAI lines share a container offset
+        "slices": ["--output-fmt",
+                   "cram,version=3.1,no_ref=1,seqs_per_slice=50,slices_per_container=4"],
     }
     for name, opts in variants.items():
         samtools("view", "-C", *opts, "-o", str(d / f"{name}.cram"), str(bam))
@@ -342,6 +345,23 @@ def test_small_containers_are_cut_exactly(engine: Htsget, cram_dir: Path, tmp_pa
     expected = region_records(original, "chr1", 60_000, 130_000)
     got = check_payload(payload, tmp_path, original, expected)
     assert len(got) < len(records(original)) // 4
+
+
+def test_regions_at_container_edges(engine: Htsget, cram_dir: Path, tmp_path: Path) -> None:
+    """One-base regions just inside and outside each container's CRAI span."""
+    original = cram_dir / "small.cram"
+    text = gzip.decompress((cram_dir / "small.cram.crai").read_bytes()).decode()
+    entries = [[int(x) for x in line.split()] for line in text.splitlines()]
+    names = {0: "chr1", 1: "chr2", 3: "chr3"}
+    for ref, aln_start, span, *_ in entries[::3]:
+        if ref not in names:
+            continue
+        first, last = aln_start - 1, aln_start - 1 + span - 1  # 0-based, inclusive
+        for pos in {max(0, first - 1), first, last, last + 1}:
+            region = Region(names[ref], pos, pos + 1)
+            payload, _ = engine_payload(engine, reads("small", [region]), cram_dir)
+            expected = region_records(original, names[ref], pos, pos + 1)
+            check_payload(payload, tmp_path, original, expected)
 
 
 @pytest.mark.parametrize("name", GENERATED)
