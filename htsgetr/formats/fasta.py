@@ -80,10 +80,6 @@ class SeqFile:
             pos = blocks.uoffsets[i + 1]
         return b"".join(out)
 
-    @property
-    def total(self) -> int:
-        return self.size if self.blocks is None else self.blocks.total
-
 
 def _block_data(source: Source, blocks: BlockMap, i: int) -> bytes:
     raw = source.read(blocks.coffsets[i], blocks.coffsets[i + 1])
@@ -124,10 +120,13 @@ class Payload:
 
     def pieces(self, source: Source) -> list[Piece]:
         if self.seq.blocks is None:
-            return _merge(
-                [Inline(p, Class.BODY) if isinstance(p, bytes) else ByteRange(*p, Class.BODY)
-                 for p in self.parts]
-            )
+            size = self.seq.size  # a stale .fai must not produce ranges past the end
+            return _merge([
+                Inline(p, Class.BODY) if isinstance(p, bytes)
+                else ByteRange(min(p[0], size), min(p[1], size), Class.BODY)
+                for p in self.parts
+                if isinstance(p, bytes) or p[0] < size
+            ])
         # BGZF: spans become whole blocks plus literal cuts of their first and last blocks
         out: list[Union[bytes, ByteRange]] = []
         for part in self.parts:
@@ -277,6 +276,8 @@ class FastqHandler(_SequenceHandler):
         self, source: Source, seq: SeqFile, payload: Payload, entry: FaiEntry
     ) -> None:
         """The read's own lines: from its `@` line to the end of its qualities line."""
+        if entry.offset < 2:
+            raise InternalError(f"{seq.key}.fai: bad offset for {entry.name!r}")
         name_end = entry.offset - 1  # the newline ending the @name line
         back = NAME_LINE_READ
         while True:
