@@ -185,7 +185,8 @@ def bench_data(data: Path, tmp: Path) -> None:
         line = f"data: {length / t_ours / 1e6:7.0f} MB/s"
         if len(procs) > 1:
             t_ngx = timeit(lambda: fetch(f"http://127.0.0.1:{port_n}/genome.bam"), 10)
-            line += f"   nginx {length / t_ngx / 1e6:7.0f} MB/s   ratio (time) {t_ours / t_ngx:5.2f}"
+            line += (f"   nginx {length / t_ngx / 1e6:7.0f} MB/s"
+                     f"   ratio (time) {t_ours / t_ngx:5.2f}")
         print(line + f"   ({length >> 20} MiB range, client = python requests)")
     finally:
         for p in procs:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import stat
+import time
 from typing import Optional
 from urllib.parse import quote
 
 from ..protocol import NotFound
 from .base import range_header
+
+PATH_TTL = 2.0
+PATH_CACHE = 4096
 
 
 def safe_key(key: str) -> Optional[str]:
@@ -31,15 +36,27 @@ class LocalStorage:
         self.root = os.path.realpath(root)
         self.data_url = data_url.rstrip("/") + "/data/" + (mount + "/" if mount else "")
         self.name = f"file:{self.root}"
+        self._paths: dict[str, tuple[str, float]] = {}
 
     def path(self, key: str) -> str:
-        """The absolute path of `key`, guaranteed to lie inside the root."""
+        """The absolute path of `key`, guaranteed to lie inside the root (symlinks resolved).
+
+        Resolutions are remembered for `PATH_TTL` seconds: realpath costs a syscall per path
+        component and a ticket asks several times for the same few keys.
+        """
+        now = time.monotonic()
+        hit = self._paths.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
         clean = safe_key(key)
         if clean is None:
             raise NotFound(f"no such object: {key!r}")
         full = os.path.realpath(os.path.join(self.root, clean))
         if full != self.root and not full.startswith(self.root + os.sep):
             raise NotFound(f"no such object: {key!r}")
+        if len(self._paths) >= PATH_CACHE:
+            self._paths.clear()
+        self._paths[key] = (full, now + PATH_TTL)
         return full
 
     def exists(self, key: str) -> bool:
@@ -51,9 +68,9 @@ class LocalStorage:
     def _stat(self, key: str) -> os.stat_result:
         try:
             st = os.stat(self.path(key))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"no such object: {key!r}") from None
-        if not os.path.isfile(self.path(key)):
+        if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"no such object: {key!r}")
         return st
 
