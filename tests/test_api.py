@@ -226,3 +226,19 @@ def test_errors_under_gunicorn(server: Server) -> None:
     assert resp.status_code == 400 and resp.json()["htsget"]["error"] == "InvalidRange"
     resp = requests.get(f"{server.url}/reads/sample.bai", timeout=10)
     assert resp.status_code == 404 and resp.json()["htsget"]["error"] == "NotFound"
+
+
+def test_corrupt_index_is_internal_error_without_traceback(data_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "corrupt"
+    root.mkdir()
+    (root / "bad.bam").write_bytes((data_dir / "sample.bam").read_bytes())
+    (root / "bad.bam.bai").write_bytes(b"BAI\x01" + b"\xff" * 40)
+    (root / "trunc.bam").write_bytes((data_dir / "sample.bam").read_bytes()[:5000])
+    (root / "trunc.bam.bai").write_bytes((data_dir / "sample.bam.bai").read_bytes())
+    (root / "notbam.bam").write_bytes(b"hello world, not a BAM file at all" * 10)
+    (root / "notbam.bam.bai").write_bytes((data_dir / "sample.bam.bai").read_bytes())
+    client = create_app(for_data_dir(str(root))).test_client()
+    for id in ("bad", "trunc", "notbam"):
+        resp = client.get(f"/reads/{id}?referenceName=chr1")
+        body = assert_error(resp, 500, "InternalError")
+        assert "Traceback" not in body["htsget"]["message"]

@@ -142,6 +142,10 @@ def body_pieces(
     """Pieces for the body: chunks clipped to the body, merged in file order, cut exactly."""
     clipped = []
     for vbeg, vend in chunks:
+        if bgzf.coffset(vend) > layout.size:
+            raise InternalError(
+                f"{source.key}: the index points past the end of the file (stale index?)"
+            )
         vbeg = max(vbeg, layout.header_end)
         vend = min(vend, layout.data_end << 16)
         if vend > vbeg:
