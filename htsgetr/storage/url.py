@@ -66,7 +66,7 @@ NEVER_FORWARD = frozenset(
     {
         "host", "connection", "keep-alive", "proxy-authorization", "proxy-connection", "te",
         "trailer", "transfer-encoding", "upgrade", "content-length", "content-type", "range",
-        "accept-encoding", "if-range", "expect", "cookie",
+        "accept-encoding", "if-range", "expect",
     }
 )
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -127,12 +127,13 @@ class UrlStorage:
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
         self.headers = dict(headers or {})
-        forward = {h.lower() for h in forward_headers}
+        forward: dict[str, str] = {}  # lower-case name -> name as configured
+        for name in forward_headers:
+            forward.setdefault(name.lower(), name)
+        forward.pop("authorization", None)
         if forward_authorization:
-            forward.add("authorization")
-        else:
-            forward.discard("authorization")
-        self.forward_headers = sorted(forward - NEVER_FORWARD)
+            forward["authorization"] = "Authorization"
+        self.forward_headers = [n for k, n in sorted(forward.items()) if k not in NEVER_FORWARD]
         self.data_url = data_url.rstrip("/") + "/data/" + (mount + "/" if mount else "")
         self.name = f"url:{self.url}"
         self.meta_cache = MetaCache(cache_ttl)
