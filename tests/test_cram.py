@@ -527,3 +527,22 @@ def test_samtools_reads_cram_ticket(cram_server: Server, cram_dir: Path) -> None
     names = {line.split("\t")[0] for line in out.stdout.splitlines() if line}
     expected = region_records(cram_dir / "small.cram", "chr1", 10000, 20000)
     assert expected and {r.split("\t")[0] for r in expected} <= names
+
+
+def test_samtools_reads_htsnexus_cram_ticket(tmp_path: Path) -> None:
+    path = shared("cram", "htsnexus_test_NA12878.cram")
+    port = free_port()
+    srv = Server(["--data-dir", str(path.parent), "--port", str(port)], port).start()
+    try:
+        url = (f"{srv.url}/reads/htsnexus_test_NA12878?format=CRAM"
+               "&referenceName=20&start=6010000&end=6020000")
+        out = subprocess.run(["samtools", "view", url], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        got = collections.Counter(line for line in out.stdout.splitlines() if line)
+        expected = region_records(path, "20", 6_010_000, 6_020_000)
+        assert expected and all(got[r] >= 1 for r in expected)
+        ticket = get_ticket(srv, "htsnexus_test_NA12878", referenceName="*")
+        check_payload(reassemble(ticket), tmp_path, path, region_records(path, "*", None, None))
+    finally:
+        srv.stop()
