@@ -327,6 +327,25 @@ def test_fastq_single_reads(engine: Htsget, seq_dir: Path, id: str, file: str) -
         assert fastq_records(text) == fq
 
 
+def test_fastq_reads_across_block_boundaries(engine: Htsget, seq_dir: Path) -> None:
+    """Every read whose record (name line included) straddles a BGZF block boundary."""
+    blocks = load_block_map_for(seq_dir / "zreads.fastq.gz")
+    lines = (seq_dir / "reads.fq").read_text().splitlines(keepends=True)
+    starts, pos = [], 0
+    for i in range(0, len(lines), 4):
+        starts.append(pos)
+        pos += sum(len(line) for line in lines[i : i + 4])
+    starts.append(pos)
+    boundaries = set(blocks.uoffsets[1:-1])
+    crossing = [i for i in range(len(starts) - 1)
+                if any(starts[i] < b < starts[i + 1] for b in boundaries)]
+    assert len(crossing) >= 3
+    for i in crossing:
+        query = seq_query("zreads", [Region(f"read{i}")], Format.FASTQ)
+        payload, _ = payload_of(engine, query, seq_dir)
+        assert text_of(payload) == "".join(lines[4 * i : 4 * i + 4])
+
+
 def test_fastq_subsequences_and_several_reads(engine: Htsget, seq_dir: Path) -> None:
     for id, file in [("reads", "reads.fq"), ("zreads", "zreads.fastq.gz")]:
         regions = [Region("read7", 3, 15), Region("read1200"), Region("read7", 0, 1)]
