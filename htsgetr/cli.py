@@ -263,12 +263,14 @@ _LOCATIONS = """\
 # `fall_through = true`. Sugar: `storage = "file:///dir" | "s3://bucket/prefix" |
 # "https://host/path"` sets backend and its keys; `id_prefix = "cohortA/"` stands for
 # regex = "cohortA/(.*)"; `locations = ["file:///data", ...]` is a list of such storages.
-# With no location anywhere, IDs are files under the current directory.
+# With no location anywhere (as here), IDs are files under the current directory; a
+# location with every key at its default (root is required for "file") reads:
 """
 
 _SERVICE_INFO = """\
 # GA4GH service-info (GET /service-info, /reads/service-info, ...). `type` and `htsget` are
 # derived by the server. Any other key is passed through as a custom field.
+# (env HTSGET_SERVICE_INFO, JSON)
 [service_info]
 # id = "org.ga4gh.htsgetr"
 # name = "htsgetr"
@@ -294,8 +296,11 @@ def default_toml() -> str:
         f = {f.name: f for f in dataclasses.fields(Config)}[name]
         out += ["", f"# {f.metadata['doc']}", f"[{name}]"]
         out += _render_fields(getattr(config, name), name + ".")
-    out += ["", _LOCATIONS.rstrip(), "[[locations]]"]
-    out += _render_fields(config.locations[0], None)
+    out += ["", _LOCATIONS.rstrip(), "# [[locations]]"]
+    out += [
+        line if line.startswith("# ") else "# " + line
+        for line in _render_fields(config.locations[0], None)
+    ]
     out += ["", _SERVICE_INFO.rstrip()]
     for name in ("auth", "crypt4gh", "logging", "metrics"):
         out += ["", f"# {name}: reserved for its feature (env {env_name(name)}, JSON)", f"[{name}]"]

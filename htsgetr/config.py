@@ -329,6 +329,8 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx) -> Any:
         return _convert(next(a for a in args if a is not type(None)), value, key, ctx)
     if ctx.from_str and isinstance(value, str) and tp is not str:
         value = _parse_str(tp, value, key, ctx)
+        if not isinstance(value, list):  # parsed JSON is typed; comma lists hold strings
+            ctx = dataclasses.replace(ctx, from_str=False)
     if tp is Any:
         return _plain(value)
     if dataclasses.is_dataclass(tp):
