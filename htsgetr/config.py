@@ -63,7 +63,7 @@ def _opt(default: Any = None, doc: str = "", *, factory: Any = None, **meta: Any
 FORMATS = tuple(f.value for f in Format)
 BACKENDS = ("file", "s3", "url")
 MODES = ("redirect", "proxy", "presigned")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
 
 
 def _check_formats(value: Optional[list[str]], key: str, ctx: _Ctx) -> Optional[list[str]]:
@@ -496,7 +496,10 @@ def _check_location(loc: LocationConfig, key: str, ctx: _Ctx) -> None:
     if not getattr(loc, required):
         raise ctx.error(_join(key, required), f"required by backend {loc.backend!r}")
     if loc.name is not None and not _NAME.match(loc.name):
-        raise ctx.error(_join(key, "name"), f"{loc.name!r}: use letters, digits, '.', '_', '-'")
+        raise ctx.error(
+            _join(key, "name"),
+            f"{loc.name!r}: start with a letter; then letters, digits, '.', '_', '-'",
+        )
 
 
 def _check_config(config: Config, key: str, ctx: _Ctx) -> None:

@@ -341,7 +341,8 @@ def test_resolver_order_formats_and_mounts(tmp_path: Path) -> None:
     assert resolver.mount_for("~named/a-s1.bam") == ("~named", "a-s1.bam")
     assert resolver.mount_for("plain/x.bam") == ("", "plain/x.bam")
     assert resolver.mount_for("~nope/x.bam") == ("", "~nope/x.bam")
-    assert mount_name(0, config.locations[1]) == ""
+    assert mount_name(0, config.locations[1]) == "~named"
+    assert mount_name(0, config.locations[0]) == ""
 
 
 def test_first_match_wins_unless_fall_through(data_dir: Path, tmp_path: Path) -> None:
@@ -416,7 +417,8 @@ ERRORS = [
     ("[[locations]]\nbackend = 'url'\nurl = 'ftp://h'", "locations[0].url: expected an http(s)"),
     ("[[locations]]\nroot='/'\nexpires = 0", "locations[0].expires: must be at least 1"),
     ("[[locations]]\nroot='/'\nheaders = { A = 1 }", "locations[0].headers.A: expected a string"),
-    ("[[locations]]\nroot='/'\nname = 'a/b'", "locations[0].name: 'a/b': use letters"),
+    ("[[locations]]\nroot='/'\nname = 'a/b'", "locations[0].name: 'a/b': start with a letter"),
+    ("[[locations]]\nroot='/'\nname = '2'", "locations[0].name: '2': start with a letter"),
     (
         "[[locations]]\nroot='/'\nname='a'\n[[locations]]\nroot='/'\nname='a'",
         "locations[1].name: 'a' repeats locations[0]",

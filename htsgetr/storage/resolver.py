@@ -47,10 +47,11 @@ StorageFactory = Callable[[LocationConfig, str, Config], Storage]
 
 
 def mount_name(i: int, location: LocationConfig) -> str:
-    """Path segment under /data that selects location `i`: "" for the first, else "~name"."""
-    if i == 0:
-        return ""
-    return "~" + (location.name or str(i))
+    """Path segment under /data that selects location `i`: "~name" for a named location,
+    "" for an unnamed first one (so plain `--data-dir` urls read /data/<key>), else "~i"."""
+    if location.name:
+        return "~" + location.name
+    return "" if i == 0 else f"~{i}"
 
 
 def default_factory(location: LocationConfig, mount: str, config: Config) -> Storage:

@@ -1,0 +1,263 @@
+"""A real `htsgetr serve --config FILE`: regex locations over two directories, live reload."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pysam
+import pytest
+import requests
+from conftest import Server, free_port, make_bam, reassemble
+
+REGION = ("chr1", 20_000, 90_000)
+
+
+class ConfigServer:
+    """`htsgetr serve --config path` whose output can be read while it runs."""
+
+    def __init__(self, path: Path, port: int) -> None:
+        self.path, self.port = path, port
+        self.server = Server(["--config", str(path)], port)
+        self.url = self.server.url
+        self.fd = self.server.proc.stdout.fileno()  # type: ignore[union-attr]
+        os.set_blocking(self.fd, False)
+        self.output = ""
+
+    def read(self) -> str:
+        while select.select([self.fd], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.output += chunk.decode(errors="replace")
+        return self.output
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.read():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged:\n{self.output}")
+            time.sleep(0.05)
+
+    def hup(self) -> None:
+        os.kill(self.server.proc.pid, signal.SIGHUP)
+
+    def stop(self) -> str:
+        self.read()
+        os.set_blocking(self.fd, True)
+        return self.output + self.server.stop()
+
+
+@pytest.fixture()
+def running() -> Iterator[Callable[[Path, int], ConfigServer]]:
+    servers: list[ConfigServer] = []
+
+    def start(path: Path, port: int) -> ConfigServer:
+        srv = ConfigServer(path, port)
+        servers.append(srv)
+        srv.server.start()
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def cohort_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cohortB")
+    (d / "bams").mkdir()
+    make_bam(d / "bams" / "s1.bam", seed=11, n_reads=1200)
+    return d
+
+
+def status(url: str) -> int:
+    return requests.get(url, timeout=10).status_code
+
+
+def wait_status(url: str, expected: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := status(url)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{url}: {got}, expected {expected}")
+        time.sleep(0.1)
+
+
+def bam_region_records(data: bytes, tmp: Path, name: str) -> list[str]:
+    """Records of `data` (a reassembled BAM) in REGION, read back through an index."""
+    path = tmp / f"{name}.bam"
+    path.write_bytes(data)
+    pysam.index(str(path))
+    with pysam.AlignmentFile(str(path)) as f:
+        return [r.to_string() for r in f.fetch(*REGION)]
+
+
+def expected_records(path: Path) -> list[str]:
+    with pysam.AlignmentFile(str(path)) as f:
+        return [r.to_string() for r in f.fetch(*REGION)]
+
+
+def two_locations(port: int, cohort_b: Path, data_dir: Path, prefix: str = "cohortA") -> str:
+    """cohortB by named groups (falling through to disk A), everything else on disk A."""
+    return f"""
+[ticket_server]
+port = {port}
+workers = 1
+threads = 4
+graceful_timeout = 5
+
+[service_info]
+name = "config e2e"
+
+[[locations]]
+name = "cohortB"
+regex = '^cohortB/(?P<sample>[A-Za-z0-9]+)$'
+substitution = "bams/${{sample}}"
+root = "{cohort_b}"
+fall_through = true
+
+[[locations]]
+name = "cohortA"
+regex = '^({prefix}|cohortB)/(.+)$'
+substitution = "$2"
+root = "{data_dir}"
+"""
+
+
+def ticket(srv: ConfigServer, endpoint: str, id: str, **params: object) -> dict:
+    resp = requests.get(f"{srv.url}/{endpoint}/{id}", params=params, timeout=30)  # type: ignore[arg-type]
+    assert resp.status_code == 200, resp.text
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def test_two_locations_over_two_directories(
+    running: Callable[[Path, int], ConfigServer], cohort_b: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    path = tmp_path / "htsget.toml"
+    path.write_text(two_locations(port, cohort_b, data_dir))
+    srv = running(path, port)
+    region = {"referenceName": REGION[0], "start": REGION[1], "end": REGION[2]}
+
+    # named groups: cohortB/s1 -> <cohortB>/bams/s1.bam, served through its own mount
+    t = ticket(srv, "reads", "cohortB/s1", **region)
+    assert any("/data/~cohortB/bams/s1.bam" in u["url"] for u in t["htsget"]["urls"])
+    got = bam_region_records(reassemble(t), tmp_path, "b")
+    assert got and got == expected_records(cohort_b / "bams" / "s1.bam")
+
+    # numbered groups: cohortA/nested/deep/other -> <data_dir>/nested/deep/other.bam
+    t = ticket(srv, "reads", "cohortA/nested/deep/other", **region)
+    assert any("/data/~cohortA/nested/deep/other.bam" in u["url"] for u in t["htsget"]["urls"])
+    got = bam_region_records(reassemble(t), tmp_path, "a")
+    assert got and got == expected_records(data_dir / "nested" / "deep" / "other.bam")
+
+    # fall-through: cohortB/sample is not under cohortB's root, so the next location serves it
+    t = ticket(srv, "reads", "cohortB/sample", **region)
+    assert bam_region_records(reassemble(t), tmp_path, "f") == expected_records(
+        data_dir / "sample.bam"
+    )
+
+    # variants from the same location; IDs no location matches are 404
+    t = ticket(srv, "variants", "cohortA/calls", referenceName="1", start=0, end=100_000)
+    assert t["htsget"]["format"] == "VCF"
+    assert status(f"{srv.url}/reads/sample") == 404
+    assert status(f"{srv.url}/reads/cohortB/nothing") == 404
+    assert requests.get(f"{srv.url}/service-info", timeout=10).json()["name"] == "config e2e"
+
+
+def test_sighup_switches_mapping_and_refuses_a_broken_file(
+    running: Callable[[Path, int], ConfigServer], cohort_b: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    path = tmp_path / "htsget.toml"
+    path.write_text(two_locations(port, cohort_b, data_dir))
+    srv = running(path, port)
+    old, new = f"{srv.url}/reads/cohortA/sample", f"{srv.url}/reads/alpha/sample"
+    assert (status(old), status(new)) == (200, 404)
+
+    # a changed file: after SIGHUP the new mapping serves and the old one is gone
+    path.write_text(two_locations(port, cohort_b, data_dir, prefix="alpha"))
+    srv.hup()
+    wait_status(new, 200)
+    wait_status(old, 404)
+    srv.wait_log("configuration reloaded")
+    t = ticket(
+        srv, "reads", "alpha/sample", referenceName=REGION[0], start=REGION[1], end=REGION[2]
+    )
+    assert bam_region_records(reassemble(t), tmp_path, "r") == expected_records(
+        data_dir / "sample.bam"
+    )
+
+    # a broken file: refused with a logged error naming the key; the mapping does not change
+    path.write_text(path.read_text().replace("regex = '^(alpha", "regex = '^((alpha"))
+    srv.hup()
+    srv.wait_log("configuration reload refused")
+    assert "locations[1].regex: bad regular expression" in srv.output
+    srv.wait_log("Booting worker", timeout=5)  # the replacement workers run the old config
+    for _ in range(10):
+        assert (status(new), status(old)) == (200, 404)
+        time.sleep(0.1)
+
+    # and a later good file is picked up again
+    path.write_text(two_locations(port, cohort_b, data_dir, prefix="beta"))
+    srv.hup()
+    wait_status(f"{srv.url}/reads/beta/sample", 200)
+
+
+def test_watch_reloads_a_changed_file(
+    running: Callable[[Path, int], ConfigServer], cohort_b: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    path = tmp_path / "htsget.toml"
+    watch = "watch = true\nwatch_interval = 0.2\n"
+    path.write_text(watch + two_locations(port, cohort_b, data_dir))
+    srv = running(path, port)
+    assert status(f"{srv.url}/reads/cohortA/sample") == 200
+    path.write_text(watch + two_locations(port, cohort_b, data_dir, prefix="gamma"))
+    wait_status(f"{srv.url}/reads/gamma/sample", 200)
+    srv.wait_log("changed, reloading")
+
+
+def test_separate_data_server(
+    running: Callable[[Path, int], ConfigServer], data_dir: Path, tmp_path: Path
+) -> None:
+    port, data_port = free_port(), free_port()
+    path = tmp_path / "htsget.toml"
+    text = f"""
+[ticket_server]
+port = {port}
+workers = 1
+[data_server]
+separate = true
+port = {data_port}
+workers = 1
+[[locations]]
+id_prefix = "one/"
+root = "{data_dir}"
+"""
+    path.write_text(text)
+    srv = running(path, port)
+    t = ticket(srv, "reads", "one/sample", referenceName=REGION[0], start=REGION[1], end=REGION[2])
+    urls = [u["url"] for u in t["htsget"]["urls"] if not u["url"].startswith("data:")]
+    assert urls and all(u.startswith(f"http://127.0.0.1:{data_port}/data/") for u in urls)
+    assert bam_region_records(reassemble(t), tmp_path, "s") == expected_records(
+        data_dir / "sample.bam"
+    )
+    assert status(f"http://127.0.0.1:{port}/data/sample.bam") == 404  # not on the ticket bind
+    assert status(f"http://127.0.0.1:{data_port}/reads/one/sample") == 404  # nor tickets here
+
+    # SIGHUP to the ticket master reloads the data master too
+    path.write_text(text.replace('"one/"', '"two/"'))
+    srv.hup()
+    wait_status(f"{srv.url}/reads/two/sample", 200)
+    deadline = time.monotonic() + 20
+    while srv.read().count("configuration reloaded") < 2:
+        assert time.monotonic() < deadline, srv.output
+        time.sleep(0.1)
