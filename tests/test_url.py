@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator, Optional
+from urllib.parse import unquote
 
 import flask
 import pytest
@@ -115,7 +116,8 @@ class ToyUpstream:
     truncate (headers promise the range, half the body comes, then the connection closes),
     ignore-range (200 with the whole file), gzip (Content-Encoding on ranges), wrong-range
     (206 for another range), flaky (503 twice per key, then fine), slow (answers after
-    `slow_seconds`).
+    `slow_seconds`); as a path-style S3 endpoint the bucket is the mode, and s3denied /
+    s3badkey answer 403 with S3's AccessDenied / InvalidAccessKeyId error document.
     """
 
     def __init__(self, files: dict[str, bytes], slow_seconds: float = 5.0) -> None:
@@ -153,7 +155,9 @@ class ToyUpstream:
 
     def handle(self, h: BaseHTTPRequestHandler, head: bool) -> None:
         self.log.append((h.command, h.path, dict(h.headers.items())))
-        _, mode, key = h.path.split("/", 2)
+        path = unquote(h.path.split("?", 1)[0])
+        parts = path.split("/", 2) + ["", ""]
+        mode, key = parts[1], parts[2]
         status = {"e401": 401, "e403": 403, "e404": 404, "e500": 500, "e503": 503}.get(mode)
         if mode == "flaky":
             self.flaky[key] = self.flaky.get(key, 0) + 1
@@ -163,6 +167,16 @@ class ToyUpstream:
             status = 405 if mode == "head405" else 403
         if status is None and key not in self.files:
             status = 404
+        if mode in ("s3denied", "s3badkey"):
+            code = "AccessDenied" if mode == "s3denied" else "InvalidAccessKeyId"
+            doc = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+            h.send_response(403)
+            h.send_header("Content-Type", "application/xml")
+            h.send_header("Content-Length", "0" if head else str(len(doc)))
+            h.end_headers()
+            if not head:
+                h.wfile.write(doc)
+            return
         if status is not None:
             h.send_response(status)
             h.send_header("Content-Length", "0")

@@ -377,7 +377,7 @@ class S3Storage:
         """Bytes ``[start, end)`` for /data (proxy mode). The GetObject happens now, so its
         errors become htsget errors; a failure mid-body cuts the response short, which clients
         detect by Content-Length."""
-        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import BotoCoreError, ReadTimeoutError
 
         bucket, obj, meta = self._readable(key)
         end = min(end, meta.size)
@@ -386,16 +386,28 @@ class S3Storage:
         rng = range_header(start, end)["Range"]
         resp = self._call(f"GET {key}", self.client.get_object, Bucket=bucket, Key=obj, Range=rng)
         body = resp["Body"]
+        it = body.iter_chunks(STREAM_CHUNK)
+        # the first chunk is read now: a failure before any byte went out is an htsget error
         try:
             self._check_version(key, bucket, obj, meta, resp)
+            first = next(it, b"")
+        except ReadTimeoutError:
+            body.close()
+            raise UpstreamError(f"S3 timed out reading {key}", 504) from None
+        except BotoCoreError as exc:
+            body.close()
+            raise UpstreamError(f"S3 read of {key} was cut short ({type(exc).__name__})") \
+                from None
         except UpstreamError:
             body.close()
             raise
 
         def chunks() -> Iterator[bytes]:
-            sent = 0
+            sent = len(first)
             try:
-                for chunk in body.iter_chunks(STREAM_CHUNK):
+                if first:
+                    yield first
+                for chunk in it:
                     sent += len(chunk)
                     yield chunk
             except BotoCoreError as exc:

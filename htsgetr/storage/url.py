@@ -372,11 +372,20 @@ class UrlStorage:
         if start >= end:
             return iter(())
         resp = self._open_range(key, self.url_for(key), meta, start, end)
+        body = resp.iter_content(STREAM_CHUNK)
+        # the first chunk is read now: a failure before any byte went out is an htsget error
+        try:
+            first = next(body, b"")
+        except requests.RequestException as exc:
+            resp.close()
+            raise _exception_error(exc, f"GET {key}", self.timeout) from None
 
         def chunks() -> Iterator[bytes]:
-            sent = 0
+            sent = len(first)
             try:
-                for chunk in resp.iter_content(STREAM_CHUNK):
+                if first:
+                    yield first
+                for chunk in body:
                     sent += len(chunk)
                     yield chunk
             except requests.RequestException as exc:
