@@ -212,6 +212,27 @@ def test_crai_parse_plain_and_gzip(cram_dir: Path) -> None:
     assert len(gz.container_offsets) > 10
 
 
+def test_crai_queries() -> None:
+    crai = Crai.parse(
+        b"0\t1\t100\t500\t10\t20\n"
+        b"0\t90\t200\t900\t10\t20\n"
+        b"1\t50\t10\t900\t30\t20\n"  # same container, another reference
+        b"-1\t0\t1\t1500\t10\t20\n"
+    )
+    assert crai.container_offsets == [500, 900, 1500]
+    assert crai.containers(0, 0, 10) == {500}
+    assert crai.containers(0, 95, 96) == {500, 900}
+    assert crai.containers(0, 400, 500) == set()
+    assert crai.containers(1, 0, 1000) == {900}
+    assert crai.containers(2, 0, 1000) == set()
+    assert crai.containers(-1, 0, 0) == {1500}
+    assert crai.next_container(500, 9999) == 900 and crai.next_container(1500, 9999) == 9999
+    # an old-style multi-reference line (-2) may hold anything
+    multi = Crai.parse(b"0\t1\t100\t500\t10\t20\n-2\t0\t0\t900\t10\t20\n")
+    assert multi.containers(0, 5000, 6000) == {900}
+    assert multi.containers(-1, 0, 0) == {900}
+
+
 # --------------------------------------------------------------------------- whole file
 
 

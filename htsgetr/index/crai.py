@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from ..protocol import InternalError
 
 UNMAPPED = -1
+#: A multi-reference slice indexed as one line (older htsjdk): it may hold any reference.
+MULTI_REF = -2
 
 
 def _gunzip_or_plain(data: bytes) -> bytes:
@@ -102,12 +104,14 @@ class Crai:
 
     def containers(self, ref_id: int, beg: int, end: int) -> set[int]:
         """Offsets of the containers holding records of `ref_id` that may overlap [beg, end)."""
+        multi = self.refs.get(MULTI_REF)
+        out = set(multi.offsets) if multi is not None else set()
         entries = self.refs.get(ref_id)
         if entries is None:
-            return set()
+            return out
         if ref_id == UNMAPPED:
-            return set(entries.offsets)
-        return entries.overlapping(beg, end)
+            return out | set(entries.offsets)
+        return out | entries.overlapping(beg, end)
 
     def next_container(self, offset: int, default: int) -> int:
         """The start of the container after the one at `offset` (`default` after the last)."""
