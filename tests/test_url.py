@@ -115,7 +115,7 @@ class ToyUpstream:
     ok, head405, head403 (HEAD refused, GET fine), e401/e403/e404/e500/e503 (every request),
     truncate (headers promise the range, half the body comes, then the connection closes),
     ignore-range (200 with the whole file), gzip (Content-Encoding on ranges), wrong-range
-    (206 for another range), flaky (503 twice per key, then fine), slow (answers after
+    (206 for another range), cookie (HEAD sets a cookie), flaky (503 twice per key, then fine), slow (answers after
     `slow_seconds`); as a path-style S3 endpoint the bucket is the mode, and s3denied /
     s3badkey answer 403 with S3's AccessDenied / InvalidAccessKeyId error document.
     """
@@ -190,6 +190,8 @@ class ToyUpstream:
         m = re.match(r"bytes=(\d+)-(\d*)$", rng or "")
         if head or not m or mode == "ignore-range":
             h.send_response(200)
+            if mode == "cookie":
+                h.send_header("Set-Cookie", "sid=from-upstream; Path=/")
             h.send_header("ETag", etag)
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
@@ -383,6 +385,16 @@ def test_upstream_headers_and_forwarding(toy: ToyUpstream) -> None:
         with app.test_request_context("/reads/x", headers={"Authorization": token}):
             s2.size("sample.bam")
     assert [h.get("Authorization") for _, _, h in toy.log] == ["Bearer a", "Bearer b"]
+
+
+def test_upstream_cookies_are_not_kept(toy: ToyUpstream) -> None:
+    """A cookie the upstream sets (perhaps for one client's credentials) is never replayed."""
+    s = UrlStorage(f"{toy.url}/cookie/")
+    s.size("sample.bam")
+    s.read("sample.bam", 0, 10)
+    s.size("calls.vcf.gz")
+    sent = toy.requests_for("cookie")
+    assert len(sent) == 3 and not any("Cookie" in h for _, _, h in sent)
 
 
 def test_static_headers_never_in_redirect_tickets(nginx: Nginx) -> None:

@@ -37,6 +37,7 @@ import hashlib
 import logging
 import re
 import threading
+from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 from urllib.parse import quote
@@ -169,6 +170,9 @@ class UrlStorage:
 
     def _make_session(self) -> requests.Session:
         session = requests.Session()
+        # no cookie jar: a cookie set in answer to one client's forwarded credentials must
+        # never ride along with another client's request
+        session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         retry = _Retry(
             total=self.retries,
             connect=self.retries,
