@@ -84,6 +84,8 @@ def _config_options(p: argparse.ArgumentParser, server: bool = True) -> None:
     )
     if server:
         for flag, (key, kw) in OPTIONS.items():
+            if kw.get("action") != "store_const":
+                kw = {"metavar": key.rsplit(".", 1)[-1].upper(), **kw}
             g.add_argument(flag, dest=key, default=None, help=f"{field_doc(key)} [{key}]", **kw)
     else:
         g.add_argument("--base-url", dest="ticket_server.base_url", default=None)
@@ -108,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_options(ticket, server=False)
 
     config = sub.add_parser("config", help="check, show or write configuration")
+    config.set_defaults(config_help=config.print_help)
     csub = config.add_subparsers(dest="config_command")
     check = csub.add_parser("check", help="validate a configuration file")
     check.add_argument("file")
@@ -345,7 +348,7 @@ def _ticket(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def _config_command(args: argparse.Namespace) -> int:
     if args.config_command == "check":
         config = load(args.file, {}, env={})
         for i, loc in enumerate(config.locations):
@@ -361,7 +364,7 @@ def _config_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     if args.config_command == "default":
         sys.stdout.write(default_toml())
         return 0
-    parser.parse_args(["config", "--help"])
+    args.config_help(sys.stderr)
     return 2
 
 
@@ -375,7 +378,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         if args.command == "config":
-            return _config_command(args, parser)
+            return _config_command(args)
     except ConfigError as err:
         print(f"htsgetr: error: {err}", file=sys.stderr)
         return 2
