@@ -393,7 +393,8 @@ def build(cls: type, table: Any, key: str, ctx: _Ctx) -> Any:
             known[name], _convert(hints(cls)[name], value, sub, ctx), sub, ctx
         )
     obj = cls(**kwargs)
-    CHECKS.get(cls, lambda o, k, c: None)(obj, key, ctx)
+    if cls is LocationConfig:  # self-contained; cross-key checks wait for every layer
+        _check_location(obj, key, ctx)
     return obj
 
 
@@ -630,24 +631,31 @@ def _apply_locations(config: Config, tables: list[Any], ctx: _Ctx) -> None:
         ]
 
 
-def apply_env(config: Config, env: dict[str, str]) -> None:
+def apply_env(config: Config, env: dict[str, str]) -> list[str]:
+    """HTSGET_* overrides; returns the variables used."""
+    used = []
     for var, dotted in env_vars().items():
         if var in env:
             set_key(config, dotted, env[var], _Ctx(source=var, from_str=True))
+            used.append(var)
     specs = env.get(ENV_STORAGE, "").split()
     ctx = _Ctx(source=ENV_STORAGE if specs else ENV_DATA_DIR)
     _apply_locations(config, storage_locations(specs, ctx, env.get(ENV_DATA_DIR)), ctx)
+    return used + [v for v in (ENV_DATA_DIR, ENV_STORAGE) if env.get(v)]
 
 
-def apply_cli(config: Config, cli: dict[str, Any]) -> None:
-    """Command-line values by dotted key; `data_dir` / `storage` (a list) are locations sugar."""
+def apply_cli(config: Config, cli: dict[str, Any]) -> list[str]:
+    """Command-line values by dotted key; `data_dir` / `storage` (a list) are locations sugar.
+    Returns "command line" if anything was set."""
     ctx = _Ctx(source="command line")
+    used = False
     for dotted, value in cli.items():
         if dotted not in ("data_dir", "storage") and value is not None:
             set_key(config, dotted, value, ctx)
-    _apply_locations(
-        config, storage_locations(cli.get("storage") or [], ctx, cli.get("data_dir")), ctx
-    )
+            used = True
+    specs, data_dir = cli.get("storage") or [], cli.get("data_dir")
+    _apply_locations(config, storage_locations(specs, ctx, data_dir), ctx)
+    return ["command line"] if used or specs or data_dir else []
 
 
 def load_config(
@@ -662,11 +670,13 @@ def load_config(
     env = dict(os.environ if env is None else env)
     path = path or env.get(ENV_CONFIG) or None
     config = read_file(path) if path else Config()
-    apply_env(config, env)
-    apply_cli(config, cli or {})
+    overrides = apply_env(config, env) + apply_cli(config, cli or {})
     if not config.locations:
         config.locations = [LocationConfig(root=".")]
-    check_tree(config, "", _Ctx(source="effective configuration"))
+    source = path or "configuration"
+    if overrides:
+        source += f" (with {', '.join(overrides)})"
+    check_tree(config, "", _Ctx(source=source))
     return config
 
 

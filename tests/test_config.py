@@ -281,6 +281,18 @@ def test_every_cli_option_has_a_key_and_an_env_var() -> None:
     assert config.service_info == {"name": "n"} and config.cache_entries == 9
 
 
+def test_cross_key_checks_see_every_layer(tmp_path: Path) -> None:
+    text = '[ticket_server]\ntls_cert = "/c.pem"\n'
+    env = {"HTSGET_TICKET_SERVER_TLS_KEY": "/k.pem"}  # the key's path from the environment
+    assert load(tmp_path, text, env=env).ticket_server.tls_key == "/k.pem"
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, env={"HTSGET_PORT": "1"}, cli={"cache_entries": 1})
+    assert str(info.value) == (
+        f"{tmp_path / 'htsget.toml'} (with HTSGET_PORT, command line): "
+        "ticket_server.tls_key: tls_cert and tls_key go together"
+    )
+
+
 def test_cli_set_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="command line: ticket_server.prot: unknown key"):
         load_config(env={}, cli={"ticket_server.prot": 1})
