@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlparse
 import pysam
 import pytest
 import requests
-from conftest import SHARED_DATA, free_port, make_bam, make_vcf, reassemble
+from conftest import SHARED_DATA, Server, free_port, make_bam, make_vcf, reassemble
 
 from htsgetr.config import Config, LocationConfig, ServerConfig
 from htsgetr.engine import Htsget
@@ -69,7 +69,7 @@ def wait_port(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             requests.get(url, timeout=1)
             return
@@ -413,10 +413,10 @@ def test_glacier_is_a_clear_error(moto: MotoServer) -> None:
         assert info.value.status == 403 and "GLACIER" in info.value.message
         assert isinstance(info.value, PermissionDenied)
     engine = Htsget(Config(locations=[s3_location(moto, prefix="cold")]))
-    with pytest.raises(PermissionDenied) as info:
+    with pytest.raises(PermissionDenied) as denied:
         engine.ticket(Query(Endpoint.READS, "frozen", Format.BAM))
-    assert "restored" in info.value.message
-    assert info.value.to_json()["htsget"]["error"] == "PermissionDenied"
+    assert "restored" in denied.value.message
+    assert denied.value.to_json()["htsget"]["error"] == "PermissionDenied"
 
 
 def test_changed_object_is_never_mixed(moto: MotoServer, remote_data: Path) -> None:
@@ -590,11 +590,81 @@ def test_presigned_mode_under_gunicorn(moto: MotoServer, remote_data: Path,
     server = AppServer(tmp_path, config, port, workers=2).start()
     try:
         resp = requests.get(f"{server.url}/reads/sample",
-                            params={"referenceName": "chr1", "start": 5000, "end": 200_000},
+                            params={"referenceName": "chr1", "start": "5000", "end": "200000"},
                             timeout=30)
         assert resp.status_code == 200, resp.text
         ticket = resp.json()
         assert any(b["url"].startswith(moto.url + "/") for b in ticket["htsget"]["urls"])
         verify_ticket(ticket, remote_data, "sample.bam", [("chr1", 5000, 200_000)], tmp_path)
+    finally:
+        server.stop()
+
+
+def test_aws_presigned_urls_are_regional() -> None:
+    """Real AWS: virtual-hosted regional urls (no redirect needed), path style for dotted
+    bucket names (TLS wildcard) or when asked. Presigning is local: no network here."""
+    cases = [
+        (S3Storage("bucket1", "", region="eu-west-1"),
+         "https://bucket1.s3.eu-west-1.amazonaws.com/x?"),
+        (S3Storage("my.bucket", "", region="eu-west-1"),
+         "https://s3.eu-west-1.amazonaws.com/my.bucket/x?"),
+        (S3Storage("bucket1", "", region="eu-west-1", path_style=True),
+         "https://s3.eu-west-1.amazonaws.com/bucket1/x?"),
+    ]
+    for storage, prefix in cases:
+        assert storage.presign(storage.bucket or "", "x").startswith(prefix)
+
+
+def test_serve_storage_s3_with_endpoint_from_environment(moto: MotoServer, remote_data: Path,
+                                                         tmp_path: Path) -> None:
+    """`htsgetr serve --storage s3://bucket/prefix` against any S3-compatible endpoint given
+    by AWS_ENDPOINT_URL_S3, no config file."""
+    port = free_port()
+    server = Server(["--storage", f"s3://{BUCKET}/{PREFIX}", "--port", str(port)], port,
+                    env={**AWS_ENV, "AWS_ENDPOINT_URL_S3": moto.url})
+    server.start()
+    try:
+        resp = requests.get(f"{server.url}/reads/sample",
+                            params={"referenceName": "chr1", "start": "1000", "end": "90000"},
+                            timeout=30)
+        assert resp.status_code == 200, resp.text
+        ticket = resp.json()
+        assert any(b["url"].startswith(f"{moto.url}/{BUCKET}/{PREFIX}/sample.bam?")
+                   for b in ticket["htsget"]["urls"])
+        verify_ticket(ticket, remote_data, "sample.bam", [("chr1", 1000, 90000)], tmp_path)
+    finally:
+        server.stop()
+
+
+def test_bucket_from_capture_group_config_file(moto: MotoServer, remote_data: Path,
+                                               tmp_path: Path) -> None:
+    """A bucket named by the ID (`bucket = "${b}"`), from a TOML config under gunicorn."""
+    port = free_port()
+    config = tmp_path / "htsgetr.toml"
+    config.write_text(f"""
+[ticket_server]
+host = "127.0.0.1"
+port = {port}
+
+[[locations]]
+regex = "(?P<b>[a-z0-9-]+)/(.*)"
+substitution = "$2"
+backend = "s3"
+bucket = "${{b}}"
+prefix = "{PREFIX}"
+endpoint_url = "{moto.url}"
+path_style = true
+mode = "proxy"
+""")
+    server = Server(["--config", str(config)], port, env=AWS_ENV)
+    server.start()
+    try:
+        resp = requests.get(f"{server.url}/variants/{BUCKET}/calls",
+                            params={"referenceName": "1", "start": "0", "end": "300000"},
+                            timeout=30)
+        assert resp.status_code == 200, resp.text
+        verify_ticket(resp.json(), remote_data, "calls.vcf.gz", [("1", 0, 300_000)], tmp_path)
+        missing = requests.get(f"{server.url}/variants/no-such-bucket/calls", timeout=30)
+        assert missing.status_code == 404, missing.text
     finally:
         server.stop()

@@ -115,9 +115,10 @@ class ToyUpstream:
     ok, head405, head403 (HEAD refused, GET fine), e401/e403/e404/e500/e503 (every request),
     truncate (headers promise the range, half the body comes, then the connection closes),
     ignore-range (200 with the whole file), gzip (Content-Encoding on ranges), wrong-range
-    (206 for another range), cookie (HEAD sets a cookie), flaky (503 twice per key, then fine), slow (answers after
-    `slow_seconds`); as a path-style S3 endpoint the bucket is the mode, and s3denied /
-    s3badkey answer 403 with S3's AccessDenied / InvalidAccessKeyId error document.
+    (206 for another range), cookie (HEAD sets a cookie), flaky (503 twice per key, then
+    fine), slow (answers after `slow_seconds`). As a path-style S3 endpoint the bucket is the
+    mode; s3denied / s3badkey answer 403 with S3's AccessDenied / InvalidAccessKeyId error
+    document.
     """
 
     def __init__(self, files: dict[str, bytes], slow_seconds: float = 5.0) -> None:
@@ -139,7 +140,11 @@ class ToyUpstream:
             def do_GET(self) -> None:  # noqa: N802
                 upstream.handle(self, head=False)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Quiet(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # clients (and `truncate`) drop connections on purpose
+
+        self.server = Quiet(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -536,3 +541,22 @@ def test_proxy_whole_file_reassembles(nginx: Nginx, remote_data: Path, tmp_path:
     finally:
         server.stop()
 
+
+
+def test_serve_storage_url(nginx: Nginx, remote_data: Path, tmp_path: Path) -> None:
+    """`htsgetr serve --storage http://host/path` maps ID x to http://host/path/x.bam."""
+    port = free_port()
+    server = Server(["--storage", f"{nginx.url}/files", "--port", str(port)], port)
+    server.start()
+    try:
+        resp = requests.get(f"{server.url}/reads/nested/other",
+                            params={"referenceName": "chr2", "start": "100", "end": "80000"},
+                            timeout=30)
+        assert resp.status_code == 200, resp.text
+        ticket = resp.json()
+        assert any(b["url"] == f"{nginx.url}/files/nested/other.bam"
+                   for b in ticket["htsget"]["urls"])
+        verify_ticket(ticket, remote_data, "nested/other.bam", [("chr2", 100, 80_000)], tmp_path)
+        assert requests.get(f"{server.url}/reads/nope", timeout=30).status_code == 404
+    finally:
+        server.stop()

@@ -41,7 +41,7 @@ import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 from ..protocol import HtsgetError, NotFound, PermissionDenied, UpstreamError
 from .base import range_header
@@ -174,16 +174,25 @@ class S3Storage:
         self._unsigned = session.get_credentials() is None
         if self._unsigned:
             log.info("%s: no AWS credentials found, using unsigned requests", self.name)
-        config = BotoConfig(
-            connect_timeout=self.timeout,
-            read_timeout=self.timeout,
-            # retries are ours (`_call`): botocore's would also retry timeouts
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            s3={"addressing_style": "path" if self.path_style else "auto"},
-            signature_version=UNSIGNED if self._unsigned else "s3v4",
-            max_pool_connections=32,
-        )
-        client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+
+        def build(addressing: str) -> Any:
+            config = BotoConfig(
+                connect_timeout=self.timeout,
+                read_timeout=self.timeout,
+                # retries are ours (`_call`): botocore's would also retry timeouts
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                s3={"addressing_style": addressing},
+                signature_version=UNSIGNED if self._unsigned else "s3v4",
+                max_pool_connections=32,
+            )
+            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+
+        client = build("path" if self.path_style else "auto")
+        host = urlparse(client.meta.endpoint_url).hostname or ""
+        if not self.path_style and _is_aws(host) and not (self.bucket and "." in self.bucket):
+            # "auto" presigns against the global endpoint (bucket.s3.amazonaws.com) in every
+            # region; "virtual" gives bucket.s3.<region>.amazonaws.com, which needs no redirect
+            client = build("virtual")
         client.meta.events.register("before-send.s3", self._count)
         return client
 
@@ -431,6 +440,10 @@ def _meta_from(resp: dict[str, Any], size: int) -> ObjectMeta:
     if resp.get("ArchiveStatus") in ARCHIVE_TIERS:
         archived = f"INTELLIGENT_TIERING ({resp['ArchiveStatus']})"
     return ObjectMeta(size, version, etag, archived)
+
+
+def _is_aws(host: str) -> bool:
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
 
 
 def _retryable(exc: Any) -> bool:
