@@ -668,3 +668,20 @@ mode = "proxy"
         assert missing.status_code == 404, missing.text
     finally:
         server.stop()
+
+
+def test_md5_from_single_part_etag(moto: MotoServer, remote_data: Path) -> None:
+    import hashlib
+
+    s = S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, path_style=True)
+    raw = (remote_data / "calls.vcf.gz").read_bytes()
+    assert s.md5("calls.vcf.gz") == hashlib.md5(raw).hexdigest()
+    client = moto.client()
+    part = b"x" * (5 * 1024 * 1024)
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key="multi/x.bin")
+    etags = [client.upload_part(Bucket=BUCKET, Key="multi/x.bin", UploadId=upload["UploadId"],
+                                PartNumber=n, Body=part)["ETag"] for n in (1, 2)]
+    client.complete_multipart_upload(
+        Bucket=BUCKET, Key="multi/x.bin", UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n + 1} for n, e in enumerate(etags)]})
+    assert S3Storage(BUCKET, "multi", endpoint_url=moto.url, path_style=True).md5("x.bin") is None

@@ -45,6 +45,8 @@ class ObjectMeta:
     etag: Optional[str] = None
     #: set when the object exists but cannot be read now (e.g. S3 "GLACIER" not restored)
     archived: Optional[str] = None
+    #: the whole object's MD5 (hex), when the upstream vouches for it
+    md5: Optional[str] = None
 
 
 T = TypeVar("T")

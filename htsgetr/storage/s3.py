@@ -76,6 +76,7 @@ THROTTLE_CODES = frozenset(
 )
 #: Also retried (then 502): transient server-side failures.
 TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout"})
+_MD5_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 
 
@@ -310,6 +311,11 @@ class S3Storage:
     def version(self, key: str) -> str:
         return self.meta(key).version
 
+    def md5(self, key: str) -> Optional[str]:
+        """The object's MD5 from its ETag where S3 guarantees they agree (single-part upload,
+        no SSE-KMS / SSE-C); None otherwise. Lets whole-file tickets carry `md5`."""
+        return self.meta(key).md5
+
     def read(self, key: str, start: int, end: int) -> bytes:
         bucket, obj, meta = self._readable(key)
         end = min(end, meta.size)
@@ -439,7 +445,13 @@ def _meta_from(resp: dict[str, Any], size: int) -> ObjectMeta:
         archived = storage_class
     if resp.get("ArchiveStatus") in ARCHIVE_TIERS:
         archived = f"INTELLIGENT_TIERING ({resp['ArchiveStatus']})"
-    return ObjectMeta(size, version, etag, archived)
+    md5 = None
+    # a single-part upload's ETag is its MD5, unless SSE-KMS or SSE-C encrypted it
+    plain = resp.get("ServerSideEncryption") in (None, "AES256") and not resp.get(
+        "SSECustomerAlgorithm")
+    if etag and plain and _MD5_ETAG.match(etag):
+        md5 = etag.strip('"')
+    return ObjectMeta(size, version, etag, archived, md5)
 
 
 def _is_aws(host: str) -> bool:
