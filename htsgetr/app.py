@@ -28,7 +28,8 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
         app.register_blueprint(tickets.bp)
     if role in ("all", "data"):
         app.register_blueprint(data.bp)
-    origins = config.ticket_server.cors_origins
+    server = config.data_server if role == "data" else config.ticket_server
+    origins = server.cors_origins
     CORS(
         app,
         origins=origins,
