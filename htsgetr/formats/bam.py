@@ -8,7 +8,7 @@ from typing import Optional
 
 from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
-from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, InternalError, NotFound, Query
+from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, NotFound, Query
 from . import bgzf
 from .base import Piece, Source, missing_index
 from .blocks import BgzfLayout, assemble, load_layout
@@ -65,13 +65,8 @@ def index_candidates(key: str, ext: str, primary: tuple[str, ...]) -> list[str]:
 
 
 def load_bam(source: Source, index_key: str) -> BamFile:
-    def header_length(data: bytes) -> Optional[int]:
-        try:
-            return bam_header_length(data)
-        except ValueError as exc:
-            raise InternalError(f"{source.key}: {exc}") from None
-
-    prefix, length = bgzf.read_prefix(source.storage, source.key, header_length)
+    """Header, layout and index of one BAM (`read_prefix` turns a bad header into a 500)."""
+    prefix, length = bgzf.read_prefix(source.storage, source.key, bam_header_length)
     names = bam_reference_names(prefix.data[:length])
     layout = load_layout(source, prefix, length)
     index = parse_binning_index(source.read_all(index_key), index_key)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
-from ..protocol import MAX_COORDINATE, Class, Format, InternalError, NotFound, Query
+from ..protocol import MAX_COORDINATE, Class, Format, NotFound, Query
 from . import bgzf
 from .bam import index_candidates
 from .base import Piece, Source, missing_index
@@ -73,13 +73,7 @@ def _load(
     header_length: Callable[[bytes], Optional[int]],
     is_bcf: bool,
 ) -> VariantFile:
-    def checked(data: bytes) -> Optional[int]:
-        try:
-            return header_length(data)
-        except ValueError as exc:
-            raise InternalError(f"{source.key}: {exc}") from None
-
-    prefix, length = bgzf.read_prefix(source.storage, source.key, checked)
+    prefix, length = bgzf.read_prefix(source.storage, source.key, header_length)
     text = prefix.data[:length]
     layout = load_layout(source, prefix, length)
     index = parse_binning_index(source.read_all(index_key), index_key)
