@@ -40,6 +40,7 @@ from htsgetr.protocol import (
     Region,
     UpstreamError,
 )
+from htsgetr.storage.remote_cache import CircuitBreaker
 from htsgetr.storage.s3 import S3Storage
 from htsgetr.storage.url import UrlStorage
 
@@ -419,3 +420,59 @@ def test_s3_faults_under_gunicorn(moto: MotoServer, hang: HangServer, remote_dat
     finally:
         server.stop()
 
+
+
+# --------------------------------------------------------------------------- circuit breaker
+
+
+def test_circuit_breaker_states() -> None:
+    now = [100.0]
+    breaker = CircuitBreaker("x", threshold=3, cooldown=5.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failure()
+        breaker.check()  # still closed
+    breaker.failure()
+    with pytest.raises(UpstreamError) as info:
+        breaker.check()
+    assert info.value.status == 503 and "5.0 s" in info.value.message
+    now[0] += 5.1
+    breaker.check()  # half-open: one call goes through ...
+    with pytest.raises(UpstreamError):
+        breaker.check()  # ... the others still fail fast
+    breaker.failure()  # the probe failed: open again
+    now[0] += 1
+    with pytest.raises(UpstreamError):
+        breaker.check()
+    now[0] += 5
+    breaker.check()
+    breaker.success()  # the probe worked: closed
+    breaker.check()
+    breaker.check()
+
+
+def test_hanging_upstream_trips_the_breaker(hang: HangServer, toy: ToyUpstream) -> None:
+    """Three timeouts in a row: further requests fail at once (503) instead of each tying up
+    a thread for `timeout`; after the cooldown one request probes the upstream again."""
+    engine = url_engine(hang.url + "/", retries=0)
+    storage = engine.resolver.rules[0][2]
+    assert isinstance(storage, UrlStorage)
+    storage.breaker.cooldown = 1.0
+    for _ in range(3):
+        expect_error(lambda: engine.ticket(BAM_REGION), UpstreamError, 504, TIMEOUT + SLACK)
+    err = expect_error(lambda: engine.ticket(BAM_REGION), UpstreamError, 503, 0.2)
+    assert "not retried" in err.message
+    time.sleep(1.1)
+    expect_error(lambda: engine.ticket(BAM_REGION), UpstreamError, 504, TIMEOUT + SLACK)
+    expect_error(lambda: engine.ticket(BAM_REGION), UpstreamError, 503, 0.2)
+    # 404s and other answers never trip it: the upstream is there
+    ok = UrlStorage(f"{toy.url}/e404/", retries=0)
+    for _ in range(5):
+        assert not ok.exists("sample.bam")
+    assert ok.breaker.failures == 0
+
+
+def test_s3_breaker(hang: HangServer) -> None:
+    engine = s3_engine(hang.url, retries=0)
+    for _ in range(3):
+        expect_error(lambda: engine.ticket(BAM_REGION), UpstreamError, 504, TIMEOUT + SLACK)
+    expect_error(lambda: engine.ticket(BAM_REGION), UpstreamError, 503, 0.2)

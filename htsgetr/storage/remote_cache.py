@@ -204,3 +204,47 @@ class ProcessLocal(Generic[T]):
                     self._pid = pid
                 value = self._value
         return value
+
+
+class CircuitBreaker:
+    """Fail fast while a backend is down, so waiting on it cannot tie up a worker's threads.
+
+    After `threshold` consecutive failures that mean "unreachable or hanging" (connection
+    refused, timeouts; never 4xx answers) the backend is marked down for `cooldown` seconds:
+    calls fail at once with 503. After the cooldown one call goes through (half-open); a
+    success closes the circuit, a failure opens it again.
+    """
+
+    def __init__(self, name: str, threshold: int = 3, cooldown: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.clock = clock
+        self.failures = 0
+        self.open_until = 0.0
+        self._lock = threading.Lock()
+
+    def check(self) -> None:
+        with self._lock:
+            if self.failures < self.threshold:
+                return
+            now = self.clock()
+            if now < self.open_until:
+                left = self.open_until - now
+                raise UpstreamError(
+                    f"the storage backend is failing; not retried for another {left:.1f} s", 503)
+            # half-open: let this call through, hold the others back for another cooldown
+            self.open_until = now + self.cooldown
+
+    def success(self) -> None:
+        if self.failures:
+            with self._lock:
+                self.failures = 0
+                self.open_until = 0.0
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self.open_until = self.clock() + self.cooldown

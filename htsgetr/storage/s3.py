@@ -46,7 +46,14 @@ from urllib.parse import quote, urlparse
 from ..protocol import HtsgetError, NotFound, PermissionDenied, UpstreamError
 from .base import range_header
 from .local import safe_key
-from .remote_cache import WINDOW, MetaCache, ObjectMeta, ProcessLocal, RangeCache
+from .remote_cache import (
+    WINDOW,
+    CircuitBreaker,
+    MetaCache,
+    ObjectMeta,
+    ProcessLocal,
+    RangeCache,
+)
 
 if TYPE_CHECKING:
     from ..config import Config, LocationConfig
@@ -139,6 +146,7 @@ class S3Storage:
         self.name = f"s3:{where}:{self.bucket or '*'}/{self.prefix}"
         self.meta_cache = MetaCache(cache_ttl)
         self.windows = RangeCache()
+        self.breaker = CircuitBreaker(self.name)
         self._client: ProcessLocal[Any] = ProcessLocal(self._make_client)
         self._unsigned = False
         self._presigned: dict[tuple[str, str], tuple[str, float]] = {}
@@ -218,14 +226,17 @@ class S3Storage:
         )
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
+        self.breaker.check()
         attempt = 0
         while True:
             try:
-                return op(**params)
+                result = op(**params)
             except (ConnectTimeoutError, ReadTimeoutError):
+                self.breaker.failure()
                 raise UpstreamError(f"S3 timed out on {what} (after {self.timeout:g} s)", 504) \
                     from None
             except ClientError as exc:
+                self.breaker.success()  # S3 answered: it is reachable
                 err = _client_error(exc, what)
                 if not _retryable(exc) or attempt >= self.retries:
                     raise err from None
@@ -234,12 +245,16 @@ class S3Storage:
                 raise UpstreamError("S3 credentials are not available to the server") from None
             except (EndpointConnectionError, BotoConnectionError):
                 if attempt >= self.retries:
+                    self.breaker.failure()
                     raise UpstreamError(f"S3 endpoint unreachable on {what}", 503) from None
                 last = UpstreamError(f"S3 endpoint unreachable on {what}", 503)
             except BotoCoreError as exc:
                 raise UpstreamError(f"S3 failed on {what}: {type(exc).__name__}") from None
-            log.warning("%s: %s, retrying (%d/%d)", self.name, last.message, attempt + 1,
-                        self.retries)
+            else:
+                self.breaker.success()
+                return result
+            log.info("%s: %s, retrying (%d/%d)", self.name, last.message, attempt + 1,
+                     self.retries)
             time.sleep(_backoff(attempt))
             attempt += 1
 
@@ -341,6 +356,7 @@ class S3Storage:
             self._check_version(key, bucket, obj, meta, resp)
             data: bytes = body.read()
         except ReadTimeoutError:
+            self.breaker.failure()
             raise UpstreamError(f"S3 timed out reading {key}", 504) from None
         except BotoCoreError as exc:
             raise UpstreamError(f"S3 read of {key} was cut short ({type(exc).__name__})") \
@@ -408,6 +424,7 @@ class S3Storage:
             first = next(it, b"")
         except ReadTimeoutError:
             body.close()
+            self.breaker.failure()
             raise UpstreamError(f"S3 timed out reading {key}", 504) from None
         except BotoCoreError as exc:
             body.close()

@@ -40,7 +40,7 @@ import threading
 from http.cookiejar import DefaultCookiePolicy
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -53,7 +53,14 @@ from urllib3.util.retry import Retry
 from ..protocol import HtsgetError, NotFound, UpstreamError
 from .base import range_header
 from .local import safe_key
-from .remote_cache import WINDOW, MetaCache, ObjectMeta, ProcessLocal, RangeCache
+from .remote_cache import (
+    WINDOW,
+    CircuitBreaker,
+    MetaCache,
+    ObjectMeta,
+    ProcessLocal,
+    RangeCache,
+)
 
 if TYPE_CHECKING:
     from ..config import Config, LocationConfig
@@ -136,9 +143,13 @@ class UrlStorage:
             forward["authorization"] = "Authorization"
         self.forward_headers = [n for k, n in sorted(forward.items()) if k not in NEVER_FORWARD]
         self.data_url = data_url.rstrip("/") + "/data/" + (mount + "/" if mount else "")
-        self.name = f"url:{self.url}"
+        # no userinfo or query in the name: it appears in logs and cache keys
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        self.name = f"url:{parts.scheme}://{parts.hostname}{port}{parts.path}"
         self.meta_cache = MetaCache(cache_ttl)
         self.windows = RangeCache()
+        self.breaker = CircuitBreaker(self.name)
         self._session: ProcessLocal[requests.Session] = ProcessLocal(self._make_session)
         #: upstream responses received by this process (for tests and metrics)
         self.calls = 0
@@ -225,13 +236,24 @@ class UrlStorage:
 
     def _send(self, method: str, url: str, what: str, headers: dict[str, str],
               stream: bool = False) -> requests.Response:
+        self.breaker.check()
         try:
-            return self.session.request(
+            resp = self.session.request(
                 method, url, headers=headers, timeout=(self.timeout, self.timeout),
                 allow_redirects=True, stream=stream,
             )
         except requests.RequestException as exc:
-            raise _exception_error(exc, what, self.timeout) from None
+            raise self._failed(exc, what) from None
+        self.breaker.success()
+        return resp
+
+    def _failed(self, exc: requests.RequestException, what: str) -> UpstreamError:
+        """The htsget error for a failed request; unreachable / hanging upstreams count
+        towards the circuit breaker."""
+        err = _exception_error(exc, what, self.timeout)
+        if err.status in (503, 504):
+            self.breaker.failure()
+        return err
 
     # ------------------------------------------------------------------ keys and metadata
 
@@ -353,7 +375,7 @@ class UrlStorage:
         try:
             data = b"".join(resp.iter_content(STREAM_CHUNK))
         except requests.RequestException as exc:
-            raise _exception_error(exc, f"GET {key}", self.timeout) from None
+            raise self._failed(exc, f"GET {key}") from None
         finally:
             resp.close()
         if len(data) != end - start:
@@ -382,7 +404,7 @@ class UrlStorage:
             first = next(body, b"")
         except requests.RequestException as exc:
             resp.close()
-            raise _exception_error(exc, f"GET {key}", self.timeout) from None
+            raise self._failed(exc, f"GET {key}") from None
 
         def chunks() -> Iterator[bytes]:
             sent = len(first)
