@@ -685,3 +685,19 @@ def test_md5_from_single_part_etag(moto: MotoServer, remote_data: Path) -> None:
         Bucket=BUCKET, Key="multi/x.bin", UploadId=upload["UploadId"],
         MultipartUpload={"Parts": [{"ETag": e, "PartNumber": n + 1} for n, e in enumerate(etags)]})
     assert S3Storage(BUCKET, "multi", endpoint_url=moto.url, path_style=True).md5("x.bin") is None
+
+
+def test_profile(moto: MotoServer, remote_data: Path, tmp_path: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A named profile from the shared credentials file; an unknown one is a config error."""
+    creds = tmp_path / "credentials"
+    creds.write_text("[htsgetr]\naws_access_key_id = fromprofile\n"
+                     "aws_secret_access_key = fromprofile\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    s = S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, path_style=True, profile="htsgetr")
+    assert s.size("calls.vcf.gz") == (remote_data / "calls.vcf.gz").stat().st_size
+    assert "Credential=fromprofile%2F" in s.block_url("calls.vcf.gz", 0, 10)[0]
+    with pytest.raises(ValueError, match="not configured"):
+        S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, profile="nope")

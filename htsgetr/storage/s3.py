@@ -153,6 +153,8 @@ class S3Storage:
         #: HTTP requests sent to S3 by this process (retries included); for tests and metrics
         self.calls = 0
         self._calls_lock = threading.Lock()
+        if profile:
+            _check_profile(profile)
 
     @classmethod
     def from_location(cls, location: LocationConfig, mount: str, config: Config) -> S3Storage:
@@ -212,7 +214,14 @@ class S3Storage:
     @property
     def client(self) -> Any:
         """The boto3 client of this process (built on first use, rebuilt after a fork)."""
-        return self._client.get()
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._client.get()
+        except BotoCoreError as exc:  # e.g. a credential_process that fails
+            log.error("%s: cannot build the S3 client: %s", self.name, exc)
+            raise UpstreamError(f"the S3 client cannot be configured ({type(exc).__name__})") \
+                from None
 
     def _call(self, what: str, op: Callable[..., Any], **params: Any) -> Any:
         """Run one S3 operation with bounded retries; map failures to htsget errors."""
@@ -469,6 +478,17 @@ def _meta_from(resp: dict[str, Any], size: int) -> ObjectMeta:
     if etag and plain and _MD5_ETAG.match(etag):
         md5 = etag.strip('"')
     return ObjectMeta(size, version, etag, archived, md5)
+
+
+def _check_profile(profile: str) -> None:
+    """A named profile must exist (a ValueError is reported as a configuration error)."""
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        boto3.session.Session(profile_name=profile)
+    except ProfileNotFound:
+        raise ValueError(f"AWS profile {profile!r} is not configured") from None
 
 
 def _is_aws(host: str) -> bool:
