@@ -38,16 +38,13 @@ import logging
 import re
 import threading
 from http.cookiejar import DefaultCookiePolicy
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import ConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
-from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from ..protocol import HtsgetError, NotFound, UpstreamError
@@ -63,6 +60,11 @@ from .remote_cache import (
 )
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
+    from urllib3.connectionpool import ConnectionPool
+    from urllib3.response import BaseHTTPResponse
+
     from ..config import Config, LocationConfig
 
 log = logging.getLogger("htsgetr.storage.url")
@@ -82,6 +84,8 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 class _Retry(Retry):
     """urllib3 Retry that gives up at once on a timeout (a hanging upstream hangs again)."""
+
+    BACKOFF_MAX = 2.0  # urllib3 1.26 (2.x takes `backoff_max`)
 
     def increment(
         self,
@@ -184,7 +188,7 @@ class UrlStorage:
         # no cookie jar: a cookie set in answer to one client's forwarded credentials must
         # never ride along with another client's request
         session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        retry = _Retry(
+        params: dict[str, Any] = dict(
             total=self.retries,
             connect=self.retries,
             read=self.retries,
@@ -192,12 +196,15 @@ class UrlStorage:
             other=0,
             redirect=5,
             backoff_factor=0.1,
-            backoff_max=2.0,
             status_forcelist=(502, 503, 504),
             allowed_methods=frozenset({"HEAD", "GET"}),
             raise_on_status=False,
             respect_retry_after_header=False,
         )
+        try:
+            retry = _Retry(backoff_max=2.0, **params)
+        except TypeError:  # urllib3 1.26: `_Retry.BACKOFF_MAX`
+            retry = _Retry(**params)
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=retry)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
