@@ -175,6 +175,15 @@ def build_remote_data(d: Path) -> Path:
     make_bam(d / "nested" / "other.bam", seed=7)
     make_bam(d / "csi.bam", seed=3, csi=True, min_shift=12)
     make_vcf(d / "calls.vcf.gz")
+    if shutil.which("samtools"):  # CRAM 3.0 with small containers, so regions span several
+        subprocess.run(["samtools", "view", "-C", "--output-fmt",
+                        "cram,version=3.0,no_ref=1,seqs_per_slice=100", "-o",
+                        str(d / "reads.cram"), str(d / "sample.bam")], check=True, timeout=120)
+        subprocess.run(["samtools", "index", str(d / "reads.cram")], check=True, timeout=120)
+    if shutil.which("bcftools"):
+        subprocess.run(["bcftools", "view", "-Ob", "-o", str(d / "calls.bcf"),
+                        str(d / "calls.vcf.gz")], check=True, timeout=120)
+        subprocess.run(["bcftools", "index", "-c", str(d / "calls.bcf")], check=True, timeout=120)
     for name, (sub, extras) in SHARED_FILES.items():
         src = SHARED_DATA / sub / name
         if src.exists():
@@ -255,6 +264,12 @@ CASES: list[tuple[str, Optional[list[tuple[str, Optional[int], Optional[int]]]]]
     ("calls.vcf.gz", [("1", 1000, 150_000)]),
     ("calls.vcf.gz", [("X", None, None), ("2", 5, 100_000)]),
     ("calls.vcf.gz", None),
+    ("reads.cram", [("chr1", 10_000, 90_000)]),
+    ("reads.cram", [("chr2", None, None), ("chr3", 0, 30_000)]),
+    ("reads.cram", [("*", None, None)]),
+    ("reads.cram", None),
+    ("calls.bcf", [("1", 1000, 150_000)]),
+    ("calls.bcf", None),
     ("htsnexus_test_NA12878.bam", [("11", 5_000_000, 5_050_000)]),
     ("htsnexus_test_NA12878.bam", [("20", None, None)]),
     ("htsnexus_test_NA12878.cram", [("11", 5_010_000, 5_020_000)]),
