@@ -34,6 +34,7 @@ from htsgetr.protocol import (
     Region,
     UpstreamError,
 )
+from htsgetr.storage.base import Storage
 from htsgetr.storage.s3 import ArchivedObject, S3Storage
 
 boto3 = pytest.importorskip("boto3")
@@ -345,6 +346,7 @@ def storage_of(engine: Htsget) -> S3Storage:
 
 def test_storage_basics(moto: MotoServer, remote_data: Path) -> None:
     s = S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, path_style=True, expires=600)
+    assert isinstance(s, Storage)
     raw = (remote_data / "sample.bam").read_bytes()
     assert s.exists("sample.bam") and not s.exists("nope.bam")
     assert s.size("sample.bam") == len(raw)

@@ -39,6 +39,7 @@ from test_s3 import (
 from htsgetr.config import Config, LocationConfig
 from htsgetr.engine import Htsget
 from htsgetr.protocol import Endpoint, Format, NotFound, Query, Region, UpstreamError
+from htsgetr.storage.base import Storage
 from htsgetr.storage.url import UrlStorage
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -560,3 +561,25 @@ def test_serve_storage_url(nginx: Nginx, remote_data: Path, tmp_path: Path) -> N
         assert requests.get(f"{server.url}/reads/nope", timeout=30).status_code == 404
     finally:
         server.stop()
+
+
+def test_session_is_per_process(nginx: Nginx) -> None:
+    """After a fork (gunicorn --preload) the child builds its own session: no shared sockets."""
+    import multiprocessing
+
+    s = UrlStorage(nginx.url + "/files/")
+    assert isinstance(s, Storage)
+    parent = s.session
+    assert s.size("calls.vcf.gz") > 0
+    ctx = multiprocessing.get_context("fork")
+    queue: Any = ctx.Queue()
+
+    def child() -> None:
+        queue.put((id(s.session) != id(parent), s.size("calls.vcf.gz")))
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    proc.join(30)
+    fresh, size = queue.get(timeout=5)
+    assert fresh and size == s.size("calls.vcf.gz")
+    assert s.session is parent
