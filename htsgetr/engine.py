@@ -99,6 +99,11 @@ class Htsget:
             if text and len(text[0]) == 32:
                 return text[0].lower()
         storage = source.storage
+        md5_of = getattr(storage, "md5", None)  # e.g. S3 single-part ETags
+        if md5_of is not None:
+            value = md5_of(source.key)
+            if value:
+                return str(value)
         small = storage.size(source.key) <= self.config.md5_max_bytes
         if isinstance(storage, LocalStorage) and small:
             return source.cached("md5", lambda: _file_md5(storage.path(source.key)))

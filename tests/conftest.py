@@ -61,7 +61,7 @@ class Server:
             start_new_session=True,
         )
 
-    def start(self, **kw: object) -> "Server":
+    def start(self, **kw: object) -> Server:
         wait_for(self.url + "/service-info", self.proc, **kw)
         return self
 

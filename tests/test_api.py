@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import Server
+
 from htsgetr.app import create_app
 from htsgetr.config import for_data_dir
 

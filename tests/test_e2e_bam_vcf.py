@@ -11,10 +11,10 @@ from pathlib import Path
 import pysam
 import pytest
 import requests
-
 from conftest import Server, reassemble, shared
 
 CT = "application/vnd.ga4gh.htsget.v1.3.0+json"
+BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
 def ticket(server: Server, endpoint: str, id: str, **params: object) -> dict:
@@ -58,7 +58,7 @@ def check_payload(payload: bytes, tmp: Path, suffix: str, expected: list[str]) -
     assert not dupes, f"{len(dupes)} records duplicated"
     missing = [r for r in expected if r not in counts]
     assert not missing, f"{len(missing)} of {len(expected)} region records missing"
-    assert payload.endswith(bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000"))
+    assert payload.endswith(BGZF_EOF)
     return got
 
 
@@ -132,7 +132,8 @@ def _random_regions(refs: list[tuple[str, int]], n: int, seed: int) -> list[tupl
             regions.append((name, None, rng.randint(1, length)))
         else:
             start = rng.randint(0, length - 1)
-            regions.append((name, start, min(length + 100, start + rng.choice([1, 50, 1000, 20000, 100000]))))
+            span = rng.choice([1, 50, 1000, 20000, 100000])
+            regions.append((name, start, min(length + 100, start + span)))
     return regions
 
 
@@ -182,7 +183,8 @@ def test_unplaced_reads(server: Server, data_dir: Path, tmp_path: Path) -> None:
     check_payload(reassemble(t), tmp_path, ".bam", unplaced)
 
 
-def test_post_overlapping_regions_one_stream(server: Server, data_dir: Path, tmp_path: Path) -> None:
+def test_post_overlapping_regions_one_stream(server: Server, data_dir: Path,
+                                             tmp_path: Path) -> None:
     regions = [
         {"referenceName": "chr1", "start": 1000, "end": 60000},
         {"referenceName": "chr1", "start": 30000, "end": 90000},

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pysam
 import pytest
-
 from conftest import make_bam, make_vcf
+
 from htsgetr import Htsget, Query, Region
 from htsgetr.config import for_data_dir
 from htsgetr.formats import bgzf

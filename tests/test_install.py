@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import ROOT, free_port, reassemble, wait_for
 
 
@@ -37,8 +36,8 @@ def test_version_and_extension(installed: tuple[Path, dict[str, str]], tmp_path:
     out = subprocess.run([str(prefix / "bin" / "htsgetr"), "--version"], capture_output=True,
                          text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("htsgetr ")
-    out = subprocess.run([sys.executable, "-c",
-                          "import htsgetr, htsgetr._ranges as r; print(htsgetr.__file__, r.__file__)"],
+    code = "import htsgetr, htsgetr._ranges as r; print(htsgetr.__file__, r.__file__)"
+    out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert str(prefix) in out.stdout and str(ROOT / "htsgetr") not in out.stdout

@@ -63,13 +63,13 @@ def default_factory(location: LocationConfig, mount: str, config: Config) -> Sto
         return LocalStorage(root, config.data_url(), mount)
     try:
         if location.backend == "s3":
-            from .s3 import S3Storage  # type: ignore[import-not-found,unused-ignore]
+            from .s3 import S3Storage
 
-            return S3Storage.from_location(location, mount, config)  # type: ignore[no-any-return,unused-ignore]
+            return S3Storage.from_location(location, mount, config)
         if location.backend == "url":
-            from .url import UrlStorage  # type: ignore[import-not-found,unused-ignore]
+            from .url import UrlStorage
 
-            return UrlStorage.from_location(location, mount, config)  # type: ignore[no-any-return,unused-ignore]
+            return UrlStorage.from_location(location, mount, config)
     except ImportError as err:
         raise ValueError(f"backend {location.backend!r} is not available: {err}") from None
     raise ValueError(f"unknown backend {location.backend!r}")
