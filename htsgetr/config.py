@@ -439,8 +439,23 @@ def parse_storage(spec: str) -> dict[str, Any]:
 
 
 def expand_location(table: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:
-    """`storage = "URL"` and `id_prefix = "..."` rewritten as plain location keys."""
+    """Sugar rewritten as plain location keys: `storage = "URL"` (or htsget-rs's `location`),
+    `id_prefix = "p/"` (IDs under p/, the prefix stripped), and beside a storage URL,
+    htsget-rs's `prefix = "p"` (IDs starting with p, appended whole to the URL)."""
     table = dict(table)
+    if "location" in table:  # htsget-rs spelling of storage
+        if "storage" in table:
+            raise ctx.error(_join(key, "location"), "give either location or storage, not both")
+        table["storage"] = table.pop("location")
+    if "storage" in table and "prefix" in table:
+        # htsget-rs's `{ location = "URL", prefix = "bam" }`: IDs under the prefix, appended whole
+        if "id_prefix" in table or "regex" in table:
+            raise ctx.error(_join(key, "prefix"), "give one of prefix, id_prefix or regex")
+        prefix = table.pop("prefix")
+        if not isinstance(prefix, str):
+            raise ctx.error(_join(key, "prefix"), f"expected a string, got {_describe(prefix)}")
+        table["regex"] = re.escape(prefix) + ".*"
+        table.setdefault("substitution", "$0")
     if "storage" in table:
         spec = table.pop("storage")
         if not isinstance(spec, str):

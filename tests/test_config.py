@@ -656,3 +656,26 @@ def test_schema_fields_all_have_docs() -> None:
     for cls in (Config, LocationConfig, type(Config().ticket_server), type(Config().data_server)):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("doc"), f"{cls.__name__}.{f.name}"
+
+
+def test_htsget_rs_location_prefix_sugar(tmp_path: Path) -> None:
+    """`{ location = "file://dir", prefix = "bam" }`: IDs starting with bam, appended whole."""
+    from htsgetr.config import load_config
+    from htsgetr.storage.resolver import Resolver
+
+    (tmp_path / "d1" / "bam").mkdir(parents=True)
+    (tmp_path / "d2" / "cram").mkdir(parents=True)
+    cfg = tmp_path / "c.toml"
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    cfg.write_text(
+        f'locations = [ {{ location = "file://{d1}", prefix = "bam" }},\n'
+        f'              {{ location = "file://{d2}", prefix = "cram" }} ]\n'
+    )
+    config = load_config(str(cfg), env={})
+    matches = list(Resolver(config).matches("bam/htsnexus_test_NA12878"))
+    assert [m.key for m in matches] == ["bam/htsnexus_test_NA12878"]
+    assert matches[0].storage.root == str(tmp_path / "d1")
+    matches = list(Resolver(config).matches("cram/x"))
+    assert [m.key for m in matches] == ["cram/x"]
+    assert matches[0].storage.root == str(d2)
+    assert list(Resolver(config).matches("vcf/x")) == []
