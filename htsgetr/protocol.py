@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 CONTENT_TYPE = "application/vnd.ga4gh.htsget.v1.3.0+json"
 PROTOCOL_VERSION = "1.3.0"
@@ -231,11 +231,6 @@ def _region(
     return Region(reference_name, start_i, end_i)
 
 
-def _check_unplaced(endpoint: Endpoint, regions: Sequence[Region]) -> None:
-    if endpoint is not Endpoint.READS and any(r.reference_name == UNPLACED for r in regions):
-        raise InvalidInput("referenceName=* is only defined for reads")
-
-
 def parse_get(endpoint: Endpoint, id: str, args: Mapping[str, str]) -> Query:
     """A GET ticket request: one optional region from the query string."""
     fmt = parse_format(endpoint, args.get("format"))
@@ -246,7 +241,6 @@ def parse_get(endpoint: Endpoint, id: str, args: Mapping[str, str]) -> Query:
         if klass is Class.HEADER:
             raise InvalidInput("class=header cannot be combined with a region")
         regions = (_region(ref, start, end, strict_end=False),)
-        _check_unplaced(endpoint, regions)
     fields = _split_list("fields", args.get("fields"))
     tags = _split_list("tags", args.get("tags"))
     notags = _split_list("notags", args.get("notags"))
@@ -296,7 +290,6 @@ def parse_post(endpoint: Endpoint, id: str, body: bytes, has_query_string: bool)
                 _region(item.get("referenceName"), item.get("start"), item.get("end"), True)
             )
         regions = tuple(parsed)
-        _check_unplaced(endpoint, regions)
     fields = _split_list("fields", doc.get("fields"))
     tags = _split_list("tags", doc.get("tags"))
     notags = _split_list("notags", doc.get("notags"))

@@ -52,6 +52,7 @@ def assert_error(resp, status: int, error: str) -> dict:
     ("/reads/sample?class=bogus", 400, "InvalidInput"),
     ("/reads/sample?class=header&referenceName=chr1", 400, "InvalidInput"),
     ("/reads/sample?referenceName=*&start=5", 400, "InvalidInput"),
+    ("/variants/calls?referenceName=*", 404, "NotFound"),
     ("/reads/sample?fields=QNAME,NOPE", 400, "InvalidInput"),
     ("/reads/sample?tags=RG&notags=RG", 400, "InvalidInput"),
     ("/reads/sample?referenceName=chr1&start=20&end=10", 400, "InvalidRange"),
