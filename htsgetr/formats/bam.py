@@ -11,7 +11,8 @@ from ..index.binning import parse_binning_index
 from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, NotFound, Query
 from . import bgzf
 from .base import Piece, Source, missing_index
-from .blocks import BgzfLayout, assemble, load_layout
+from .blocks import BgzfLayout, Target, assemble, load_layout, region_chunks
+from .records import parse_bam
 
 
 def bam_header_length(data: bytes) -> Optional[int]:
@@ -100,5 +101,9 @@ class BamHandler:
                 continue  # the index lists no data for trailing references
             beg = region.start or 0
             end = MAX_COORDINATE if region.end is None else region.end
-            chunks.extend(bam.index.query(ref_id, beg, end))
+            found = bam.index.query(ref_id, beg, end)
+            if region.start is not None or region.end is not None:
+                target = Target(ref_id, beg, end)
+                found = region_chunks(source, bam.layout, found, parse_bam, target)
+            chunks.extend(found)
         return assemble(source, bam.layout, chunks, False)

@@ -10,6 +10,8 @@ or cut in half.
 from __future__ import annotations
 
 import struct
+import threading
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,9 +21,12 @@ from .._ranges import merge_ranges
 from ..protocol import Class, InternalError
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
+from .records import RecordParser, RefKey
 
 #: decompressed blocks kept per file for re-cutting chunk ends
 BLOCK_CACHE = 64
+#: uncompressed bytes scanned per chunk when trimming it to a region's records
+TRIM_SCAN_BYTES = 1 << 20
 
 
 @dataclass
@@ -36,6 +41,7 @@ class BgzfLayout:
     gzi: Optional[bgzf.Gzi] = None
     _block_ends: dict[int, int] = field(default_factory=dict)
     _blocks: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # gthread workers share it
 
     @property
     def data_end(self) -> int:
@@ -64,17 +70,19 @@ class BgzfLayout:
         """Uncompressed data of the block at `coff` (a few recent blocks are kept)."""
         if coff == bgzf.coffset(self.header_end) and self.header_block:
             return self.header_block
-        if coff in self._blocks:
-            self._blocks.move_to_end(coff)
-            return self._blocks[coff]
+        with self._lock:
+            if coff in self._blocks:
+                self._blocks.move_to_end(coff)
+                return self._blocks[coff]
         raw = source.read(coff, self.block_end(source, coff))
         try:
             data = bgzf.decompress_block(raw)
         except (ValueError, struct.error) as exc:
             raise InternalError(f"{source.key}: corrupt BGZF block at {coff}: {exc}") from None
-        self._blocks[coff] = data
-        while len(self._blocks) > BLOCK_CACHE:
-            self._blocks.popitem(last=False)
+        with self._lock:
+            self._blocks[coff] = data
+            while len(self._blocks) > BLOCK_CACHE:
+                self._blocks.popitem(last=False)
         return data
 
 
@@ -96,6 +104,90 @@ def load_layout(source: Source, prefix: bgzf.Prefix, header_len: int) -> BgzfLay
         except ValueError:
             gzi = None  # a broken .gzi only costs us block-header reads
     return BgzfLayout(size, header_end, block, block_size, tail == bgzf.EOF_MARKER, gzi)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A region in the file's own terms: reference ID (BAM/BCF) or name (VCF), [beg, end)."""
+
+    ref: RefKey
+    beg: int
+    end: int
+
+
+def trim_chunk(
+    source: Source,
+    layout: BgzfLayout,
+    vbeg: int,
+    vend: int,
+    parse: RecordParser,
+    target: Target,
+) -> Optional[tuple[int, int]]:
+    """Narrow a chunk to [first record overlapping `target`, end of the last one), or None.
+
+    Records in a chunk are in coordinate order, so the scan stops at the first record past
+    the region. At most `TRIM_SCAN_BYTES` are decompressed per chunk; past that, the chunk
+    keeps its end (the start is still trimmed to where the scan got).
+    """
+    coff, uoff = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
+    buf = layout.block_data(source, coff)[uoff:]
+    # (buffer offset, block offset, uoffset at buffer offset, block length) per loaded block
+    spans = [(0, coff, uoff, uoff + len(buf))]
+    next_coff = layout.block_end(source, coff)
+    last_coff = bgzf.coffset(vend)
+
+    def voffset(p: int) -> int:
+        i = bisect_right([s[0] for s in spans], p) - 1
+        start, c, u, length = spans[i]
+        u += p - start
+        if u >= length:  # exactly at a block end: the next block's start
+            return bgzf.make_voffset(layout.block_end(source, c), 0)
+        return bgzf.make_voffset(c, u)
+
+    pos, first, last = 0, None, None
+    while True:
+        here = voffset(pos)
+        if here >= vend:
+            break
+        rec = parse(buf, pos)
+        if rec is None:
+            if next_coff > last_coff or next_coff >= layout.data_end:
+                break  # the chunk ends inside this record: keep it whole
+            if len(buf) > TRIM_SCAN_BYTES:
+                return (first if first is not None else here), vend
+            data = layout.block_data(source, next_coff)
+            spans.append((len(buf), next_coff, 0, len(data)))
+            buf += data
+            next_coff = layout.block_end(source, next_coff)
+            continue
+        nxt, ref, beg, end = rec
+        if ref == target.ref and beg >= target.end:
+            break  # sorted: nothing later in this chunk overlaps
+        if ref == target.ref and end > target.beg:
+            if first is None:
+                first = here
+            last = nxt
+        pos = nxt
+    if first is None or last is None:
+        return None
+    return first, voffset(last)
+
+
+def region_chunks(
+    source: Source,
+    layout: BgzfLayout,
+    chunks: Sequence[tuple[int, int]],
+    parse: RecordParser,
+    target: Target,
+) -> list[tuple[int, int]]:
+    """Index chunks for one region, each trimmed to the records that overlap it."""
+    out = []
+    for vbeg, vend in chunks:
+        vbeg = max(vbeg, layout.header_end)
+        trimmed = trim_chunk(source, layout, vbeg, vend, parse, target) if vend > vbeg else None
+        if trimmed is not None:
+            out.append(trimmed)
+    return out
 
 
 def header_pieces(layout: BgzfLayout) -> list[Piece]:

@@ -17,7 +17,8 @@ from ..protocol import MAX_COORDINATE, Class, Format, NotFound, Query
 from . import bgzf
 from .bam import index_candidates
 from .base import Piece, Source, missing_index
-from .blocks import BgzfLayout, assemble, load_layout
+from .blocks import BgzfLayout, Target, assemble, load_layout, region_chunks
+from .records import parse_bcf, parse_vcf
 
 _CONTIG = re.compile(rb"^##contig=<(.*)>\s*$", re.MULTILINE)
 _ID = re.compile(rb"(?:^|,)ID=([^,>]+)")
@@ -118,7 +119,13 @@ class _VariantHandler:
                 continue  # declared in the header, but no records
             beg = region.start or 0
             end = MAX_COORDINATE if region.end is None else region.end
-            chunks.extend(vf.index.query(ref_id, beg, end))
+            found = vf.index.query(ref_id, beg, end)
+            if region.start is not None or region.end is not None:
+                is_bcf = self.format is Format.BCF
+                target = Target(ref_id if is_bcf else name.encode(), beg, end)
+                parse = parse_bcf if is_bcf else parse_vcf
+                found = region_chunks(source, vf.layout, found, parse, target)
+            chunks.extend(found)
         return assemble(source, vf.layout, chunks, False)
 
 
