@@ -303,7 +303,8 @@ def test_shared_variants(shared_server: Server, tmp_path: Path, name: str, suffi
 
 @pytest.mark.parametrize("id,suffix,endpoint,regions", [
     ("csi", ".bam", "reads", [("chr1", 5000, 90000), ("chr1", 60000, 200000), ("chr3", 0, 1),
-                              ("chr1", 100000, 100001), ("chrEmpty", None, None), ("*", None, None)]),
+                              ("chr1", 100000, 100001), ("chrEmpty", None, None),
+                              ("*", None, None)]),
     ("calls", ".vcf.gz", "variants", [("1", 1000, 150000), ("1", 100000, 300000), ("X", 0, 50),
                                       ("2", None, None), ("empty", None, None), ("2", 5, 6000)]),
     ("calls_csi", ".vcf.gz", "variants", [("X", 0, 150000), ("X", 1000, 2000), ("1", 7, 90000)]),
