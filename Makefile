@@ -16,7 +16,7 @@ test: deps build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 serve: deps build example-data
-	$(VENV)/bin/htsgetr serve --data-dir example-data --host $(HOST) --port $(PORT)
+	$(PY) -m htsgetr serve --data-dir example-data --host $(HOST) --port $(PORT)
 
 deps: apt $(VENV)/.installed
 

@@ -24,6 +24,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
         "example-data", ".*_cache", ".hypothesis"))
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--ignore-installed",  # never uninstall the developer's own (editable) install
          "--prefix", str(prefix), str(src)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     site = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
