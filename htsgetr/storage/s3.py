@@ -16,34 +16,19 @@
 - Bucket per ID: when the location has no ``bucket``, keys are ``<bucket>/<key>`` (e.g. a
   substitution ``$1/$2`` over ``^([^/]+)/(.*)$``).
 
-Errors (the client always gets htsget JSON):
-
-- missing object or bucket -> NotFound (404).
-- HeadObject answers a bare 403 both for "denied" and, when the role lacks s3:ListBucket, for
-  "missing"; a ranged GET then tells them apart (NoSuchKey -> 404; AccessDenied stays
-  ambiguous and is answered as NotFound with a warning in the log; a rejected credential
-  -> 502). A GetObject denied for an object HEAD could see -> UpstreamError 502: S3's 403 is
-  about *our* credentials, not the client's permission, so it is an upstream fault.
-- connection refused / endpoint unreachable -> 503; connect or read timeout -> 504 (never
-  retried: a hanging endpoint would hang again, and the client must hear back in bounded
-  time); throttling and 5xx -> retried ``retries`` times with short backoff, then 503 / 502.
-- GLACIER / DEEP_ARCHIVE (and Intelligent-Tiering archive tiers) not restored ->
-  `ArchivedObject`, a PermissionDenied (403): the object exists but cannot be read until it is
-  restored, which takes hours. 403 is in htsget's error set, and htsget clients (htslib, the
-  GA4GH client) retry 5xx but not 4xx, so no client spins on it; the message says to restore.
+Errors (the client always gets htsget JSON) are mapped in `s3_errors`: see its doc.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 from urllib.parse import quote, urlparse
 
-from ..protocol import HtsgetError, NotFound, PermissionDenied, UpstreamError
+from ..protocol import HtsgetError, NotFound, UpstreamError
 from .base import range_header
 from .local import safe_key
 from .remote_cache import (
@@ -54,6 +39,15 @@ from .remote_cache import (
     ProcessLocal,
     RangeCache,
 )
+from .s3_errors import (
+    CREDENTIAL_CODES,
+    ArchivedObject,
+    Denied,
+    archived,
+    backoff,
+    client_error,
+    retryable,
+)
 
 if TYPE_CHECKING:
     from ..config import Config, LocationConfig
@@ -62,46 +56,8 @@ log = logging.getLogger("htsgetr.storage.s3")
 
 #: Bytes per chunk when proxying a range through /data.
 STREAM_CHUNK = 256 * 1024
-#: Storage classes whose objects must be restored before they can be read.
-ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
-ARCHIVE_TIERS = frozenset({"ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"})
-#: Error codes meaning "the server's credentials were refused" (not "the object is private").
-CREDENTIAL_CODES = frozenset(
-    {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "TokenRefreshRequired",
-        "InvalidToken",
-        "AuthorizationHeaderMalformed",
-    }
-)
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404", "NoSuchVersion"})
-#: Answers meaning "busy, come back later": retried, then 503.
-THROTTLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
-)
-#: Also retried (then 502): transient server-side failures.
-TRANSIENT_CODES = frozenset({"InternalError", "RequestTimeout"})
 _MD5_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
-
-
-class ArchivedObject(PermissionDenied):
-    """The object is in an archive storage class and not restored (see the module doc)."""
-
-
-class Denied(UpstreamError):
-    """S3 answered 403 (a 502 for the client: it is about the server's credentials)."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message, 502)
-        self.code = code
-
-
-def _backoff(attempt: int) -> float:
-    """0.1 s, 0.2 s, 0.4 s ... with jitter, capped at 2 s."""
-    return float(min(2.0, 0.1 * (2**attempt)) * (0.5 + random.random() / 2))
 
 
 class S3Storage:
@@ -246,8 +202,8 @@ class S3Storage:
                     from None
             except ClientError as exc:
                 self.breaker.success()  # S3 answered: it is reachable
-                err = _client_error(exc, what)
-                if not _retryable(exc) or attempt >= self.retries:
+                err = client_error(exc, what)
+                if not retryable(exc) or attempt >= self.retries:
                     raise err from None
                 last: HtsgetError = err
             except NoCredentialsError:
@@ -264,7 +220,7 @@ class S3Storage:
                 return result
             log.info("%s: %s, retrying (%d/%d)", self.name, last.message, attempt + 1,
                      self.retries)
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
             attempt += 1
 
     # ------------------------------------------------------------------ keys and metadata
@@ -293,7 +249,7 @@ class S3Storage:
         return _meta_from(head, int(head["ContentLength"]))
 
     def _probe_denied(self, bucket: str, obj: str, key: str) -> ObjectMeta:
-        """HEAD said a bare 403: a 1-byte GET names the reason (see the module doc)."""
+        """HEAD said a bare 403: a 1-byte GET names the reason (see `s3_errors`)."""
         try:
             resp = self._call(
                 f"GET {key}", self.client.get_object, Bucket=bucket, Key=obj, Range="bytes=0-0"
@@ -464,20 +420,13 @@ class S3Storage:
 def _meta_from(resp: dict[str, Any], size: int) -> ObjectMeta:
     etag = resp.get("ETag")
     version = f"{etag}:{size}" if etag else f"{resp.get('LastModified')}:{size}"
-    storage_class = resp.get("StorageClass")
-    archived = None
-    restore = resp.get("Restore") or ""
-    if storage_class in ARCHIVE_CLASSES and 'ongoing-request="false"' not in restore:
-        archived = storage_class
-    if resp.get("ArchiveStatus") in ARCHIVE_TIERS:
-        archived = f"INTELLIGENT_TIERING ({resp['ArchiveStatus']})"
     md5 = None
     # a single-part upload's ETag is its MD5, unless SSE-KMS or SSE-C encrypted it
     plain = resp.get("ServerSideEncryption") in (None, "AES256") and not resp.get(
         "SSECustomerAlgorithm")
     if etag and plain and _MD5_ETAG.match(etag):
         md5 = etag.strip('"')
-    return ObjectMeta(size, version, etag, archived, md5)
+    return ObjectMeta(size, version, etag, archived(resp), md5)
 
 
 def _check_profile(profile: str) -> None:
@@ -493,29 +442,3 @@ def _check_profile(profile: str) -> None:
 
 def _is_aws(host: str) -> bool:
     return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
-
-
-def _retryable(exc: Any) -> bool:
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    return code in THROTTLE_CODES or code in TRANSIENT_CODES or status >= 500
-
-
-def _client_error(exc: Any, what: str) -> HtsgetError:
-    """An S3 error answer as the htsget error to raise."""
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    if code in NOT_FOUND_CODES or status == 404:
-        return NotFound(f"no such object ({what})")
-    if code == "InvalidObjectState":
-        return ArchivedObject(f"{what}: the object is archived and must be restored first")
-    if code in CREDENTIAL_CODES:
-        return Denied(f"S3 refused the server's credentials on {what} ({code})", code)
-    if status == 403 or code == "AccessDenied":
-        return Denied(f"S3 denied {what} (403)", code or "403")
-    if code in THROTTLE_CODES or status == 503:
-        return UpstreamError(f"S3 is unavailable on {what} ({code or status})", 503)
-    if status == 412:
-        return UpstreamError(f"{what}: the object changed; retry the request")
-    return UpstreamError(f"S3 failed on {what} ({code or status})")
