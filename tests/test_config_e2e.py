@@ -261,3 +261,26 @@ root = "{data_dir}"
     while srv.read().count("configuration reloaded") < 2:
         assert time.monotonic() < deadline, srv.output
         time.sleep(0.1)
+
+
+def test_reload_does_not_drop_in_flight_requests(
+    running: Callable[[Path, int], ConfigServer], cohort_b: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """A download that is under way when SIGHUP arrives finishes, whole, on the old worker."""
+    big = cohort_b / "big.bin"
+    if not big.exists():
+        big.write_bytes(os.urandom(48 << 20))  # larger than any socket buffer
+    port = free_port()
+    path = tmp_path / "htsget.toml"
+    path.write_text(two_locations(port, cohort_b, data_dir))
+    srv = running(path, port)
+    resp = requests.get(f"{srv.url}/data/~cohortB/big.bin", stream=True, timeout=30)
+    assert resp.status_code == 200
+    body = resp.raw.read(1 << 20)
+    path.write_text(two_locations(port, cohort_b, data_dir, prefix="alpha"))
+    srv.hup()
+    wait_status(f"{srv.url}/reads/alpha/sample", 200)  # new workers serve the new mapping
+    while chunk := resp.raw.read(1 << 20):  # meanwhile the old worker keeps sending
+        body += chunk
+        time.sleep(0.01)
+    assert len(body) == big.stat().st_size and body == big.read_bytes()
