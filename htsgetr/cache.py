@@ -13,10 +13,19 @@ from typing import Any, Callable, Hashable, TypeVar
 T = TypeVar("T")
 
 
+def weight(value: Any) -> int:
+    """Approximate bytes a cached value holds: its `nbytes` if it says, else a small guess."""
+    return int(getattr(value, "nbytes", 4096))
+
+
 class LRUCache:
-    def __init__(self, max_entries: int = 256) -> None:
+    """Bounded by entry count and by total `weight` (a 30x human BAI alone is ~9 MB)."""
+
+    def __init__(self, max_entries: int = 256, max_bytes: int = 512 << 20) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[Hashable, Any] = OrderedDict()
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -26,19 +35,31 @@ class LRUCache:
             if key in self._data:
                 self._data.move_to_end(key)
                 self.hits += 1
-                return self._data[key]
+                return self._data[key][0]
             self.misses += 1
         value = load()  # outside the lock: loads may do I/O
+        size = weight(value)
         with self._lock:
-            self._data[key] = value
+            if key in self._data:
+                self._bytes -= self._data[key][1]
+            self._data[key] = (value, size)
             self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            self._bytes += size
+            while len(self._data) > 1 and (
+                len(self._data) > self.max_entries or self._bytes > self.max_bytes
+            ):
+                _, (_, dropped) = self._data.popitem(last=False)
+                self._bytes -= dropped
         return value
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)

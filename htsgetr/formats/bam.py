@@ -56,6 +56,12 @@ class BamFile:
     layout: BgzfLayout
     ref_ids: dict[str, int]
     index: BinningIndex
+    index_size: int
+
+    @property
+    def nbytes(self) -> int:
+        """For the cache budget: the index bytes the parser keeps, plus the layout."""
+        return self.index_size + self.layout.nbytes + 64 * len(self.ref_ids)
 
 
 def index_candidates(key: str, ext: str, primary: tuple[str, ...]) -> list[str]:
@@ -70,8 +76,8 @@ def load_bam(source: Source, index_key: str) -> BamFile:
     prefix, length = bgzf.read_prefix(source.storage, source.key, bam_header_length)
     names = bam_reference_names(prefix.data[:length])
     layout = load_layout(source, prefix, length)
-    index = parse_binning_index(source.read_all(index_key), index_key)
-    return BamFile(layout, {n: i for i, n in enumerate(names)}, index)
+    index, index_size = parse_binning_index(source.read_all(index_key), index_key)
+    return BamFile(layout, {n: i for i, n in enumerate(names)}, index, index_size)
 
 
 class BamHandler:

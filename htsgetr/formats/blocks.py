@@ -24,7 +24,7 @@ from .base import ByteRange, Inline, Piece, Source
 from .records import RecordParser, RefKey
 
 #: decompressed blocks kept per file for re-cutting chunk ends
-BLOCK_CACHE = 64
+BLOCK_CACHE = 16
 #: uncompressed bytes scanned per chunk when trimming it to a region's records
 TRIM_SCAN_BYTES = 1 << 20
 
@@ -42,6 +42,11 @@ class BgzfLayout:
     _block_ends: dict[int, int] = field(default_factory=dict)
     _blocks: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)  # gthread workers share it
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this layout may hold: its header block and a full block cache."""
+        return len(self.header_block) + BLOCK_CACHE * 0x10000
 
     @property
     def data_end(self) -> int:

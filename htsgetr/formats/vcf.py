@@ -66,6 +66,12 @@ class VariantFile:
     header_names: frozenset[str]
     ref_ids: dict[str, int]
     index: BinningIndex
+    index_size: int
+
+    @property
+    def nbytes(self) -> int:
+        """For the cache budget: the index bytes the parser keeps, plus the layout."""
+        return self.index_size + self.layout.nbytes + 64 * len(self.header_names)
 
 
 def _load(
@@ -77,13 +83,13 @@ def _load(
     prefix, length = bgzf.read_prefix(source.storage, source.key, header_length)
     text = prefix.data[:length]
     layout = load_layout(source, prefix, length)
-    index = parse_binning_index(source.read_all(index_key), index_key)
+    index, index_size = parse_binning_index(source.read_all(index_key), index_key)
     contigs = header_contigs(text)
     if is_bcf:
         ref_ids = dict(contigs)
     else:
         ref_ids = {name: i for i, name in enumerate(index.names)}
-    return VariantFile(layout, frozenset(contigs) | frozenset(ref_ids), ref_ids, index)
+    return VariantFile(layout, frozenset(contigs) | frozenset(ref_ids), ref_ids, index, index_size)
 
 
 class _VariantHandler:
