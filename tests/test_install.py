@@ -64,3 +64,25 @@ def test_installed_serve(installed: tuple[Path, dict[str, str]], data_dir: Path,
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(15)
+
+
+def test_plain_gunicorn_wsgi_app(data_dir: Path, tmp_path: Path) -> None:
+    """`gunicorn htsgetr.wsgi:app` with configuration from the environment."""
+    port = free_port()
+    env = {**os.environ, "HTSGET_DATA_DIR": str(data_dir), "HTSGET_PORT": str(port),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", "2", "-b",
+                             f"127.0.0.1:{port}", "htsgetr.wsgi:app"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/service-info", proc)
+        t = requests.get(f"http://127.0.0.1:{port}/variants/calls?referenceName=2&start=0&end=5000",
+                         timeout=10).json()
+        assert all(u["url"].startswith(("data:", f"http://127.0.0.1:{port}/data/"))
+                   for u in t["htsget"]["urls"])
+        payload = reassemble(t)
+        assert payload[:2] == b"\x1f\x8b" and len(payload) > 28
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(15)
