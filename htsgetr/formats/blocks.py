@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .._ranges import merge_ranges
-from ..protocol import Class, InternalError
+from ..protocol import MAX_COORDINATE, Class, InternalError
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
 from .records import RecordParser, RefKey
@@ -171,6 +171,8 @@ def trim_chunk(
         if ref == target.ref and end > target.beg:
             if first is None:
                 first = here
+                if target.end >= MAX_COORDINATE:
+                    return first, vend  # open-ended: every later record overlaps too
             last = nxt
         pos = nxt
     if first is None or last is None:
