@@ -4,6 +4,7 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension("htsgetr._ranges", ["htsgetr/_ranges.pyx"]),
+    Extension("htsgetr._records", ["htsgetr/_records.pyx"]),
 ]
 
 setup(

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import requests
 
@@ -71,6 +71,52 @@ def make_big_bam(out: Path, spacing: int = 6000) -> Path:
     sam.unlink()
     subprocess.run(["samtools", "index", str(bam)], check=True)
     return bam
+
+
+def make_deep_bam(out: Path, length: int = 2_000_000, depth: int = 30) -> Path:
+    """30x coverage of 150 bp reads over one 2 Mbp reference: region tickets must trim
+    chunks through thousands of records per 16 kbp window."""
+    bam = out / "deep.bam"
+    if (out / "deep.bam.bai").exists():
+        return bam
+    rng = random.Random(3)
+    sam = out / "deep.sam"
+    n = length * depth // 150
+    with open(sam, "w") as f:
+        f.write(f"@HD\tVN:1.6\tSO:coordinate\n@SQ\tSN:chrD\tLN:{length}\n")
+        seq, qual = "ACGT" * 37 + "AC", "I" * 150
+        for i, p in enumerate(sorted(rng.randrange(1, length - 150) for _ in range(n))):
+            f.write(f"d{i}\t0\tchrD\t{p}\t60\t150M\t*\t0\t0\t{seq}\t{qual}\n")
+    subprocess.run(["samtools", "view", "-b", "-o", str(bam), str(sam)], check=True)
+    sam.unlink()
+    subprocess.run(["samtools", "index", str(bam)], check=True)
+    return bam
+
+
+def bench_deep(data: Path) -> None:
+    import pysam
+
+    rng = random.Random(4)
+    engine = Htsget(for_data_dir(str(data)))
+    f = pysam.AlignmentFile(str(data / "deep.bam"))
+    print("deep (30x, 150 bp reads): region ticket incl. trimming vs htslib fetching the records")
+    for span in (1_000, 100_000):
+        starts = [rng.randrange(0, 1_800_000) for _ in range(50)]
+        ours_it, ref_it = iter(starts * 20), iter(starts * 20)
+
+        def ours(it: Iterator[int] = ours_it, span: int = span) -> None:
+            s = next(it)
+            engine.ticket(parse_get(Endpoint.READS, "deep", {
+                "referenceName": "chrD", "start": str(s), "end": str(s + span)}))
+
+        def ref(it: Iterator[int] = ref_it, span: int = span) -> None:
+            s = next(it)
+            for _ in f.fetch("chrD", s, s + span):
+                pass
+
+        t_ours, t_ref = timeit(ours, 200), timeit(ref, 200)
+        print(f"  {span:>7} bp region {t_ours * 1e3:8.2f} ms   htslib fetch all records "
+              f"{t_ref * 1e3:8.2f} ms   ratio {t_ours / t_ref:5.2f}")
 
 
 def bench_index(data: Path) -> None:
@@ -198,8 +244,10 @@ def main() -> int:
     cache.mkdir(parents=True, exist_ok=True)
     print("generating benchmark data (once) ...", flush=True)
     make_big_bam(cache)
+    make_deep_bam(cache)
     with tempfile.TemporaryDirectory() as tmp:
         bench_index(cache)
+        bench_deep(cache)
         bench_http(cache, Path(tmp))
         bench_data(cache, Path(tmp))
     return 0

@@ -6,13 +6,13 @@ import struct
 from dataclasses import dataclass
 from typing import Optional
 
+from .. import _records
 from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
 from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, NotFound, Query
 from . import bgzf
 from .base import Piece, Source, missing_index
 from .blocks import BgzfLayout, Target, assemble, load_layout, region_chunks
-from .records import parse_bam
 
 
 def bam_header_length(data: bytes) -> Optional[int]:
@@ -110,6 +110,6 @@ class BamHandler:
             found = bam.index.query(ref_id, beg, end)
             if region.start is not None or region.end is not None:
                 target = Target(ref_id, beg, end)
-                found = region_chunks(source, bam.layout, found, parse_bam, target)
+                found = region_chunks(source, bam.layout, found, _records.BAM, target)
             chunks.extend(found)
         return assemble(source, bam.layout, chunks, False)

@@ -15,13 +15,13 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
+from .. import _records
 from .._ranges import merge_ranges
 from ..protocol import MAX_COORDINATE, Class, InternalError
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
-from .records import RecordParser, RefKey
 
 #: decompressed blocks kept per file for re-cutting chunk ends
 BLOCK_CACHE = 16
@@ -115,7 +115,7 @@ def load_layout(source: Source, prefix: bgzf.Prefix, header_len: int) -> BgzfLay
 class Target:
     """A region in the file's own terms: reference ID (BAM/BCF) or name (VCF), [beg, end)."""
 
-    ref: RefKey
+    ref: Union[int, bytes]
     beg: int
     end: int
 
@@ -125,21 +125,22 @@ def trim_chunk(
     layout: BgzfLayout,
     vbeg: int,
     vend: int,
-    parse: RecordParser,
+    kind: int,
     target: Target,
 ) -> Optional[tuple[int, int]]:
     """Narrow a chunk to [first record overlapping `target`, end of the last one), or None.
 
-    Records in a chunk are in coordinate order, so the scan stops at the first record past
-    the region. At most `TRIM_SCAN_BYTES` are decompressed per chunk; past that, the chunk
-    keeps its end (the start is still trimmed to where the scan got).
+    Records in a chunk are in coordinate order, so the walk (in C, `_records.scan`) stops at
+    the first record past the region. At most `TRIM_SCAN_BYTES` are decompressed per chunk;
+    past that, the chunk keeps its end (its start is still trimmed to where the walk got).
     """
     coff, uoff = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
+    end_coff, end_uoff = bgzf.coffset(vend), bgzf.uoffset(vend)
     buf = layout.block_data(source, coff)[uoff:]
-    # (buffer offset, block offset, uoffset at buffer offset, block length) per loaded block
+    # per loaded block: (stream position of its first byte here, offset, uoffset there, length)
     spans = [(0, coff, uoff, uoff + len(buf))]
+    base = 0  # stream position of buf[0]; consumed records are dropped from buf
     next_coff = layout.block_end(source, coff)
-    last_coff = bgzf.coffset(vend)
 
     def voffset(p: int) -> int:
         i = bisect_right([s[0] for s in spans], p) - 1
@@ -149,49 +150,59 @@ def trim_chunk(
             return bgzf.make_voffset(layout.block_end(source, c), 0)
         return bgzf.make_voffset(c, u)
 
-    pos, first, last = 0, None, None
+    def limit() -> int:
+        """Buffer position of vend, or -1 while it lies past the loaded blocks."""
+        for start, c, u, _ in spans:
+            if c == end_coff:
+                return start + end_uoff - u - base
+        if end_uoff == 0 and next_coff == end_coff:
+            return len(buf)  # the chunk ends with the last loaded block
+        return -1
+
+    ref_name = target.ref if isinstance(target.ref, bytes) else b""
+    ref_id = -1 if isinstance(target.ref, bytes) else target.ref
+    open_end = target.end >= MAX_COORDINATE
+    pos, first, last = 0, -1, -1
+    scanned = len(buf)
     while True:
-        here = voffset(pos)
-        if here >= vend:
+        outcome, pos, f, l_ = _records.scan(
+            buf, pos, limit(), kind, ref_id, ref_name, target.beg, target.end, open_end
+        )
+        if f >= 0 and first < 0:
+            first = base + f
+        if l_ >= 0:
+            last = base + l_
+        if outcome == _records.OPEN_END:
+            return voffset(first), vend
+        if outcome != _records.NEED_MORE:
             break
-        rec = parse(buf, pos)
-        if rec is None:
-            if next_coff > last_coff or next_coff >= layout.data_end:
-                break  # the chunk ends inside this record: keep it whole
-            if len(buf) > TRIM_SCAN_BYTES:
-                return (first if first is not None else here), vend
-            data = layout.block_data(source, next_coff)
-            spans.append((len(buf), next_coff, 0, len(data)))
-            buf += data
-            next_coff = layout.block_end(source, next_coff)
-            continue
-        nxt, ref, beg, end = rec
-        if ref == target.ref and beg >= target.end:
-            break  # sorted: nothing later in this chunk overlaps
-        if ref == target.ref and end > target.beg:
-            if first is None:
-                first = here
-                if target.end >= MAX_COORDINATE:
-                    return first, vend  # open-ended: every later record overlaps too
-            last = nxt
-        pos = nxt
-    if first is None or last is None:
+        if next_coff > end_coff or next_coff >= layout.data_end:
+            break  # the data ends inside this record: keep the chunk's end
+        if scanned > TRIM_SCAN_BYTES:
+            return voffset(first if first >= 0 else base + pos), vend
+        data = layout.block_data(source, next_coff)
+        base, buf = base + pos, buf[pos:] + data
+        spans.append((base + len(buf) - len(data), next_coff, 0, len(data)))
+        scanned += len(data)
+        pos = 0
+        next_coff = layout.block_end(source, next_coff)
+    if first < 0:
         return None
-    return first, voffset(last)
+    return voffset(first), voffset(last)
 
 
 def region_chunks(
     source: Source,
     layout: BgzfLayout,
     chunks: Sequence[tuple[int, int]],
-    parse: RecordParser,
+    kind: int,
     target: Target,
 ) -> list[tuple[int, int]]:
     """Index chunks for one region, each trimmed to the records that overlap it."""
     out = []
     for vbeg, vend in chunks:
         vbeg = max(vbeg, layout.header_end)
-        trimmed = trim_chunk(source, layout, vbeg, vend, parse, target) if vend > vbeg else None
+        trimmed = trim_chunk(source, layout, vbeg, vend, kind, target) if vend > vbeg else None
         if trimmed is not None:
             out.append(trimmed)
     return out

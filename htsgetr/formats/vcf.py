@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .. import _records
 from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
 from ..protocol import MAX_COORDINATE, Class, Format, NotFound, Query
@@ -18,7 +19,6 @@ from . import bgzf
 from .bam import index_candidates
 from .base import Piece, Source, missing_index
 from .blocks import BgzfLayout, Target, assemble, load_layout, region_chunks
-from .records import parse_bcf, parse_vcf
 
 _CONTIG = re.compile(rb"^##contig=<(.*)>\s*$", re.MULTILINE)
 _ID = re.compile(rb"(?:^|,)ID=([^,>]+)")
@@ -129,8 +129,8 @@ class _VariantHandler:
             if region.start is not None or region.end is not None:
                 is_bcf = self.format is Format.BCF
                 target = Target(ref_id if is_bcf else name.encode(), beg, end)
-                parse = parse_bcf if is_bcf else parse_vcf
-                found = region_chunks(source, vf.layout, found, parse, target)
+                kind = _records.BCF if is_bcf else _records.VCF
+                found = region_chunks(source, vf.layout, found, kind, target)
             chunks.extend(found)
         return assemble(source, vf.layout, chunks, False)
 

@@ -1,10 +1,8 @@
-"""Where records start and end inside uncompressed BAM, VCF and BCF data, and what they cover.
+"""Plain-Python twin of htsgetr._records: record walks over uncompressed BAM, BCF, VCF data.
 
-Used to trim index chunks to the records a region really overlaps: an index answers in
-16 kbp windows and bins, so its chunks carry neighbours of the region, and a region with no
-records at all can still get chunks. A parser reads one record at `pos` and returns
-`(next_pos, ref, beg, end)` — 0-based half-open, `ref` an ID (BAM/BCF) or name (VCF) — or
-None when the record runs past the data it was given.
+A parser reads one record at `pos` and returns `(next_pos, ref, beg, end)` — 0-based
+half-open, `ref` an ID (BAM/BCF) or name (VCF) — or None when the record runs past the data
+it was given. `scan` walks records exactly as the C version does; tests cross-check them.
 """
 
 from __future__ import annotations
@@ -52,6 +50,14 @@ def parse_bcf(data: bytes, pos: int) -> Parsed:
     return nxt, chrom, beg, beg + max(rlen, 1)
 
 
+def _int(text: bytes) -> Optional[int]:
+    """Decimal digits with an optional sign, as the C parser accepts them."""
+    digits = text[1:] if text[:1] in (b"+", b"-") else text
+    if not digits or len(digits) > 18 or not digits.isdigit():
+        return None
+    return -int(digits) if text[:1] == b"-" else int(digits)
+
+
 def parse_vcf(data: bytes, pos: int) -> Parsed:
     """One VCF line: [POS-1, POS-1+len(REF)), or to INFO/END when present (as tabix does)."""
     nl = data.find(b"\n", pos)
@@ -60,17 +66,51 @@ def parse_vcf(data: bytes, pos: int) -> Parsed:
     fields = data[pos:nl].split(b"\t", 8)
     if len(fields) < 4:
         return nl + 1, b"", -1, -1  # not a record line (blank): overlaps nothing
-    try:
-        beg = int(fields[1]) - 1
-    except ValueError:
+    pos_value = _int(fields[1])
+    if pos_value is None:
         return nl + 1, b"", -1, -1
+    beg = pos_value - 1
     end = beg + max(len(fields[3]), 1)
-    if len(fields) > 7 and b"END=" in fields[7]:
+    if len(fields) > 7:
         for item in fields[7].split(b";"):
             if item.startswith(b"END="):
-                try:
-                    end = max(int(item[4:]), beg + 1)
-                except ValueError:
-                    pass
+                value = _int(item[4:])
+                if value is not None:
+                    end = max(value, beg + 1)
                 break
     return nl + 1, fields[0], beg, end
+
+
+NEED_MORE, PAST, LIMIT, OPEN_END = 0, 1, 2, 3
+
+
+def scan(
+    buf: bytes,
+    pos: int,
+    limit: int,
+    parse: RecordParser,
+    ref: RefKey,
+    beg: int,
+    end: int,
+    open_end: bool,
+) -> tuple[int, int, int, int]:
+    """The same walk as `htsgetr._records.scan`, one record at a time in Python."""
+    first = last = -1
+    while True:
+        if 0 <= limit <= pos:
+            return LIMIT, pos, first, last
+        if pos >= len(buf):
+            return NEED_MORE, pos, first, last
+        rec = parse(buf, pos)
+        if rec is None:
+            return NEED_MORE, pos, first, last
+        nxt, rec_ref, rec_beg, rec_end = rec
+        if rec_ref == ref and rec_beg >= end:
+            return PAST, pos, first, last
+        if rec_ref == ref and rec_end > beg:
+            if first < 0:
+                first = pos
+                if open_end:
+                    return OPEN_END, pos, first, nxt
+            last = nxt
+        pos = nxt
