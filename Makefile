@@ -50,4 +50,4 @@ example-data: $(VENV)/.installed
 	$(PY) -m htsgetr.examples example-data
 
 clean:
-	rm -rf build $(VENV) htsgetr/*.so htsgetr/_ranges.c example-data .pytest_cache
+	rm -rf build $(VENV) htsgetr/*.so htsgetr/_ranges.c htsgetr/_records.c example-data .pytest_cache

@@ -20,7 +20,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     src = tmp_path_factory.mktemp("src") / "htsgetr"
     # build from a clean copy so in-tree build products cannot leak into the install
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.so", "_ranges.c", "__pycache__", "*.egg-info",
+        ".git", ".venv", "build", "*.so", "_ranges.c", "_records.c", "__pycache__", "*.egg-info",
         "example-data", ".*_cache", ".hypothesis"))
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
