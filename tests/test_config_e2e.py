@@ -284,3 +284,43 @@ def test_reload_does_not_drop_in_flight_requests(
         body += chunk
         time.sleep(0.01)
     assert len(body) == big.stat().st_size and body == big.read_bytes()
+
+
+def test_reference_layout_by_format(tmp_path: Path) -> None:
+    """The GA4GH compliance layout: one ID, its BAM/CRAM/VCF/BCF in per-format folders,
+    chosen by format-restricted locations."""
+    from conftest import shared
+
+    root = shared()
+    port = free_port()
+    path = tmp_path / "htsget.toml"
+    locations = "".join(
+        f'[[locations]]\nregex = "(.*)"\nsubstitution = "{folder}/$1"\nroot = "{root}"\n'
+        f'formats = ["{fmt}"]\n\n'
+        for fmt, folder in (("BAM", "bam"), ("CRAM", "cram"), ("VCF", "vcf"), ("BCF", "bcf"))
+    )
+    path.write_text(f"[ticket_server]\nport = {port}\nworkers = 1\n\n" + locations)
+    srv = Server(["--config", str(path)], port).start()
+    try:
+        for endpoint, id, fmt, suffix in (
+            ("reads", "htsnexus_test_NA12878", "BAM", ".bam"),
+            ("reads", "htsnexus_test_NA12878", "CRAM", ".cram"),
+            ("variants", "spec-v4.3", "VCF", ".vcf.gz"),
+            ("variants", "spec-v4.3", "BCF", ".bcf"),
+        ):
+            resp = requests.get(f"{srv.url}/{endpoint}/{id}",
+                                params={"format": fmt, "encryptionScheme": "c4gh"}, timeout=30)
+            assert resp.status_code == 200, resp.text
+            out = tmp_path / f"whole{suffix}"
+            out.write_bytes(reassemble(resp.json()))
+            original = root / fmt.lower() / f"{id}{suffix}"
+            if endpoint == "reads":
+                with pysam.AlignmentFile(str(out), check_sq=False) as a, \
+                        pysam.AlignmentFile(str(original), check_sq=False) as b:
+                    assert [r.to_string() for r in a.fetch(until_eof=True)] == \
+                        [r.to_string() for r in b.fetch(until_eof=True)]
+            else:
+                with pysam.VariantFile(str(out)) as a, pysam.VariantFile(str(original)) as b:
+                    assert [str(r) for r in a] == [str(r) for r in b]
+    finally:
+        srv.stop()
