@@ -209,13 +209,18 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def server(data_dir: Path) -> Iterator[Server]:
+def serve_dir(directory: Path) -> Iterator[Server]:
+    """`htsgetr serve --data-dir directory` on a free port, for a fixture to yield from."""
     port = free_port()
-    srv = Server(["--data-dir", str(data_dir), "--port", str(port), "--workers", "2"], port)
+    srv = Server(["--data-dir", str(directory), "--port", str(port), "--workers", "2"], port)
     srv.start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(data_dir: Path) -> Iterator[Server]:
+    yield from serve_dir(data_dir)
 
 
 def shared(*parts: str) -> Path:

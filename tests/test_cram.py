@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import pysam
 import pytest
 import requests
-from conftest import Server, free_port, make_bam, reassemble, shared
+from conftest import Server, free_port, make_bam, reassemble, serve_dir, shared
 
 from htsgetr.config import for_data_dir
 from htsgetr.engine import Htsget
@@ -493,11 +493,7 @@ def test_htsnexus_cram(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cram_server(cram_dir: Path) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(["--data-dir", str(cram_dir), "--port", str(port), "--workers", "2"], port)
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from serve_dir(cram_dir)
 
 
 def get_ticket(server: Server, id: str, **params: Any) -> dict:

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 import requests
-from conftest import Server, free_port, reassemble
+from conftest import Server, reassemble, serve_dir
 
 from htsgetr.config import for_data_dir
 from htsgetr.engine import Htsget
@@ -362,11 +362,7 @@ def test_fastq_subsequences_and_several_reads(engine: Htsget, seq_dir: Path) -> 
 
 @pytest.fixture(scope="module")
 def seq_server(seq_dir: Path) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(["--data-dir", str(seq_dir), "--port", str(port), "--workers", "2"], port)
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from serve_dir(seq_dir)
 
 
 def test_e2e_sequences(seq_server: Server, seq_dir: Path) -> None:

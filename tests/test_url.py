@@ -22,7 +22,7 @@ from urllib.parse import unquote
 import flask
 import pytest
 import requests
-from conftest import Server, free_port, reassemble
+from conftest import Server, free_port, reassemble, serve_dir
 from test_s3 import (
     CASES,
     AppServer,
@@ -276,11 +276,7 @@ def split_nginx(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="module")
 def htsgetr_upstream(remote_data: Path) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(["--data-dir", str(remote_data), "--port", str(port), "--workers", "2"], port)
-    srv.start()
-    yield srv
-    srv.stop()
+    yield from serve_dir(remote_data)
 
 
 @pytest.fixture()
