@@ -176,9 +176,9 @@ def trim_chunk(
             return voffset(first), vend
         if outcome != _records.NEED_MORE:
             break
-        if next_coff > end_coff or next_coff >= layout.data_end:
-            break  # the data ends inside this record: keep the chunk's end
-        if scanned > TRIM_SCAN_BYTES:
+        if scanned > TRIM_SCAN_BYTES or next_coff > end_coff or next_coff >= layout.data_end:
+            # out of budget, or a record runs past the chunk (an index at odds with the
+            # data): keep the chunk's end rather than guess
             return voffset(first if first >= 0 else base + pos), vend
         data = layout.block_data(source, next_coff)
         base, buf = base + pos, buf[pos:] + data
