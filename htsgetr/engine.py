@@ -90,21 +90,25 @@ class Htsget:
         return Block(url, headers, piece.klass)
 
     def _md5(self, source: Source, pieces: list[Piece]) -> Optional[str]:
-        """The payload's md5 when it is the stored file byte for byte and a digest is known."""
+        """The md5 of a whole-file payload: the stored file's digest when the payload is the
+        file byte for byte (sidecar `.md5`, the storage's own, or computed once), else — a
+        re-cut header block — computed over the payload itself, once per file version."""
+        storage = source.storage
+        small = storage.size(source.key) <= self.config.md5_max_bytes
         if not _is_whole_file(source, pieces):
+            if isinstance(storage, LocalStorage) and small:
+                return source.cached("payload-md5", lambda: _payload_md5(source, pieces))
             return None
         sidecar = source.key + ".md5"
-        if source.storage.exists(sidecar):
+        if storage.exists(sidecar):
             text = source.read_all(sidecar).decode("ascii", "replace").split()
             if text and len(text[0]) == 32:
                 return text[0].lower()
-        storage = source.storage
         md5_of = getattr(storage, "md5", None)  # e.g. S3 single-part ETags
         if md5_of is not None:
             value = md5_of(source.key)
             if value:
                 return str(value)
-        small = storage.size(source.key) <= self.config.md5_max_bytes
         if isinstance(storage, LocalStorage) and small:
             return source.cached("md5", lambda: _file_md5(storage.path(source.key)))
         return None
@@ -124,6 +128,18 @@ def _is_whole_file(source: Source, pieces: list[Piece]) -> bool:
                 return False
             pos = size
     return pos == size
+
+
+def _payload_md5(source: Source, pieces: list[Piece]) -> str:
+    """md5 of what a client reassembles: inline data as is, byte ranges read from storage."""
+    digest = hashlib.md5()
+    for p in pieces:
+        if isinstance(p, Inline):
+            digest.update(p.data)
+            continue
+        for pos in range(p.start, p.end, 1 << 20):
+            digest.update(source.read(pos, min(p.end, pos + (1 << 20))))
+    return digest.hexdigest()
 
 
 def _file_md5(path: str) -> str:
