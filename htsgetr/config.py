@@ -135,7 +135,7 @@ class ServerConfig:
     port: int = _opt(8080, "TCP port", min=0, max=65535)
     base_url: Optional[str] = _opt(
         None,
-        "public URL clients reach this server at (behind a proxy); default from host:port",
+        "public URL clients reach this server at; default: the Host each client used",
         check=_check_url,
     )
     workers: int = _opt(2, "gunicorn worker processes", min=1)

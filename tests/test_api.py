@@ -243,3 +243,16 @@ def test_corrupt_index_is_internal_error_without_traceback(data_dir: Path, tmp_p
         resp = client.get(f"/reads/{id}?referenceName=chr1")
         body = assert_error(resp, 500, "InternalError")
         assert "Traceback" not in body["htsget"]["message"]
+
+
+def test_urls_follow_the_request_address(data_dir: Path) -> None:
+    """No base URL configured: /data urls use the Host the client reached us at; a configured
+    base URL always wins."""
+    client = create_app(for_data_dir(str(data_dir))).test_client()
+    t = client.get("/reads/sample", headers={"Host": "htsget.example.org:9000"}).get_json()
+    http = [u["url"] for u in t["htsget"]["urls"] if not u["url"].startswith("data:")]
+    assert http and all(u.startswith("http://htsget.example.org:9000/data/") for u in http)
+    fixed = create_app(for_data_dir(str(data_dir), base_url="https://public.example/htsget"))
+    t = fixed.test_client().get("/reads/sample", headers={"Host": "inside:1"}).get_json()
+    http = [u["url"] for u in t["htsget"]["urls"] if not u["url"].startswith("data:")]
+    assert http and all(u.startswith("https://public.example/htsget/data/") for u in http)

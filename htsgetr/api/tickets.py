@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
@@ -33,8 +34,28 @@ def ticket_view(endpoint: Endpoint, id: str) -> Response:
         query = parse_post(endpoint, id, body, bool(request.query_string))
     else:
         query = parse_get(endpoint, id, request.args)
-    ticket = engine.ticket(query)
-    return Response(json.dumps(ticket.to_json()), content_type=CONTENT_TYPE)
+    ticket = engine.ticket(query).to_json()
+    _use_request_address(ticket, engine)
+    return Response(json.dumps(ticket), content_type=CONTENT_TYPE)
+
+
+def _use_request_address(body: dict[str, Any], engine: Htsget) -> None:
+    """With no base URL configured, /data urls name the address the client reached us at.
+
+    The default base URL comes from the bind (http://127.0.0.1:8080), which is wrong for a
+    client anywhere else: in a container, behind a port mapping, on another machine. The
+    Host header the client sent is the address that works for it.
+    """
+    config = engine.config
+    if config.ticket_server.base_url or config.data_server.separate:
+        return
+    default = config.data_url() + "/data/"
+    here = request.host_url.rstrip("/") + "/data/"
+    if here == default:
+        return
+    for block in body["htsget"]["urls"]:
+        if block["url"].startswith(default):
+            block["url"] = here + block["url"][len(default):]
 
 
 for _ep in Endpoint:
