@@ -181,6 +181,9 @@ class LocationConfig:
     endpoint_url: Optional[str] = _opt(
         None, "s3: endpoint (MinIO, Ceph, R2, ...)", check=_check_url
     )
+    public_endpoint_url: Optional[str] = _opt(
+        None, "s3: endpoint clients reach, when not endpoint_url (presigned urls)", check=_check_url
+    )
     path_style: bool = _opt(False, "s3: path-style addressing")
     profile: Optional[str] = _opt(None, "s3: AWS profile (default: the standard chain)")
     expires: int = _opt(3600, "s3: presigned URL lifetime, seconds", min=1)

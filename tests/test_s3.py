@@ -380,6 +380,22 @@ def test_presigned_block_urls(moto: MotoServer, remote_data: Path) -> None:
         assert resp.status_code == 206 and resp.content == raw[a:b]
 
 
+def test_public_endpoint_for_presigned_urls(moto: MotoServer, remote_data: Path) -> None:
+    """We reach the store at 127.0.0.1, clients at `localhost`: presigned urls are signed for
+    the public endpoint (the host is part of a SigV4 signature) and work from there."""
+    public = moto.url.replace("127.0.0.1", "localhost")
+    s = S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, public_endpoint_url=public,
+                  path_style=True)
+    raw = (remote_data / "sample.bam").read_bytes()
+    url, headers = s.block_url("sample.bam", 10, 5000)
+    assert url.startswith(f"{public}/{BUCKET}/{PREFIX}/sample.bam?")
+    resp = requests.get(url, headers=headers, timeout=10)
+    assert resp.status_code == 206 and resp.content == raw[10:5000]
+    assert s.read("sample.bam", 0, 4) == raw[:4]  # our own reads still use endpoint_url
+    plain = S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, path_style=True)
+    assert plain.block_url("sample.bam", 0, 1)[0].startswith(f"{moto.url}/")
+
+
 def test_bucket_from_key(moto: MotoServer, remote_data: Path) -> None:
     """Without a bucket, keys are `<bucket>/<key>` (for buckets taken from the ID)."""
     s = S3Storage(None, PREFIX, endpoint_url=moto.url, path_style=True)

@@ -70,6 +70,7 @@ class S3Storage:
         *,
         region: Optional[str] = None,
         endpoint_url: Optional[str] = None,
+        public_endpoint_url: Optional[str] = None,
         path_style: bool = False,
         profile: Optional[str] = None,
         expires: int = 3600,
@@ -91,6 +92,9 @@ class S3Storage:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.region = region
         self.endpoint_url = endpoint_url or None
+        #: where clients reach the store, when it differs from where we do (MinIO in a compose
+        #: network: minio:9000 for us, localhost:9000 for them); presigned urls are signed for it
+        self.public_endpoint_url = public_endpoint_url or None
         self.path_style = path_style
         self.profile = profile
         self.expires = int(expires)
@@ -104,6 +108,9 @@ class S3Storage:
         self.windows = RangeCache()
         self.breaker = CircuitBreaker(self.name)
         self._client: ProcessLocal[Any] = ProcessLocal(self._make_client)
+        self._presigner: ProcessLocal[Any] = ProcessLocal(
+            lambda: self._make_client(self.public_endpoint_url)
+        )
         self._unsigned = False
         self._presigned: dict[tuple[str, str], tuple[str, float]] = {}
         #: HTTP requests sent to S3 by this process (retries included); for tests and metrics
@@ -119,6 +126,7 @@ class S3Storage:
             location.prefix,
             region=location.region,
             endpoint_url=location.endpoint_url,
+            public_endpoint_url=location.public_endpoint_url,
             path_style=location.path_style,
             profile=location.profile,
             expires=location.expires,
@@ -132,7 +140,8 @@ class S3Storage:
 
     # ------------------------------------------------------------------ client
 
-    def _make_client(self) -> Any:
+    def _make_client(self, endpoint_url: Optional[str] = None) -> Any:
+        """A client for `endpoint_url` (default: the location's endpoint)."""
         import boto3
         from botocore import UNSIGNED
         from botocore.config import Config as BotoConfig
@@ -152,7 +161,9 @@ class S3Storage:
                 signature_version=UNSIGNED if self._unsigned else "s3v4",
                 max_pool_connections=32,
             )
-            return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            return session.client(
+                "s3", endpoint_url=endpoint_url or self.endpoint_url, config=config
+            )
 
         client = build("path" if self.path_style else "auto")
         host = urlparse(client.meta.endpoint_url).hostname or ""
@@ -359,7 +370,8 @@ class S3Storage:
         if cached is not None and now - cached[1] < min(60.0, self.expires * 0.1):
             return cached[0]
         try:
-            url: str = self.client.generate_presigned_url(
+            signer = self._presigner.get() if self.public_endpoint_url else self.client
+            url: str = signer.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": obj}, ExpiresIn=self.expires
             )
         except BotoCoreError as exc:
