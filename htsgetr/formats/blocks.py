@@ -53,10 +53,6 @@ class BgzfLayout:
         """Offset where record data stops (the EOF marker, if present, is excluded)."""
         return self.size - len(bgzf.EOF_MARKER) if self.eof_present else self.size
 
-    @property
-    def body_start(self) -> int:
-        return self.header_end
-
     def block_end(self, source: Source, coff: int) -> int:
         """End of the block starting at `coff`: from the GZI, else from its header (cached)."""
         if coff in self._block_ends:
