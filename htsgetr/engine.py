@@ -13,6 +13,8 @@ from .cache import LRUCache
 from .config import Config
 from .formats.bam import BamHandler
 from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source
+from .formats.cram import CramHandler
+from .formats.fasta import FastaHandler, FastqHandler
 from .formats.vcf import BcfHandler, VcfHandler
 from .protocol import Block, Format, NotFound, Query, Ticket
 from .storage.local import LocalStorage, safe_key
@@ -22,25 +24,15 @@ RESERVED_IDS = frozenset({"service-info"})
 
 
 def default_handlers() -> dict[Format, FormatHandler]:
-    handlers: dict[Format, FormatHandler] = {
+    """One handler per format; each knows its file extensions, index and byte layout."""
+    return {
         Format.BAM: BamHandler(),
+        Format.CRAM: CramHandler(),
         Format.VCF: VcfHandler(),
         Format.BCF: BcfHandler(),
+        Format.FASTA: FastaHandler(),
+        Format.FASTQ: FastqHandler(),
     }
-    try:  # formats that arrive in their own modules
-        from .formats.cram import CramHandler
-
-        handlers[Format.CRAM] = CramHandler()
-    except ImportError:
-        pass
-    try:
-        from .formats.fasta import FastaHandler, FastqHandler
-
-        handlers[Format.FASTA] = FastaHandler()
-        handlers[Format.FASTQ] = FastqHandler()
-    except ImportError:
-        pass
-    return handlers
 
 
 def data_uri(data: bytes) -> str:
@@ -49,6 +41,10 @@ def data_uri(data: bytes) -> str:
 
 
 class Htsget:
+    """Tickets for queries: resolves the ID through the configured locations, lets the
+    format's handler compute pieces from the (cached) index and header, and turns them into
+    urls. Thread-safe; one per worker process."""
+
     def __init__(self, config: Config, resolver: Optional[Resolver] = None) -> None:
         self.config = config
         self.resolver = resolver or Resolver(config)
