@@ -205,7 +205,10 @@ def bench_http(data: Path, tmp: Path) -> None:
 def bench_data(data: Path, tmp: Path) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     port_a, port_n = 18233, 18234
-    size = (data / "genome.bam").stat().st_size
+    blob = data / "blob.bin"  # incompressible, large enough that transfer time dominates
+    if not blob.exists():
+        blob.write_bytes(os.urandom(64 << 20))
+    size = blob.stat().st_size
     ours = _serve([sys.executable, "-m", "htsgetr", "serve", "--data-dir", str(data),
                    "--port", str(port_a), "--workers", "1"], f"http://127.0.0.1:{port_a}/service-info")
     procs = [ours]
@@ -227,10 +230,10 @@ def bench_data(data: Path, tmp: Path) -> None:
             r = s.get(url, headers=hdr)
             assert len(r.content) == length
 
-        t_ours = timeit(lambda: fetch(f"http://127.0.0.1:{port_a}/data/genome.bam"), 10)
+        t_ours = timeit(lambda: fetch(f"http://127.0.0.1:{port_a}/data/blob.bin"), 10)
         line = f"data: {length / t_ours / 1e6:7.0f} MB/s"
         if len(procs) > 1:
-            t_ngx = timeit(lambda: fetch(f"http://127.0.0.1:{port_n}/genome.bam"), 10)
+            t_ngx = timeit(lambda: fetch(f"http://127.0.0.1:{port_n}/blob.bin"), 10)
             line += (f"   nginx {length / t_ngx / 1e6:7.0f} MB/s"
                      f"   ratio (time) {t_ours / t_ngx:5.2f}")
         print(line + f"   ({length >> 20} MiB range, client = python requests)")
