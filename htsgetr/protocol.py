@@ -126,6 +126,29 @@ class Region:
     end: Optional[int] = None
 
 
+def merge_regions(regions: tuple[Region, ...]) -> list[Region]:
+    """The same records with fewer regions: per reference, overlapping or touching
+    intervals become their union (order: first appearance of each reference)."""
+    by_ref: dict[str, list[tuple[int, int]]] = {}
+    for r in regions:
+        end = MAX_COORDINATE + 1 if r.end is None else r.end
+        by_ref.setdefault(r.reference_name, []).append((r.start or 0, end))
+    out = []
+    for name, spans in by_ref.items():
+        spans.sort()
+        merged = [spans[0]]
+        for beg, end in spans[1:]:
+            if beg <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((beg, end))
+        for beg, end in merged:
+            whole = beg == 0 and end > MAX_COORDINATE
+            out.append(Region(name, None if whole else beg,
+                              None if end > MAX_COORDINATE else end))
+    return out
+
+
 @dataclass(frozen=True)
 class Query:
     endpoint: Endpoint

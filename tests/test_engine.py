@@ -191,3 +191,28 @@ def test_trimmed_regions_keep_long_records(tmp_path: Path) -> None:
             expected = [str(r) for r in f.fetch("c1", beg, end)]
         assert set(expected) <= set(got)
         assert (got == []) if not expected else (got[0] in expected and got[-1] in expected)
+
+
+def test_merge_regions() -> None:
+    from htsgetr.protocol import merge_regions
+
+    regions = (Region("a", 10, 20), Region("b"), Region("a", 15, 30), Region("a", 30, 31),
+               Region("a", 40, None), Region("a", None, 5), Region("b", 3, 4), Region("*"))
+    assert merge_regions(regions) == [Region("a", 0, 5), Region("a", 10, 31),
+                                      Region("a", 40, None), Region("b"), Region("*")]
+    assert merge_regions((Region("c", None, 10), Region("c", 10, None))) == [Region("c")]
+
+
+def test_many_regions_stay_correct(root: Path, tmp_path: Path) -> None:
+    """Past TRIM_MAX_REGIONS regions are not trimmed, but every record is still there once."""
+    from htsgetr.formats.blocks import TRIM_MAX_REGIONS
+
+    engine = Htsget(for_data_dir(str(root)))
+    spans = [(i * 350, i * 350 + 100) for i in range(TRIM_MAX_REGIONS + 50)]
+    regions = tuple(Region("chr1", s, e) for s, e in spans)
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=regions)
+    got = records(payload(engine, root, q), tmp_path)
+    assert len(got) == len(set(got))
+    with pysam.AlignmentFile(str(root / "a.bam")) as f:
+        expected = {r.to_string() for s, e in spans for r in f.fetch("chr1", s, e)}
+    assert expected <= set(got)

@@ -9,10 +9,10 @@ from typing import Optional
 from .. import _records
 from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
-from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, NotFound, Query
+from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .base import Piece, Source, missing_index
-from .blocks import BgzfLayout, Target, assemble, load_layout, region_chunks
+from .blocks import TRIM_MAX_REGIONS, BgzfLayout, Target, assemble, load_layout, region_chunks
 
 
 def bam_header_length(data: bytes) -> Optional[int]:
@@ -95,7 +95,9 @@ class BamHandler:
         if query.klass is Class.HEADER or query.regions is None:
             return assemble(source, bam.layout, None, query.klass is Class.HEADER)
         chunks: list[tuple[int, int]] = []
-        for region in query.regions:
+        regions = merge_regions(query.regions)
+        trim = len(regions) <= TRIM_MAX_REGIONS
+        for region in regions:
             if region.reference_name == UNPLACED:
                 start = max(bam.index.last_end(), bam.layout.header_end)
                 chunks.append((start, bam.layout.data_end << 16))
@@ -108,7 +110,7 @@ class BamHandler:
             beg = region.start or 0
             end = MAX_COORDINATE if region.end is None else region.end
             found = bam.index.query(ref_id, beg, end)
-            if region.start is not None or region.end is not None:
+            if trim and (region.start is not None or region.end is not None):
                 target = Target(ref_id, beg, end)
                 found = region_chunks(source, bam.layout, found, _records.BAM, target)
             chunks.extend(found)

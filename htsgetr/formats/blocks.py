@@ -27,6 +27,9 @@ from .base import ByteRange, Inline, Piece, Source
 BLOCK_CACHE = 16
 #: uncompressed bytes scanned per chunk when trimming it to a region's records
 TRIM_SCAN_BYTES = 1 << 20
+#: requests with more (merged) regions than this are not trimmed: still correct, and a POST
+#: of thousands of regions cannot make a ticket scan gigabytes
+TRIM_MAX_REGIONS = 256
 
 
 @dataclass

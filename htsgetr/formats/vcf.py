@@ -14,11 +14,11 @@ from typing import Callable, Optional
 from .. import _records
 from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
-from ..protocol import MAX_COORDINATE, Class, Format, NotFound, Query
+from ..protocol import MAX_COORDINATE, Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .bam import index_candidates
 from .base import Piece, Source, missing_index
-from .blocks import BgzfLayout, Target, assemble, load_layout, region_chunks
+from .blocks import TRIM_MAX_REGIONS, BgzfLayout, Target, assemble, load_layout, region_chunks
 
 _CONTIG = re.compile(rb"^##contig=<(.*)>\s*$", re.MULTILINE)
 _ID = re.compile(rb"(?:^|,)ID=([^,>]+)")
@@ -116,7 +116,9 @@ class _VariantHandler:
         if query.klass is Class.HEADER or query.regions is None:
             return assemble(source, vf.layout, None, query.klass is Class.HEADER)
         chunks: list[tuple[int, int]] = []
-        for region in query.regions:
+        regions = merge_regions(query.regions)
+        trim = len(regions) <= TRIM_MAX_REGIONS
+        for region in regions:
             name = region.reference_name
             if name not in vf.header_names:
                 raise NotFound(f"reference {name!r} is not in {query.id}")
@@ -126,7 +128,7 @@ class _VariantHandler:
             beg = region.start or 0
             end = MAX_COORDINATE if region.end is None else region.end
             found = vf.index.query(ref_id, beg, end)
-            if region.start is not None or region.end is not None:
+            if trim and (region.start is not None or region.end is not None):
                 is_bcf = self.format is Format.BCF
                 target = Target(ref_id if is_bcf else name.encode(), beg, end)
                 kind = _records.BCF if is_bcf else _records.VCF
