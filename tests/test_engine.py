@@ -216,3 +216,13 @@ def test_many_regions_stay_correct(root: Path, tmp_path: Path) -> None:
     with pysam.AlignmentFile(str(root / "a.bam")) as f:
         expected = {r.to_string() for s, e in spans for r in f.fetch("chr1", s, e)}
     assert expected <= set(got)
+
+
+def test_bcf_contig_ids_follow_idx() -> None:
+    """BCF contig IDs: the position among ##contig lines, unless IDX= says otherwise."""
+    from htsgetr.formats.vcf import header_contigs
+
+    text = (b"##fileformat=VCFv4.2\n##FILTER=<ID=PASS,Description=\"All\",IDX=0>\n"
+            b"##contig=<ID=chr2,length=10,IDX=1>\n##contig=<ID=chr1,length=10,IDX=0>\n"
+            b"##contig=<ID=chrM,length=5>\n#CHROM\tPOS\n")
+    assert header_contigs(text) == {"chr2": 1, "chr1": 0, "chrM": 2}
