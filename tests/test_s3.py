@@ -396,6 +396,29 @@ def test_public_endpoint_for_presigned_urls(moto: MotoServer, remote_data: Path)
     assert plain.block_url("sample.bam", 0, 1)[0].startswith(f"{moto.url}/")
 
 
+def test_presigned_for_the_buckets_region(moto: MotoServer, remote_data: Path) -> None:
+    """A bucket in eu-west-1, a server whose session says us-east-1: the presigned url is
+    signed for eu-west-1 (HeadBucket once, then cached); a configured region wins unasked."""
+    client = moto.client()
+    client.create_bucket(Bucket="htsgetr-eu",
+                         CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    raw = (remote_data / "sample.bam").read_bytes()
+    client.put_object(Bucket="htsgetr-eu", Key="x/sample.bam", Body=raw)
+    s = S3Storage("htsgetr-eu", "x", endpoint_url=moto.url, path_style=True)
+    url, headers = s.block_url("sample.bam", 0, 100)
+    scope = parse_qs(urlparse(url).query)["X-Amz-Credential"][0]
+    assert "/eu-west-1/s3/aws4_request" in scope
+    assert requests.get(url, headers=headers, timeout=10).content == raw[:100]
+    calls = s.calls
+    s.block_url("sample.bam", 100, 200)
+    assert s.calls == calls  # the region is remembered
+    fixed = S3Storage("htsgetr-eu", "x", endpoint_url=moto.url, path_style=True,
+                      region="eu-west-1")
+    url, _ = fixed.block_url("sample.bam", 0, 100)
+    assert "/eu-west-1/s3/" in parse_qs(urlparse(url).query)["X-Amz-Credential"][0]
+    assert fixed.bucket_region("htsgetr-eu") == "eu-west-1"
+
+
 def test_bucket_from_key(moto: MotoServer, remote_data: Path) -> None:
     """Without a bucket, keys are `<bucket>/<key>` (for buckets taken from the ID)."""
     s = S3Storage(None, PREFIX, endpoint_url=moto.url, path_style=True)

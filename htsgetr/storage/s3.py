@@ -108,9 +108,9 @@ class S3Storage:
         self.windows = RangeCache()
         self.breaker = CircuitBreaker(self.name)
         self._client: ProcessLocal[Any] = ProcessLocal(self._make_client)
-        self._presigner: ProcessLocal[Any] = ProcessLocal(
-            lambda: self._make_client(self.public_endpoint_url)
-        )
+        #: presigning clients by the bucket's region (None: the session's), built per process
+        self._signers: dict[Optional[str], ProcessLocal[Any]] = {}
+        self._bucket_regions: dict[str, Optional[str]] = {}
         self._unsigned = False
         self._presigned: dict[tuple[str, str], tuple[str, float]] = {}
         #: HTTP requests sent to S3 by this process (retries included); for tests and metrics
@@ -140,13 +140,17 @@ class S3Storage:
 
     # ------------------------------------------------------------------ client
 
-    def _make_client(self, endpoint_url: Optional[str] = None) -> Any:
-        """A client for `endpoint_url` (default: the location's endpoint)."""
+    def _make_client(
+        self, endpoint_url: Optional[str] = None, region: Optional[str] = None
+    ) -> Any:
+        """A client for `endpoint_url` and `region` (defaults: the location's)."""
         import boto3
         from botocore import UNSIGNED
         from botocore.config import Config as BotoConfig
 
-        session = boto3.session.Session(profile_name=self.profile, region_name=self.region)
+        session = boto3.session.Session(
+            profile_name=self.profile, region_name=region or self.region
+        )
         self._unsigned = session.get_credentials() is None
         if self._unsigned:
             log.info("%s: no AWS credentials found, using unsigned requests", self.name)
@@ -370,7 +374,7 @@ class S3Storage:
         if cached is not None and now - cached[1] < min(60.0, self.expires * 0.1):
             return cached[0]
         try:
-            signer = self._presigner.get() if self.public_endpoint_url else self.client
+            signer = self._signer(bucket)
             url: str = signer.generate_presigned_url(
                 "get_object", Params={"Bucket": bucket, "Key": obj}, ExpiresIn=self.expires
             )
@@ -380,6 +384,39 @@ class S3Storage:
             self._presigned.clear()
         self._presigned[(bucket, obj)] = (url, now)
         return url
+
+    def bucket_region(self, bucket: str) -> Optional[str]:
+        """The region `bucket` lives in, from HeadBucket, once per bucket per process.
+
+        Our own calls follow S3's region redirects, but a client holding a url signed for the
+        wrong region just gets an error; so unless the location names its region, presigned
+        urls are signed for the bucket's own.
+        """
+        if self.region:
+            return self.region
+        if bucket not in self._bucket_regions:
+            region: Optional[str] = None
+            try:
+                resp = self._call(f"HEAD bucket {bucket}", self.client.head_bucket, Bucket=bucket)
+                region = resp["ResponseMetadata"]["HTTPHeaders"].get("x-amz-bucket-region")
+            except HtsgetError as err:
+                log.warning("%s: region of bucket %s unknown: %s", self.name, bucket, err.message)
+            self._bucket_regions[bucket] = region
+        return self._bucket_regions[bucket]
+
+    def _signer(self, bucket: str) -> Any:
+        """The client that presigns for `bucket`: its region, and the public endpoint if set."""
+        client = self.client  # built first: it finds out whether we have credentials at all
+        if self._unsigned and not self.public_endpoint_url:
+            return client  # nothing is signed
+        region = None if self._unsigned else self.bucket_region(bucket)
+        if region == client.meta.region_name and not self.public_endpoint_url:
+            return client
+        if region not in self._signers:
+            self._signers[region] = ProcessLocal(
+                lambda: self._make_client(self.public_endpoint_url, region)
+            )
+        return self._signers[region].get()
 
     def stream(self, key: str, start: int, end: int) -> Iterator[bytes]:
         """Bytes ``[start, end)`` for /data (proxy mode). The GetObject happens now, so its
