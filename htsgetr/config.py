@@ -177,7 +177,9 @@ class LocationConfig:
     root: Optional[str] = _opt(None, "file: the directory keys live under", path=True)
     bucket: Optional[str] = _opt(None, "s3: bucket (may use capture groups)")
     prefix: str = _opt("", "key prefix inside the store (s3; file: a subdirectory of root)")
-    region: Optional[str] = _opt(None, "s3: region (default: the AWS configuration)")
+    region: Optional[str] = _opt(
+        None, "s3: region (default: the AWS configuration; presigning: the bucket's own)"
+    )
     endpoint_url: Optional[str] = _opt(
         None, "s3: endpoint (MinIO, Ceph, R2, ...)", check=_check_url
     )
