@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import _records
-from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
-from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, NotFound, Query, merge_regions
+from ..protocol import UNPLACED, Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .base import Piece, Source, missing_index
-from .blocks import TRIM_MAX_REGIONS, BgzfLayout, Target, assemble, load_layout, region_chunks
+from .blocks import TRIM_MAX_REGIONS, IndexedFile, assemble, load_layout
 
 
 def bam_header_length(data: bytes) -> Optional[int]:
@@ -52,16 +51,8 @@ def bam_reference_names(data: bytes) -> list[str]:
 
 
 @dataclass
-class BamFile:
-    layout: BgzfLayout
-    ref_ids: dict[str, int]
-    index: BinningIndex
-    index_size: int
-
-    @property
-    def nbytes(self) -> int:
-        """For the cache budget: the index bytes the parser keeps, plus the layout."""
-        return self.index_size + self.layout.nbytes + 64 * len(self.ref_ids)
+class BamFile(IndexedFile):
+    ref_ids: dict[str, int] = field(default_factory=dict)  # header order is the reference ID
 
 
 def index_candidates(key: str, ext: str, primary: tuple[str, ...]) -> list[str]:
@@ -77,7 +68,7 @@ def load_bam(source: Source, index_key: str) -> BamFile:
     names = bam_reference_names(prefix.data[:length])
     layout = load_layout(source, prefix, length)
     index, index_size = parse_binning_index(source.read_all(index_key), index_key)
-    return BamFile(layout, {n: i for i, n in enumerate(names)}, index, index_size)
+    return BamFile(layout, index, index_size, {n: i for i, n in enumerate(names)})
 
 
 class BamHandler:
@@ -107,11 +98,6 @@ class BamHandler:
                 raise NotFound(f"reference {region.reference_name!r} is not in {query.id}")
             if ref_id >= bam.index.n_ref:
                 continue  # the index lists no data for trailing references
-            beg = region.start or 0
-            end = MAX_COORDINATE if region.end is None else region.end
-            found = bam.index.query(ref_id, beg, end)
-            if trim and (region.start is not None or region.end is not None):
-                target = Target(ref_id, beg, end)
-                found = region_chunks(source, bam.layout, found, _records.BAM, target)
+            found = bam.region_chunks(source, ref_id, region, _records.BAM, ref_id, trim)
             chunks.extend(found)
         return assemble(source, bam.layout, chunks, False)

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from .. import _records
-from .._ranges import merge_ranges
-from ..protocol import MAX_COORDINATE, Class, InternalError
+from .._ranges import BinningIndex, merge_ranges
+from ..protocol import MAX_COORDINATE, Class, InternalError, Region
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
+
+#: how records name their reference: an ID (BAM, BCF) or a name (VCF)
+RefKey = Union[int, bytes]
 
 #: decompressed blocks kept per file for re-cutting chunk ends
 BLOCK_CACHE = 16
@@ -114,7 +117,7 @@ def load_layout(source: Source, prefix: bgzf.Prefix, header_len: int) -> BgzfLay
 class Target:
     """A region in the file's own terms: reference ID (BAM/BCF) or name (VCF), [beg, end)."""
 
-    ref: Union[int, bytes]
+    ref: RefKey
     beg: int
     end: int
 
@@ -205,6 +208,32 @@ def region_chunks(
         if trimmed is not None:
             out.append(trimmed)
     return out
+
+
+@dataclass
+class IndexedFile:
+    """A BGZF file's layout with its binning index (BAI, CSI or TBI), as cached per worker."""
+
+    layout: BgzfLayout
+    index: BinningIndex
+    index_size: int  # bytes the parsed index keeps
+
+    @property
+    def nbytes(self) -> int:
+        """For the cache budget: the index bytes the parser keeps, plus the layout."""
+        return self.index_size + self.layout.nbytes
+
+    def region_chunks(
+        self, source: Source, ref_id: int, region: Region, kind: int, target_ref: RefKey, trim: bool
+    ) -> list[tuple[int, int]]:
+        """Chunks holding `region`'s records on reference `ref_id`, trimmed to them when the
+        region has bounds and `trim` allows (`target_ref` is how records name the reference)."""
+        beg = region.start or 0
+        end = MAX_COORDINATE if region.end is None else region.end
+        found = self.index.query(ref_id, beg, end)
+        if trim and (region.start is not None or region.end is not None):
+            found = region_chunks(source, self.layout, found, kind, Target(target_ref, beg, end))
+        return found
 
 
 def header_pieces(layout: BgzfLayout) -> list[Piece]:

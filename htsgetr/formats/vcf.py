@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .. import _records
-from .._ranges import BinningIndex
 from ..index.binning import parse_binning_index
-from ..protocol import MAX_COORDINATE, Class, Format, NotFound, Query, merge_regions
+from ..protocol import Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .bam import index_candidates
 from .base import Piece, Source, missing_index
-from .blocks import TRIM_MAX_REGIONS, BgzfLayout, Target, assemble, load_layout, region_chunks
+from .blocks import TRIM_MAX_REGIONS, IndexedFile, assemble, load_layout
 
 _CONTIG = re.compile(rb"^##contig=<(.*)>\s*$", re.MULTILINE)
 _ID = re.compile(rb"(?:^|,)ID=([^,>]+)")
@@ -61,17 +60,9 @@ def header_contigs(text: bytes) -> dict[str, int]:
 
 
 @dataclass
-class VariantFile:
-    layout: BgzfLayout
-    header_names: frozenset[str]
-    ref_ids: dict[str, int]
-    index: BinningIndex
-    index_size: int
-
-    @property
-    def nbytes(self) -> int:
-        """For the cache budget: the index bytes the parser keeps, plus the layout."""
-        return self.index_size + self.layout.nbytes + 64 * len(self.header_names)
+class VariantFile(IndexedFile):
+    header_names: frozenset[str] = frozenset()  # contigs of the header and of the index
+    ref_ids: dict[str, int] = field(default_factory=dict)  # contig -> index reference ID
 
 
 def _load(
@@ -89,7 +80,7 @@ def _load(
         ref_ids = dict(contigs)
     else:
         ref_ids = {name: i for i, name in enumerate(index.names)}
-    return VariantFile(layout, frozenset(contigs) | frozenset(ref_ids), ref_ids, index, index_size)
+    return VariantFile(layout, index, index_size, frozenset(contigs) | frozenset(ref_ids), ref_ids)
 
 
 class _VariantHandler:
@@ -125,14 +116,10 @@ class _VariantHandler:
             ref_id = vf.ref_ids.get(name)
             if ref_id is None or ref_id >= vf.index.n_ref:
                 continue  # declared in the header, but no records
-            beg = region.start or 0
-            end = MAX_COORDINATE if region.end is None else region.end
-            found = vf.index.query(ref_id, beg, end)
-            if trim and (region.start is not None or region.end is not None):
-                is_bcf = self.format is Format.BCF
-                target = Target(ref_id if is_bcf else name.encode(), beg, end)
-                kind = _records.BCF if is_bcf else _records.VCF
-                found = region_chunks(source, vf.layout, found, kind, target)
+            is_bcf = self.format is Format.BCF
+            kind = _records.BCF if is_bcf else _records.VCF
+            target_ref = ref_id if is_bcf else name.encode()
+            found = vf.region_chunks(source, ref_id, region, kind, target_ref, trim)
             chunks.extend(found)
         return assemble(source, vf.layout, chunks, False)
 
