@@ -200,6 +200,38 @@ def bench_http(data: Path, tmp: Path) -> None:
     finally:
         _stop(ours)
         _stop(flask_proc)
+    bench_load(data, tmp)
+
+
+def _wrk(url: str) -> float:
+    """Requests per second wrk sustains against `url` (2 threads, 16 connections, 5 s)."""
+    out = subprocess.run(["wrk", "-t2", "-c16", "-d5s", url], capture_output=True, text=True,
+                         check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("Requests/sec:"))
+    return float(line.split()[1])
+
+
+def bench_load(data: Path, tmp: Path) -> None:
+    """Throughput under load, both apps under the same gunicorn settings (2 gthread workers)."""
+    if shutil.which("wrk") is None:
+        print("load: skipped (apt install wrk)")
+        return
+    port_a, port_b = 18235, 18236
+    ours = _serve([sys.executable, "-m", "htsgetr", "serve", "--data-dir", str(data),
+                   "--port", str(port_a), "--workers", "2", "--threads", "4"],
+                  f"http://127.0.0.1:{port_a}/service-info")
+    bare = _serve([sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "4",
+                   "-k", "gthread", "-b", f"127.0.0.1:{port_b}", "--chdir", str(tmp),
+                   "bare_app:app"], f"http://127.0.0.1:{port_b}/ping")
+    try:
+        url = f"http://127.0.0.1:{port_a}/reads/genome?referenceName=chr7&start=5000000&end=5100000"
+        requests.get(url)
+        r_ours, r_bare = _wrk(url), _wrk(f"http://127.0.0.1:{port_b}/ping")
+        print(f"load: tickets {r_ours:7.0f} req/s   bare Flask {r_bare:7.0f} req/s   "
+              f"ratio {r_ours / r_bare:5.2f}   (wrk -t2 -c16, 2 gthread workers each)")
+    finally:
+        _stop(ours)
+        _stop(bare)
 
 
 def bench_data(data: Path, tmp: Path) -> None:

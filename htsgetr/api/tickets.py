@@ -50,7 +50,7 @@ def _use_request_address(body: dict[str, Any], engine: Htsget) -> None:
     if config.ticket_server.base_url or config.data_server.separate:
         return
     default = config.data_url() + "/data/"
-    here = request.host_url.rstrip("/") + "/data/"
+    here = f"{request.scheme}://{request.host}/data/"
     if here == default:
         return
     for block in body["htsget"]["urls"]:
