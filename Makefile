@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 HOST ?= 127.0.0.1
-APT_PACKAGES := samtools bcftools tabix nginx-light python3-venv python3-dev build-essential curl
+APT_PACKAGES := samtools bcftools tabix nginx-light python3-venv python3-dev build-essential curl wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
@@ -21,7 +21,7 @@ serve: deps build example-data
 deps: apt $(VENV)/.installed
 
 apt:
-	@missing=""; for p in samtools bcftools tabix bgzip nginx gcc curl; do \
+	@missing=""; for p in samtools bcftools tabix bgzip nginx gcc curl wrk; do \
 	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing=1; done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing=1; \
 	if [ -n "$$missing" ]; then \
