@@ -159,6 +159,12 @@ class Query:
     fields: Optional[tuple[str, ...]] = None
     tags: Optional[tuple[str, ...]] = None
     notags: Optional[tuple[str, ...]] = None
+    #: authorization: records outside these may not be sent (None: no restriction). A
+    #: region whose reference_name is "" stands for every reference of the file.
+    allowed: Optional[tuple[Region, ...]] = None
+    #: the ticket must hold exactly the records overlapping `regions`, none beside them
+    #: (set by the engine for restricted queries)
+    exact: bool = False
 
 
 def parse_format(endpoint: Endpoint, value: Optional[str]) -> Format:
