@@ -8,6 +8,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from .config import Config
+from .cors import flask_cors_options
 from .engine import Htsget
 
 ROLES = ("all", "ticket", "data")
@@ -29,14 +30,6 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
     if role in ("all", "data"):
         app.register_blueprint(data.bp)
     server = config.data_server if role == "data" else config.ticket_server
-    origins = server.cors_origins
-    CORS(
-        app,
-        origins=origins,
-        allow_headers=["Authorization", "Content-Type", "Range"],
-        expose_headers=["Content-Range", "Content-Length", "Accept-Ranges", "ETag"],
-        methods=["GET", "HEAD", "POST", "OPTIONS"],
-        max_age=86400,
-    )
+    CORS(app, **flask_cors_options(server.cors, server.cors_origins))
     errors.register(app)
     return app

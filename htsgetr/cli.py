@@ -17,6 +17,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence, get_args, get_origin
 
 from ._version import __version__
+from .auth.schema import AuthConfig
 from .config import (
     ENV_CONFIG,
     Config,
@@ -241,6 +242,7 @@ def _render_fields(obj: Any, prefix: Optional[str]) -> list[str]:
         tp, value = hints(cls)[f.name], getattr(obj, f.name)
         if (
             dataclasses.is_dataclass(tp)
+            or any(dataclasses.is_dataclass(a) for a in get_args(tp))  # Optional[table]
             or f.name == "locations"
             or get_origin(tp) is dict
             and (get_args(tp)[1] is Any)
@@ -305,15 +307,25 @@ def default_toml() -> str:
         f = {f.name: f for f in dataclasses.fields(Config)}[name]
         out += ["", f"# {f.metadata['doc']}", f"[{name}]"]
         out += _render_fields(getattr(config, name), name + ".")
+        out += ["", f"[{name}.cors]"]
+        out += _render_fields(getattr(config, name).cors, name + ".cors.")
     out += ["", _LOCATIONS.rstrip(), "# [[locations]]"]
     out += [
         line if line.startswith("# ") else "# " + line
         for line in _render_fields(config.locations[0], None)
     ]
     out += ["", _SERVICE_INFO.rstrip()]
-    for name in ("auth", "crypt4gh", "logging", "metrics"):
+    out += ["", _AUTH.rstrip(), "# [auth]"]
+    out += ["# " + line.lstrip("# ") for line in _render_fields(AuthConfig(), None)]
+    for name in ("crypt4gh", "logging", "metrics"):
         out += ["", f"# {name}: reserved for its feature (env {env_name(name)}, JSON)", f"[{name}]"]
     return "\n".join(out) + "\n"
+
+
+_AUTH = """
+# Authentication and authorization: off unless [auth] is set (env HTSGET_AUTH, JSON).
+# Its tables (jwt, authorization, passports, data_urls) are shown in config.example.toml.
+"""
 
 
 # --------------------------------------------------------------------------- commands

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import urlsplit
 
+from .auth.schema import AuthConfig
+from .cors import CorsConfig
 from .location_sugar import _location_list, expand_location
 from .location_sugar import parse_storage as parse_storage  # re-exported
 from .protocol import ENDPOINT_FORMATS, Endpoint, Format
@@ -145,8 +147,11 @@ class ServerConfig:
     tls_cert: Optional[str] = _opt(None, "PEM certificate (chain): serve HTTPS", path=True)
     tls_key: Optional[str] = _opt(None, "PEM private key of tls_cert", path=True)
     cors_origins: list[str] = _opt(
-        doc='origins allowed to call cross-origin ("*": any)', factory=lambda: ["*"]
+        doc='origins allowed to call cross-origin ("*": any); cors.allow_origins wins',
+        factory=lambda: ["*"],
     )
+    cors: CorsConfig = _opt(doc="CORS, htsget-rs keys", factory=CorsConfig)
+    auth: Optional[AuthConfig] = _opt(None, "this server's own [auth], instead of the global")
 
     def url(self) -> str:
         if self.base_url:
@@ -233,7 +238,7 @@ class Config:
     )
     watch: bool = _opt(False, "poll the config file and reload when it changes")
     watch_interval: float = _opt(2.0, "seconds between polls of the config file", min=0.05)
-    auth: dict[str, Any] = _opt(doc="bearer-token authorization", factory=dict)
+    auth: Optional[AuthConfig] = _opt(None, "bearer tokens, restrictions, signed /data urls")
     crypt4gh: dict[str, Any] = _opt(doc="Crypt4GH", factory=dict)
     logging: dict[str, Any] = _opt(doc="logging", factory=dict)
     metrics: dict[str, Any] = _opt(doc="metrics", factory=dict)
@@ -244,6 +249,11 @@ class Config:
         if "locations" in table:
             table = {**table, "locations": _location_list(table["locations"])}
         return table
+
+    def auth_for(self, role: str) -> Optional[AuthConfig]:
+        """The [auth] a server uses: its own table, else the global one."""
+        server = self.data_server if role == "data" else self.ticket_server
+        return server.auth if server.auth is not None else self.auth
 
     def data_url(self) -> str:
         """Base URL of the /data endpoint that local and proxied ticket urls point at."""

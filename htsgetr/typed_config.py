@@ -112,7 +112,12 @@ def _parse_str(tp: Any, text: str, key: str, ctx: _Ctx) -> Any:
             if text.strip().startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
-        if origin is dict or tp is Any or dataclasses.is_dataclass(tp):
+        if tp is Any:  # JSON where it parses ("[...]"), else the plain string ("Mirror")
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
+        if origin is dict or dataclasses.is_dataclass(tp):
             return json.loads(text)
     except ValueError:
         name = {bool: "a boolean", int: "an integer", float: "a number"}.get(tp, "JSON")

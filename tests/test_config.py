@@ -91,7 +91,10 @@ def test_full_file(tmp_path: Path) -> None:
         headers = { X-Key = "v" }
         forward_headers = ["X-Request-Id"]
         [auth]
-        anything = { goes = [1, 2] }
+        jwt = { kind = "jwks", url = "https://idp.example/jwks" }
+        validate_audience = ["htsget"]
+        [ticket_server.cors]
+        allow_origins = "Mirror"
         """,
     )
     assert config.max_post_bytes == 4096 and config.cache_entries == 3
@@ -113,7 +116,11 @@ def test_full_file(tmp_path: Path) -> None:
     assert (c.backend, c.url, c.headers, c.forward_headers) == (
         "url", "https://host/path/", {"X-Key": "v"}, ["X-Request-Id"],
     )  # fmt: skip
-    assert config.auth == {"anything": {"goes": [1, 2]}}
+    assert config.auth is not None and config.auth.jwt is not None
+    assert (config.auth.jwt.kind, config.auth.jwt.url) == ("jwks", "https://idp.example/jwks")
+    assert config.auth.validate_audience == ["htsget"]
+    assert config.auth_for("ticket") is config.auth and config.auth_for("data") is config.auth
+    assert ts.cors.allow_origins == "Mirror"
 
 
 def test_relative_root_is_relative_to_the_file(tmp_path: Path) -> None:
@@ -556,7 +563,9 @@ def test_cli_config_show(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         mode = "proxy"
         headers = { Authorization = "Bearer xyz" }
         [auth]
-        client_secret = "abc"
+        jwt = { kind = "jwks", url = "https://idp.example/jwks" }
+        data_urls.secret = "abc"
+        data_urls.previous_secrets = ["abc2"]
         """,
     )
     monkeypatch.setenv("HTSGET_WORKERS", "6")
@@ -564,7 +573,7 @@ def test_cli_config_show(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     out = capsys.readouterr().out
     for secret in ("hunter2", "xyz", "abc"):
         assert secret not in out
-    assert 'Authorization = "***"' in out and 'client_secret = "***"' in out
+    assert 'Authorization = "***"' in out and 'secret = "***"' in out
     shown = write(tmp_path, out, "shown.toml")
     config = load_config(shown, env={})
     assert (config.ticket_server.port, config.ticket_server.workers) == (1234, 6)
