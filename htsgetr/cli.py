@@ -307,6 +307,7 @@ def default_toml() -> str:
         f = {f.name: f for f in dataclasses.fields(Config)}[name]
         out += ["", f"# {f.metadata['doc']}", f"[{name}]"]
         out += _render_fields(getattr(config, name), name + ".")
+        out += [f"# [{name}.auth]: this server's own [auth] (env {env_name(name + '.auth')}, JSON)"]
         out += ["", f"[{name}.cors]"]
         out += _render_fields(getattr(config, name).cors, name + ".cors.")
     out += ["", _LOCATIONS.rstrip(), "# [[locations]]"]
