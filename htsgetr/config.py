@@ -255,6 +255,11 @@ class Config:
         server = self.data_server if role == "data" else self.ticket_server
         return server.auth if server.auth is not None else self.auth
 
+    def auth_tables(self) -> list[AuthConfig]:
+        """Every [auth] table set: global, ticket server's, data server's (in that order)."""
+        tables = (self.auth, self.ticket_server.auth, self.data_server.auth)
+        return [a for a in tables if a is not None]
+
     def data_url(self) -> str:
         """Base URL of the /data endpoint that local and proxied ticket urls point at."""
         if self.data_server.separate:

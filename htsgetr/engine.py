@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import replace
 from typing import Optional
 
 from .cache import LRUCache
@@ -16,7 +17,18 @@ from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source
 from .formats.cram import CramHandler
 from .formats.fasta import FastaHandler, FastqHandler
 from .formats.vcf import BcfHandler, VcfHandler
-from .protocol import Block, Format, NotFound, Query, Ticket
+from .protocol import (
+    UNPLACED,
+    Block,
+    Class,
+    Endpoint,
+    Format,
+    NotFound,
+    PermissionDenied,
+    Query,
+    Region,
+    Ticket,
+)
 from .storage.local import LocalStorage, safe_key
 from .storage.resolver import Resolver
 
@@ -73,7 +85,10 @@ class Htsget:
 
     def ticket(self, query: Query) -> Ticket:
         source = self.locate(query.id, query.format)
-        pieces = self.handler(query.format).pieces(source, query)
+        handler = self.handler(query.format)
+        if query.allowed is not None and query.klass is not Class.HEADER:
+            query = restricted(query, handler, source)
+        pieces = handler.pieces(source, query)
         ticket = Ticket(query.format, [self._block(source, p) for p in pieces])
         if query.regions is None and query.klass is None:
             ticket.md5 = self._md5(source, pieces)
@@ -108,6 +123,35 @@ class Htsget:
         if isinstance(storage, LocalStorage) and small:
             return source.cached("md5", lambda: _file_md5(storage.path(source.key)))
         return None
+
+
+def restricted(query: Query, handler: FormatHandler, source: Source) -> Query:
+    """`query` limited to its allowed intervals, record-exact: the requested regions (the
+    whole file when none) intersected with them. An empty result is a header-only file."""
+    names = getattr(handler, "reference_names", None)
+    if names is None:
+        raise PermissionDenied(f"restricted access to {query.format.value} is not supported")
+    assert query.allowed is not None
+    wanted = query.regions
+    if wanted is None:
+        wanted = tuple(Region(n) for n in names(source))
+        if query.endpoint is Endpoint.READS:
+            wanted += (Region(UNPLACED),)
+    out: list[Region] = []
+    for region in wanted:
+        for allow in query.allowed:
+            if region.reference_name == UNPLACED or allow.reference_name == UNPLACED:
+                if region.reference_name == allow.reference_name:
+                    out.append(region)
+                continue
+            if allow.reference_name not in ("", region.reference_name):
+                continue
+            start = max(region.start or 0, allow.start or 0)
+            ends = [e for e in (region.end, allow.end) if e is not None]
+            end = min(ends) if ends else None
+            if end is None or start < end:
+                out.append(Region(region.reference_name, start or None, end))
+    return replace(query, regions=tuple(dict.fromkeys(out)), allowed=None, exact=True)
 
 
 def _is_whole_file(source: Source, pieces: list[Piece]) -> bool:

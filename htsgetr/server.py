@@ -230,4 +230,9 @@ def serve(
     watch: Optional[str] = None,
 ) -> None:
     """Serve until stopped: `htsgetr serve` in one call."""
+    from .auth.signing import shared_secret
+
+    # one /data url signing secret for every worker and the data server this master forks
+    # (a reload that turns auth on finds it already there)
+    shared_secret(None)
     HtsgetrServer(config, reload_config, watch=watch).run()

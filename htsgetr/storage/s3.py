@@ -121,6 +121,10 @@ class S3Storage:
 
     @classmethod
     def from_location(cls, location: LocationConfig, mount: str, config: Config) -> S3Storage:
+        expires = location.expires
+        auth = config.auth_for("ticket")
+        if auth is not None:  # presigned urls live no longer than our own signed ones
+            expires = min(expires, auth.data_urls.expires)
         return cls(
             location.bucket,
             location.prefix,
@@ -129,7 +133,7 @@ class S3Storage:
             public_endpoint_url=location.public_endpoint_url,
             path_style=location.path_style,
             profile=location.profile,
-            expires=location.expires,
+            expires=expires,
             mode=location.mode,
             timeout=location.timeout,
             retries=location.retries,
