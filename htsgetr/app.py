@@ -16,7 +16,7 @@ ROLES = ("all", "ticket", "data")
 
 def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = None) -> Flask:
     """The WSGI app. `role` picks the ticket endpoints, the data endpoint, or both."""
-    from .api import data, errors, service_info, tickets
+    from .api import auth, data, errors, service_info, tickets
 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
@@ -31,5 +31,6 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
         app.register_blueprint(data.bp)
     server = config.data_server if role == "data" else config.ticket_server
     CORS(app, **flask_cors_options(server.cors, server.cors_origins))
+    auth.register(app, config, role)
     errors.register(app)
     return app

@@ -81,6 +81,7 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
             "graceful_timeout": server.graceful_timeout,
             "keepalive": 5,
             "accesslog": "-",
+            "logger_class": "htsgetr.observability.RedactingLogger",
             "errorlog": "-",
             "loglevel": "info",
             "proc_name": f"htsgetr-{self.role}",

@@ -8,22 +8,32 @@ that refuse a broken file and keep the old configuration, run `htsgetr serve` in
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 from .app import create_app
+from .auth.signing import SECRET_ENV
 from .config import ConfigError, load_config
+
+
+def _fail(message: str) -> NoReturn:
+    message = f"htsgetr: {message}"
+    try:  # gunicorn stops (instead of respawning workers) on an AppImportError
+        from gunicorn.errors import AppImportError
+    except ImportError:  # pragma: no cover - another WSGI server
+        raise SystemExit(message) from None
+    raise AppImportError(message) from None
 
 
 def _app() -> Any:
     try:
         config = load_config()
     except ConfigError as err:
-        message = f"htsgetr: configuration error: {err}"
-        try:  # gunicorn stops (instead of respawning workers) on an AppImportError
-            from gunicorn.errors import AppImportError
-        except ImportError:  # pragma: no cover - another WSGI server
-            raise SystemExit(message) from None
-        raise AppImportError(message) from None
+        _fail(f"configuration error: {err}")
+    tables = config.auth_tables()
+    if tables and not tables[0].data_urls.secret and not os.environ.get(SECRET_ENV):
+        # each gunicorn worker imports this module: a secret made here would differ per worker
+        _fail("auth is on: set auth.data_urls.secret or HTSGET_DATA_URL_SECRET, the same"
+              " on every worker and replica, so /data urls signed by one verify on another")
     return create_app(config, os.environ.get("HTSGET_ROLE", "all"))
 
 

@@ -8,7 +8,14 @@ import logging
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from ..protocol import CONTENT_TYPE, HtsgetError, InternalError, InvalidInput, NotFound
+from ..protocol import (
+    CONTENT_TYPE,
+    HtsgetError,
+    InternalError,
+    InvalidAuthentication,
+    InvalidInput,
+    NotFound,
+)
 
 log = logging.getLogger("htsgetr")
 
@@ -16,7 +23,10 @@ _BY_STATUS: dict[int, type[HtsgetError]] = {404: NotFound, 400: InvalidInput}
 
 
 def error_response(err: HtsgetError) -> Response:
-    return Response(json.dumps(err.to_json()), status=err.status, content_type=CONTENT_TYPE)
+    resp = Response(json.dumps(err.to_json()), status=err.status, content_type=CONTENT_TYPE)
+    if isinstance(err, InvalidAuthentication):  # RFC 6750: say how to authenticate
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="htsget", error="invalid_token"'
+    return resp
 
 
 def register(app: Flask) -> None:

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, request
 
 from ..engine import Htsget
 from ..protocol import CONTENT_TYPE, Endpoint, PayloadTooLarge, parse_get, parse_post
+from .auth import authorize, sign
 
 bp = Blueprint("tickets", __name__)
 
@@ -34,13 +35,19 @@ def ticket_view(endpoint: Endpoint, id: str) -> Response:
         query = parse_post(endpoint, id, body, bool(request.query_string))
     else:
         query = parse_get(endpoint, id, request.args)
+    query, allowed = authorize(query)
     ticket = engine.ticket(query).to_json()
-    _use_request_address(ticket, engine)
+    data_base = _use_request_address(ticket, engine)
+    for block in ticket["htsget"]["urls"]:
+        block["url"] = sign(block["url"], block.get("headers"), data_base)
+    if allowed is not None:
+        ticket["htsget"]["allowed"] = allowed
     return Response(json.dumps(ticket), content_type=CONTENT_TYPE)
 
 
-def _use_request_address(body: dict[str, Any], engine: Htsget) -> None:
+def _use_request_address(body: dict[str, Any], engine: Htsget) -> str:
     """With no base URL configured, /data urls name the address the client reached us at.
+    Returns the base url of our /data urls in the ticket.
 
     The default base URL comes from the bind (http://127.0.0.1:8080), which is wrong for a
     client anywhere else: in a container, behind a port mapping, on another machine. The
@@ -48,14 +55,15 @@ def _use_request_address(body: dict[str, Any], engine: Htsget) -> None:
     """
     config = engine.config
     if config.ticket_server.base_url or config.data_server.separate:
-        return
+        return config.data_url()
     default = config.data_url() + "/data/"
     here = f"{request.scheme}://{request.host}/data/"
     if here == default:
-        return
+        return config.data_url()
     for block in body["htsget"]["urls"]:
         if block["url"].startswith(default):
             block["url"] = here + block["url"][len(default):]
+    return here[: -len("/data/")]
 
 
 for _ep in Endpoint:
