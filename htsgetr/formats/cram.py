@@ -4,7 +4,9 @@ Layout (CRAMv3 sections 6-9): a 26-byte file definition, the header container (w
 block holds the SAM header text), data containers, and an EOF container. The header is the
 file definition plus the header container, whose end is found by parsing the container
 header; a region maps to the whole containers whose CRAI entries overlap it, each running
-from its CRAI offset to the next container's start (or the EOF container).
+from its CRAI offset to the next container's start (or the EOF container). A record-exact
+query (`Query.exact`, authorization rules) re-encodes the containers only partly wanted:
+see cram_recode.py.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ import lzma
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from ..index.crai import UNMAPPED, Crai
-from ..protocol import MAX_COORDINATE, UNPLACED, Class, Format, InternalError, NotFound, Query
+from ..protocol import (
+    MAX_COORDINATE,
+    UNPLACED,
+    Class,
+    Format,
+    InternalError,
+    NotFound,
+    Query,
+)
 from .base import ByteRange, Inline, Piece, Source, missing_index
 
 T = TypeVar("T")
@@ -218,6 +228,7 @@ class CramFile:
     eof: bytes  # the EOF container this version ends with
     ref_ids: dict[str, int]
     header_text: bytes
+    names: tuple[str, ...] = ()  # @SQ names in header order
 
 
 def _grow(source: Source, size: int, parse: Callable[[bytes], T]) -> T:
@@ -264,7 +275,8 @@ def load_cram(source: Source) -> CramFile:
         data_end = size - len(eof)
     names = reference_names(text)
     return CramFile(
-        version, container.end, data_end, eof, {n: i for i, n in enumerate(names)}, text
+        version, container.end, data_end, eof, {n: i for i, n in enumerate(names)}, text,
+        tuple(names),
     )
 
 
@@ -284,10 +296,18 @@ class CramHandler:
         """The parsed header (no index needed: whole-file and header tickets work without)."""
         return source.cached("cram", lambda: load_cram(source))
 
-    def index(self, source: Source) -> Crai:
+    def reference_names(self, source: Source) -> list[str]:
+        """The @SQ names in header order (a name's position is its CRAM reference ID)."""
+        return list(self.open(source).names)
+
+    def _index_key(self, source: Source) -> str:
         index_key = source.find(index_candidates(source.key))
         if index_key is None:
             raise missing_index(source.key)
+        return index_key
+
+    def index(self, source: Source) -> Crai:
+        index_key = self._index_key(source)
         return source.cached(
             "crai", lambda: Crai.parse(source.read_all(index_key), index_key), index_key
         )
@@ -297,28 +317,50 @@ class CramHandler:
         header: list[Piece] = [ByteRange(0, cram.header_end, Class.HEADER)]
         if query.klass is Class.HEADER:
             return header + [Inline(cram.eof, Class.HEADER)]
+        body: list[Piece]
         if query.regions is None:
-            ranges = [(cram.header_end, cram.data_end)]
+            body = [ByteRange(cram.header_end, cram.data_end, Class.BODY)]
+        elif query.exact:
+            body = self._exact_body(source, cram, query)
         else:
             ranges = self._container_ranges(cram, self.index(source), query)
-        body: list[Piece] = [ByteRange(s, e, Class.BODY) for s, e in ranges if e > s]
+            body = [ByteRange(s, e, Class.BODY) for s, e in ranges]
+        body = [p for p in body if not isinstance(p, ByteRange) or p.end > p.start]
         return header + body + [Inline(cram.eof, Class.BODY)]
+
+    def _spans(self, cram: CramFile, query: Query) -> Iterator[tuple[int, int, int]]:
+        """(reference ID, beg, end) of each region; UNMAPPED for `*`."""
+        for region in query.regions or ():
+            if region.reference_name == UNPLACED:
+                yield UNMAPPED, 0, MAX_COORDINATE
+                continue
+            ref_id = cram.ref_ids.get(region.reference_name)
+            if ref_id is None:
+                raise NotFound(f"reference {region.reference_name!r} is not in {query.id}")
+            beg = region.start or 0
+            yield ref_id, beg, MAX_COORDINATE if region.end is None else region.end
+
+    def _exact_body(self, source: Source, cram: CramFile, query: Query) -> list[Piece]:
+        """Exactly the records htslib's region queries return, each once, in file order."""
+        from .cram_recode import Selection, exact_body  # imports this module
+
+        spans = list(self._spans(cram, query))  # unknown references: NotFound first
+        if not spans:
+            return []
+        placed = [s for s in spans if s[0] != UNMAPPED]
+        selection = Selection.of(placed, unplaced=len(placed) < len(spans))
+        index_key = self._index_key(source)
+        return exact_body(source, cram, self.index(source), index_key, selection)
 
     def _container_ranges(
         self, cram: CramFile, crai: Crai, query: Query
     ) -> list[tuple[int, int]]:
         """Whole containers overlapping any region, in file order, merged, each byte once."""
         offsets: set[int] = set()
-        for region in query.regions or ():
-            if region.reference_name == UNPLACED:
+        for ref_id, beg, end in self._spans(cram, query):
+            if ref_id == UNMAPPED:
                 offsets |= crai.containers(UNMAPPED, 0, MAX_COORDINATE)
-                continue
-            ref_id = cram.ref_ids.get(region.reference_name)
-            if ref_id is None:
-                raise NotFound(f"reference {region.reference_name!r} is not in {query.id}")
-            beg = region.start or 0
-            end = MAX_COORDINATE if region.end is None else region.end
-            if end > beg:
+            elif end > beg:
                 offsets |= crai.containers(ref_id, beg, end)
         ranges: list[tuple[int, int]] = []
         for offset in sorted(offsets):
@@ -331,4 +373,3 @@ class CramHandler:
             else:
                 ranges.append((start, end))
         return ranges
-
