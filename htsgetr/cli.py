@@ -164,7 +164,9 @@ def _config_path(args: argparse.Namespace) -> Optional[str]:
 def load(
     path: Optional[str], layer: dict[str, Any], env: Optional[dict[str, str]] = None
 ) -> Config:
-    """The configuration, with every location's backend built once to surface its errors."""
+    """The configuration, with every location's backend and every [auth] table built once
+    to surface their errors (a key file that does not parse, say)."""
+    from .auth.gate import check
     from .storage.resolver import Resolver
 
     config = load_config(path, env=env, cli=layer)
@@ -172,6 +174,10 @@ def load(
         Resolver(config)
     except ConfigError as err:
         raise ConfigError(err.message, err.key, path or "effective configuration") from None
+    try:
+        check(config)
+    except ValueError as err:
+        raise ConfigError(str(err), "auth", path or "effective configuration") from None
     return config
 
 

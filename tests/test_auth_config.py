@@ -1,0 +1,135 @@
+"""[auth] and cors configuration: htsget-rs spellings, checks at start, redaction, CORS."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from authkit import Key
+
+from htsgetr.app import create_app
+from htsgetr.cli import main
+from htsgetr.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str, name: str = "htsget.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_htsget_rs_auth_file_loads_unchanged(tmp_path: Path) -> None:
+    """htsget-rs's docs/examples/auth.toml auth tables, as they are."""
+    config = load_config(write(tmp_path, """
+[auth]
+jwt = { kind = "jwks", url = "https://www.example.com/jwks" }
+validate_audience = ["htsget-server"]
+validate_issuer = ["https://www.example.com"]
+validate_subject = "htsget"
+
+[auth.authorization]
+kind = "callout"
+url = "https://www.example.com/authorize"
+
+[auth.authorization.forward]
+headers.allow = ["Authorization"]
+
+[auth.authorization.forward.context]
+endpoint_type = true
+id = true
+
+[data_server.auth]
+jwt = { kind = "public_key", path = "key.pem" }
+"""), env={})
+    auth = config.auth
+    assert auth is not None and auth.jwt is not None and auth.authorization is not None
+    assert auth.validate_subject == "htsget"
+    assert auth.authorization.forward.context.id is True
+    assert config.auth_for("ticket") is auth
+    data = config.auth_for("data")
+    assert data is not None and data.jwt is not None
+    assert data.jwt.path == str(tmp_path / "key.pem")  # relative to the file
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[auth]\njwt = { kind = "jwks" }', "auth.jwt.url: required"),
+    ('[auth]\njwt = { kind = "jwks", url = "ftp://x" }', "auth.jwt.url: expected an http"),
+    ('[auth]\njwt = { kind = "magic", url = "https://x" }', "auth.jwt.kind"),
+    ("[auth]\nvalidate_issuer = 'x'", "auth.validate_issuer: expected an array"),
+    ('[auth]\nalgorithms = ["HS256"]\njwt = { kind = "jwks", url = "https://x" }',
+     "'HS256' is not allowed"),
+    ('[auth]\nalgorithms = ["none"]\njwt = { kind = "jwks", url = "https://x" }',
+     "'none' is not allowed"),
+    ("[auth]\nsuppress_errors = true", "auth: needs jwt, authorization or passports"),
+    ('[auth.authorization]\nkind = "static"', "auth.authorization.path: required"),
+    ('[auth]\njwt = { kind = "jwks", url = "https://x" }\npublic_endpoints = ["data"]',
+     "auth.public_endpoints[0]"),
+    ('[ticket_server.cors]\nallow_origins = "Some"', "ticket_server.cors.allow_origins"),
+    ('[auth]\njwt = { kind = "jwks", url = "https://x", colour = 1 }', "auth.jwt.colour"),
+])
+def test_bad_auth_tables_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_config_check_reads_the_key_and_restrictions_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "jwt.pub"
+    good.write_bytes(Key("EC").public_pem())
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"version": 1, "htsgetAuth": [{"location": {"prefix": "a/"}}]}))
+    base = (f'[auth.authorization]\nkind = "static"\npath = "{rules}"\n'
+            '[auth.jwt]\nkind = "public_key"\n')
+    assert main(["config", "check", write(tmp_path, base + f'path = "{good}"')]) == 0
+    pem = "-----BEGIN PUBLIC KEY-----\nnope\n-----END PUBLIC KEY-----\n"
+    (tmp_path / "bad.pub").write_text(pem)
+    for path in (tmp_path / "bad.pub", tmp_path / "missing.pub"):
+        assert main(["config", "check", write(tmp_path, base + f'path = "{path}"')]) == 2
+        assert str(path) in capsys.readouterr().err
+    rules.write_text("{not json")
+    assert main(["config", "check", write(tmp_path, base + f'path = "{good}"')]) == 2
+    assert str(rules) in capsys.readouterr().err
+    rules.write_text(json.dumps({"version": 1, "htsgetAuth": []}))
+    assert main(["config", "check", write(tmp_path, base + f'path = "{good}"')]) == 2
+    assert "htsgetAuth" in capsys.readouterr().err
+
+
+def test_auth_from_the_environment(tmp_path: Path) -> None:
+    env = {"HTSGET_AUTH": json.dumps({"jwt": {"kind": "jwks", "url": "https://idp/jwks"},
+                                      "data_urls": {"expires": 60}}),
+           "HTSGET_TICKET_SERVER_CORS_ALLOW_ORIGINS": "Mirror"}
+    config = load_config(env=env)
+    assert config.auth is not None and config.auth.data_urls.expires == 60
+    assert config.ticket_server.cors.allow_origins == "Mirror"
+
+
+# --------------------------------------------------------------------------- CORS
+
+
+@pytest.mark.parametrize("cors, origin, allowed", [
+    ({}, "https://any.example", "*"),
+    ({"allow_origins": "Mirror"}, "https://any.example", "https://any.example"),
+    ({"allow_origins": ["https://igv.example"]}, "https://igv.example", "https://igv.example"),
+    ({"allow_origins": ["https://igv.example"]}, "https://evil.example", None),
+    ({"allow_origins": "All", "allow_credentials": True}, "https://a.example",
+     "https://a.example"),
+])
+def test_cors_keys(tmp_path: Path, cors: dict[str, object], origin: str,
+                   allowed: str | None) -> None:
+    config = load_config(env={}, cli={"data_dir": str(tmp_path)})
+    for k, v in cors.items():
+        setattr(config.ticket_server.cors, k, v)
+    client = create_app(config).test_client()
+    for path in ("/reads/x", "/data/x.bam"):
+        r = client.options(path, headers={"Origin": origin,
+                                          "Access-Control-Request-Method": "GET",
+                                          "Access-Control-Request-Headers": "Range"})
+        assert r.headers.get("Access-Control-Allow-Origin") == allowed, path
+        if allowed:
+            assert "range" in r.headers["Access-Control-Allow-Headers"].lower()
+            assert r.headers["Access-Control-Max-Age"] == "86400"
+        if cors.get("allow_credentials"):
+            assert r.headers["Access-Control-Allow-Credentials"] == "true"
