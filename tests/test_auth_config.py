@@ -133,3 +133,99 @@ def test_cors_keys(tmp_path: Path, cors: dict[str, object], origin: str,
             assert r.headers["Access-Control-Max-Age"] == "86400"
         if cors.get("allow_credentials"):
             assert r.headers["Access-Control-Allow-Credentials"] == "true"
+
+
+# --------------------------------------------------------------------------- passports, data auth
+
+
+@pytest.fixture()
+def idp(tmp_path: Path):
+    from authkit import Service
+
+    svc = Service()
+    keys = {"a": Key("EC", "visa-a"), "b": Key("RSA", "visa-b"), "main": Key("RSA", "main")}
+    svc.routes["/a/jwks"] = lambda h: (200, {}, {"keys": [keys["a"].jwk()]})
+    svc.routes["/b/jwks"] = lambda h: (200, {}, {"keys": [keys["b"].jwk()]})
+    (tmp_path / "main.pub").write_bytes(keys["main"].public_pem())
+    (tmp_path / "cohort").mkdir()
+    from conftest import make_bam
+
+    make_bam(tmp_path / "cohort" / "s.bam", n_reads=200)
+    yield svc, keys
+    svc.close()
+
+
+def visa(key: Key, iss: str, value: str, ttl: int = 600, **extra: object) -> str:
+    import time
+
+    now = int(time.time())
+    body = {"type": "ControlledAccessGrants", "value": value, "source": "https://dac",
+            "by": "dac", "asserted": now - 100, **extra}
+    return key.sign({"iss": iss, "sub": "alice", "iat": now, "exp": now + ttl,
+                     "ga4gh_visa_v1": body})
+
+
+def test_passport_visas_open_datasets(tmp_path: Path, idp) -> None:
+    from authkit import claims
+
+    svc, keys = idp
+    config = load_config(write(tmp_path, f"""
+[[locations]]
+root = "{tmp_path}"
+[auth]
+jwt = {{ kind = "public_key", path = "{tmp_path / 'main.pub'}" }}
+[auth.passports]
+trusted_issuers = [{{ iss = "https://visas-a", jwks = "{svc.url}/a/jwks" }}]
+userinfo_url = "{svc.url}/userinfo"
+[auth.passports.datasets]
+"https://ds/cohort" = {{ prefix = "cohort/" }}
+[auth.data_urls]
+secret = "s"
+"""), env={})
+    client = create_app(config).test_client()
+
+    def ticket(token: str) -> int:
+        r = client.get("/reads/cohort/s", headers={"Authorization": f"Bearer {token}"})
+        return r.status_code
+
+    main_key = keys["main"]
+    good = visa(keys["a"], "https://visas-a", "https://ds/cohort")
+    assert ticket(main_key.sign(claims(ga4gh_passport_v1=[good]))) == 200
+    for name, bad in {
+        "untrusted issuer": visa(keys["b"], "https://visas-b", "https://ds/cohort"),
+        "claims another's issuer": visa(keys["b"], "https://visas-a", "https://ds/cohort"),
+        "expired": visa(keys["a"], "https://visas-a", "https://ds/cohort", ttl=-3600),
+        "other dataset": visa(keys["a"], "https://visas-a", "https://ds/other"),
+        "conditions": visa(keys["a"], "https://visas-a", "https://ds/cohort",
+                           conditions=[[{"type": "AffiliationAndRole", "value": "x"}]]),
+    }.items():
+        assert ticket(main_key.sign(claims(ga4gh_passport_v1=[bad]))) == 403, name
+    # no passport in the token: the userinfo endpoint holds it
+    svc.routes["/userinfo"] = lambda h: (200, {}, {"ga4gh_passport_v1": [good]})
+    assert ticket(main_key.sign(claims())) == 200
+    svc.routes["/userinfo"] = lambda h: (200, {}, {"ga4gh_passport_v1": []})
+    assert ticket(main_key.sign(claims())) == 403
+
+
+def test_data_server_auth_also_demands_a_token(tmp_path: Path, idp) -> None:
+    from authkit import claims
+
+    _, keys = idp
+    pub = tmp_path / "main.pub"
+    config = load_config(write(tmp_path, f"""
+[[locations]]
+root = "{tmp_path}"
+[auth]
+jwt = {{ kind = "public_key", path = "{pub}" }}
+[data_server.auth]
+jwt = {{ kind = "public_key", path = "{pub}" }}
+"""), env={})
+    client = create_app(config).test_client()
+    token = {"Authorization": f"Bearer {keys['main'].sign(claims())}"}
+    t = client.get("/reads/cohort/s?referenceName=chr1", headers=token).get_json()
+    block = next(b for b in t["htsget"]["urls"] if not b["url"].startswith("data:"))
+    path = block["url"].split("://", 1)[1].split("/", 1)[1]
+    assert client.get("/" + path, headers=block["headers"]).status_code == 401
+    assert client.get("/" + path, headers={**block["headers"], **token}).status_code == 206
+    unsigned = "/" + path.split("?")[0]
+    assert client.get(unsigned, headers={**block["headers"], **token}).status_code == 403
