@@ -81,7 +81,13 @@ class BamHandler:
             raise missing_index(source.key)
         return source.cached("bam", lambda: load_bam(source, index_key), index_key)
 
+    def reference_names(self, source: Source) -> list[str]:
+        """Reference names in header order: what a rule naming no reference expands to."""
+        return list(self.open(source).ref_ids)
+
     def pieces(self, source: Source, query: Query) -> list[Piece]:
+        """Header, the regions' records, EOF. With `query.exact` (restricted tickets) the body
+        holds exactly the records htslib returns for the regions, each once."""
         bam = self.open(source)
         if query.klass is Class.HEADER or query.regions is None:
             return assemble(source, bam.layout, None, query.klass is Class.HEADER)
@@ -98,6 +104,9 @@ class BamHandler:
                 raise NotFound(f"reference {region.reference_name!r} is not in {query.id}")
             if ref_id >= bam.index.n_ref:
                 continue  # the index lists no data for trailing references
-            found = bam.region_chunks(source, ref_id, region, _records.BAM, ref_id, trim)
+            if query.exact:
+                found = bam.exact_chunks(source, ref_id, region, _records.BAM, ref_id)
+            else:
+                found = bam.region_chunks(source, ref_id, region, _records.BAM, ref_id, trim)
             chunks.extend(found)
         return assemble(source, bam.layout, chunks, False)

@@ -210,6 +210,135 @@ def region_chunks(
     return out
 
 
+class _ExactWalk:
+    """Walks index chunks record by record, with no scan budget, collecting the virtual-offset
+    runs of records that overlap one target (see `exact_chunks`).
+
+    Memory stays bounded: the buffer holds the block being walked plus the part of a record
+    carried over from the blocks before it, never the whole chunk.
+    """
+
+    def __init__(self, source: Source, layout: BgzfLayout, kind: int, target: Target) -> None:
+        self.source, self.layout, self.kind = source, layout, kind
+        self.ref_id = -1 if isinstance(target.ref, bytes) else target.ref
+        self.ref_name = target.ref if isinstance(target.ref, bytes) else b""
+        self.beg, self.end = target.beg, target.end
+        self.open_end = target.end >= MAX_COORDINATE
+        self.out: list[tuple[int, int]] = []
+        # per block in the buffer: (buffer position, offset, uoffset there, length, next block)
+        self.spans: list[tuple[int, int, int, int, int]] = []
+
+    def add(self, vbeg: int, vend: int) -> None:
+        """Append a run, merged with the previous one when they touch (file order)."""
+        if vend <= vbeg:
+            return
+        if self.out and self.out[-1][1] >= vbeg:
+            self.out[-1] = (self.out[-1][0], max(self.out[-1][1], vend))
+        else:
+            self.out.append((vbeg, vend))
+
+    def voffset(self, p: int) -> int:
+        """Virtual offset of buffer position `p`; a block's end is the next block's start."""
+        for start, coff, uoff, length, _ in self.spans:
+            if start <= p < start + length:
+                return bgzf.make_voffset(coff, uoff + p - start)
+        return bgzf.make_voffset(self.spans[-1][4], 0)
+
+    def chunk(self, vbeg: int, vend: int) -> tuple[int, int]:
+        """Walk the records starting in [vbeg, vend), and the one running past vend to its
+        end (htslib reads it whole too). Returns (outcome, voffset where the walk stopped)."""
+        coff, uoff = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
+        end_coff, end_uoff = bgzf.coffset(vend), bgzf.uoffset(vend)
+        layout = self.layout
+        blocks = bgzf.iter_blocks(self.source.storage, self.source.key, coff, layout.data_end)
+        buf, pos, limit, first = b"", 0, -1, True
+        self.spans = []
+        while True:
+            try:
+                block = next(blocks, None)
+            except ValueError as exc:
+                raise InternalError(f"{self.source.key}: corrupt BGZF data: {exc}") from None
+            if block is None:
+                return self._data_end(buf, pos, limit)
+            start_u, first = (uoff if first else 0), False
+            data = block.data[start_u:]
+            if pos:  # drop the records already walked
+                buf = buf[pos:]
+                kept = []
+                for start, c, u, length, nxt in self.spans:
+                    if start + length > pos:
+                        cut = max(0, pos - start)
+                        kept.append((start + cut - pos, c, u + cut, length - cut, nxt))
+                self.spans = kept
+                limit = limit - pos if limit >= 0 else -1
+                pos = 0
+            self.spans.append((len(buf), block.coffset, start_u, len(data),
+                               block.coffset + block.size))
+            if limit < 0:
+                if block.coffset == end_coff:
+                    limit = len(buf) + max(0, end_uoff - start_u)
+                elif end_uoff == 0 and block.coffset + block.size == end_coff:
+                    limit = len(buf) + len(data)
+            buf += data
+            outcome, pos, found = _records.runs(
+                buf, pos, limit, self.kind, self.ref_id, self.ref_name, self.beg, self.end,
+                self.open_end,
+            )
+            for start, stop in found:
+                self.add(self.voffset(start), self.voffset(stop))
+            if outcome != _records.NEED_MORE:
+                return outcome, self.voffset(pos)
+
+    def _data_end(self, buf: bytes, pos: int, limit: int) -> tuple[int, int]:
+        """The file's data ended inside the chunk: a VCF's last line may lack its newline
+        (htslib reads it all the same); any other partial record is a truncated file."""
+        if pos >= len(buf):
+            return _records.LIMIT, bgzf.make_voffset(self.layout.data_end, 0)
+        if self.kind != _records.VCF:
+            raise InternalError(f"{self.source.key}: the data ends inside a record")
+        outcome, stop, found = _records.runs(
+            buf + b"\n", pos, limit, self.kind, self.ref_id, self.ref_name, self.beg,
+            self.end, self.open_end,
+        )
+        for start, run_end in found:
+            self.add(self.voffset(start), self.voffset(min(run_end, len(buf))))
+        if outcome == _records.OPEN_END:  # the last line starts the open-ended rest
+            self.add(self.voffset(stop), bgzf.make_voffset(self.layout.data_end, 0))
+        return _records.LIMIT, bgzf.make_voffset(self.layout.data_end, 0)
+
+
+def exact_chunks(
+    source: Source,
+    layout: BgzfLayout,
+    chunks: Sequence[tuple[int, int]],
+    kind: int,
+    target: Target,
+) -> list[tuple[int, int]]:
+    """Virtual-offset runs holding exactly the records htslib's region query returns for
+    `target` from these index chunks: each record overlapping the target, none beside it.
+
+    For restricted tickets (authorization rules), where `trim_chunk`'s budget and its
+    keeping of non-overlapping records between overlapping ones would leak records. Every
+    record is looked at, as htslib looks at it: the walk stops at the first record of another
+    reference or starting at or after the end. An open-ended region stops walking at the
+    first record starting after its start: that record and all later ones of the reference
+    overlap, so the rest of the chunks is taken whole.
+    """
+    starts = [(max(vbeg, layout.header_end), vend) for vbeg, vend in chunks]
+    todo = merge_ranges([(vbeg, vend) for vbeg, vend in starts if vend > vbeg])
+    walk = _ExactWalk(source, layout, kind, target)
+    for i, (vbeg, vend) in enumerate(todo):
+        outcome, stopped = walk.chunk(vbeg, vend)
+        if outcome == _records.PAST:
+            break
+        if outcome == _records.OPEN_END:
+            walk.add(stopped, vend)
+            for rest in todo[i + 1 :]:
+                walk.add(*rest)
+            break
+    return walk.out
+
+
 @dataclass
 class IndexedFile:
     """A BGZF file's layout with its binning index (BAI, CSI or TBI), as cached per worker."""
@@ -234,6 +363,16 @@ class IndexedFile:
         if trim and (region.start is not None or region.end is not None):
             found = region_chunks(source, self.layout, found, kind, Target(target_ref, beg, end))
         return found
+
+    def exact_chunks(
+        self, source: Source, ref_id: int, region: Region, kind: int, target_ref: RefKey
+    ) -> list[tuple[int, int]]:
+        """Runs of exactly the records of reference `ref_id` that htslib returns for
+        `region` (restricted tickets: no record beside them, whatever the cost of the walk)."""
+        beg = region.start or 0
+        end = MAX_COORDINATE if region.end is None else region.end
+        found = self.index.query(ref_id, beg, end)
+        return exact_chunks(source, self.layout, found, kind, Target(target_ref, beg, end))
 
 
 def header_pieces(layout: BgzfLayout) -> list[Piece]:

@@ -63,6 +63,7 @@ def header_contigs(text: bytes) -> dict[str, int]:
 class VariantFile(IndexedFile):
     header_names: frozenset[str] = frozenset()  # contigs of the header and of the index
     ref_ids: dict[str, int] = field(default_factory=dict)  # contig -> index reference ID
+    names: tuple[str, ...] = ()  # header order (BCF: by IDX), then names only the index has
 
 
 def _load(
@@ -80,7 +81,11 @@ def _load(
         ref_ids = dict(contigs)
     else:
         ref_ids = {name: i for i, name in enumerate(index.names)}
-    return VariantFile(layout, index, index_size, frozenset(contigs) | frozenset(ref_ids), ref_ids)
+    ordered = sorted(contigs, key=contigs.__getitem__) if is_bcf else list(contigs)
+    names = tuple(ordered + [n for n in ref_ids if n not in contigs])
+    return VariantFile(
+        layout, index, index_size, frozenset(contigs) | frozenset(ref_ids), ref_ids, names
+    )
 
 
 class _VariantHandler:
@@ -102,7 +107,14 @@ class _VariantHandler:
             index_key,
         )
 
+    def reference_names(self, source: Source) -> list[str]:
+        """Contig names in header order (BCF: dictionary order), then any the index alone
+        knows: what a rule naming no reference expands to."""
+        return list(self.open(source).names)
+
     def pieces(self, source: Source, query: Query) -> list[Piece]:
+        """Header, the regions' records, EOF. With `query.exact` (restricted tickets) the body
+        holds exactly the records htslib returns for the regions, each once."""
         vf = self.open(source)
         if query.klass is Class.HEADER or query.regions is None:
             return assemble(source, vf.layout, None, query.klass is Class.HEADER)
@@ -119,7 +131,10 @@ class _VariantHandler:
             is_bcf = self.format is Format.BCF
             kind = _records.BCF if is_bcf else _records.VCF
             target_ref = ref_id if is_bcf else name.encode()
-            found = vf.region_chunks(source, ref_id, region, kind, target_ref, trim)
+            if query.exact:
+                found = vf.exact_chunks(source, ref_id, region, kind, target_ref)
+            else:
+                found = vf.region_chunks(source, ref_id, region, kind, target_ref, trim)
             chunks.extend(found)
         return assemble(source, vf.layout, chunks, False)
 
