@@ -1,0 +1,740 @@
+"""Record-exact CRAM tickets (`Query.exact`, authorization rules): the reassembled stream
+holds exactly the records htslib's region queries return, each once, in file order.
+
+Generated CRAMs (3.0, 3.1, 2.1; reference-based, embedded reference, no reference; small
+containers, several slices per container, multi-reference slices) from generated BAMs with
+varied CIGARs, placed unmapped reads, mates, MD/NM and typed tags; plus the htsnexus CRAM
+where ../shared/data is present. Every check compares the WHOLE ordered list of records with
+pysam's `fetch` on the original, so an extra record fails as surely as a missing one.
+
+Reference-based CRAMs: the server never looks a reference up (it drops @SQ M5/UR before
+decoding, so neither EBI, REF_PATH/REF_CACHE nor the UR path — which exists here — is used),
+and htslib cannot decode such a container without it: a region that needs a boundary
+container of such a file is refused with 403 PermissionDenied; one that needs only whole
+containers is served.
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import collections
+import gzip
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import unquote, urlparse
+
+import pysam
+import pytest
+from conftest import make_bam, shared
+
+from htsgetr.config import for_data_dir
+from htsgetr.engine import Htsget
+from htsgetr.formats import cram_recode
+from htsgetr.formats.cram import (
+    EOF_CONTAINER_V2,
+    EOF_CONTAINER_V3,
+    CramHandler,
+    parse_container_header,
+    parse_header,
+    read_itf8,
+)
+from htsgetr.formats.cram_recode import Selection, endpos
+from htsgetr.protocol import Endpoint, Format, NotFound, PermissionDenied, Query, Region
+
+pytestmark = pytest.mark.skipif(shutil.which("samtools") is None, reason="samtools not installed")
+
+REFS = [("chr1", 60_000), ("chr2", 30_000), ("chrEmpty", 5_000), ("chr3", 20_000)]
+#: name -> (samtools view options, needs the reference to decode)
+VARIANTS: dict[str, tuple[list[str], bool]] = {
+    "ref30": (["-T", "{ref}", "--output-fmt-option", "version=3.0",
+               "--output-fmt-option", "seqs_per_slice=150"], True),
+    "ref31": (["-T", "{ref}", "--output-fmt-option", "version=3.1",
+               "--output-fmt-option", "seqs_per_slice=150"], True),
+    "emb30": (["-T", "{ref}", "--output-fmt-option", "version=3.0",
+               "--output-fmt-option", "embed_ref=1",
+               "--output-fmt-option", "seqs_per_slice=150"], False),
+    "emb31": (["-T", "{ref}", "--output-fmt-option", "version=3.1",
+               "--output-fmt-option", "embed_ref=1",
+               "--output-fmt-option", "seqs_per_slice=150"], False),
+    "nor30": (["--output-fmt-option", "version=3.0", "--output-fmt-option", "no_ref=1",
+               "--output-fmt-option", "seqs_per_slice=150"], False),
+    "nor31": (["--output-fmt-option", "version=3.1", "--output-fmt-option", "no_ref=1",
+               "--output-fmt-option", "seqs_per_slice=150"], False),
+    # multi-reference slices, one mixing the last placed reads with unplaced ones
+    "multi": (["--output-fmt-option", "version=3.1", "--output-fmt-option", "no_ref=1",
+               "--output-fmt-option", "seqs_per_slice=170",
+               "--output-fmt-option", "multi_seq_per_slice=1"], False),
+    # several slices per container
+    "slices": (["-T", "{ref}", "--output-fmt-option", "version=3.0",
+                "--output-fmt-option", "embed_ref=1", "--output-fmt-option", "seqs_per_slice=60",
+                "--output-fmt-option", "slices_per_container=3"], False),
+    "v21": (["--output-fmt-option", "version=2.1", "--output-fmt-option", "no_ref=1",
+             "--output-fmt-option", "seqs_per_slice=150"], False),
+}
+DECODABLE = [n for n, (_, needs_ref) in VARIANTS.items() if not needs_ref] + ["mk"]
+HTSNEXUS = "htsnexus_test_NA12878"
+
+
+def samtools(*args: str) -> str:
+    out = subprocess.run(["samtools", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _read(rng: random.Random, ref: str, pos: int, qlen: int) -> tuple[str, str, Optional[str], int]:
+    """A read at `pos` of `ref` with a random CIGAR shape: (cigar, seq, MD or None, NM)."""
+    kind = rng.random()
+    a = qlen // 2
+    if kind < 0.5:
+        ops = [("M", qlen)]
+    elif kind < 0.6:
+        s = rng.randint(1, 20)
+        ops = [("S", s), ("M", qlen - s)]
+    elif kind < 0.68:
+        s = rng.randint(1, 20)
+        ops = [("M", qlen - s), ("S", s)]
+    elif kind < 0.78:
+        ops = [("M", a), ("D", rng.randint(1, 30)), ("M", qlen - a)]
+    elif kind < 0.86:
+        ops = [("M", a), ("I", 5), ("M", qlen - a - 5)]
+    elif kind < 0.92:
+        ops = [("M", a), ("N", rng.randint(1, 800)), ("M", qlen - a)]
+    elif kind < 0.96:
+        ops = [("S", qlen)]  # no reference bases: htslib's end is pos + 1
+    else:
+        ops = [("M", 10), ("D", 5), ("M", qlen - 10)]
+    seq, md, matches, nm, r = [], [], 0, 0, pos
+    for op, n in ops:
+        if op == "M":
+            for i in range(n):
+                base = ref[r + i]
+                if rng.random() < 0.02:
+                    alt = rng.choice([b for b in "ACGT" if b != base])
+                    seq.append(alt)
+                    md.append(f"{matches}{base}")
+                    matches, nm = 0, nm + 1
+                else:
+                    seq.append(base)
+                    matches += 1
+            r += n
+        elif op in "IS":
+            seq.extend(rng.choice("ACGT") for _ in range(n))
+            nm += n if op == "I" else 0
+        elif op == "D":
+            md.append(f"{matches}^{ref[r:r + n]}")
+            matches, nm, r = 0, nm + n, r + n
+        else:  # N
+            r += n
+    md.append(str(matches))
+    cigar = "".join(f"{n}{op}" for op, n in ops)
+    has_n = any(op == "N" for op, _ in ops)
+    return cigar, "".join(seq), None if has_n else "".join(md), nm
+
+
+def make_exact_bam(path: Path, ref_fa: Path, seed: int = 8, n_reads: int = 2200) -> Path:
+    """A sorted, indexed BAM matching `ref_fa` (written here too): varied CIGARs, placed
+    unmapped reads, mate pairs, MD/NM (which reference-based CRAM drops and regenerates),
+    typed tags, reads without qualities, then unplaced unmapped reads."""
+    rng = random.Random(seed)
+    seqs = {n: "".join(rng.choice("ACGT") for _ in range(ln)) for n, ln in REFS}
+    with open(ref_fa, "w") as f:
+        for name, seq in seqs.items():
+            f.write(f">{name}\n")
+            f.writelines(seq[i : i + 60] + "\n" for i in range(0, len(seq), 60))
+    pysam.faidx(str(ref_fa))
+    header = {
+        "HD": {"VN": "1.6", "SO": "coordinate"},
+        "SQ": [{"SN": n, "LN": ln} for n, ln in REFS],
+        "RG": [{"ID": "rgA", "SM": "s1"}, {"ID": "rgB", "SM": "s2"}],
+    }
+    placed = [0, 0, 1, 3]  # chrEmpty stays empty
+    reads: list[dict[str, Any]] = []
+    i = 0
+    while i < n_reads:
+        tid = rng.choice(placed)
+        name, length = REFS[tid]
+        qlen = rng.choice([30, 75, 100, 151])
+        pos = rng.randint(0, length - 1500)
+        if rng.random() < 0.05:  # placed unmapped: a position, flag 4, no CIGAR
+            reads.append({"tid": tid, "pos": pos, "qlen": qlen, "name": f"pu{i}", "flag": 4})
+            i += 1
+            continue
+        cigar, seq, md, nm = _read(rng, seqs[name], pos, qlen)
+        read = {"tid": tid, "pos": pos, "name": f"r{i}", "flag": rng.choice([0, 16]),
+                "cigar": cigar, "seq": seq, "md": md, "nm": nm}
+        reads.append(read)
+        i += 1
+        if rng.random() < 0.25:  # a mate downstream, often in the same container
+            mpos = pos + rng.randint(50, 400)
+            mcigar, mseq, mmd, mnm = _read(rng, seqs[name], mpos, qlen)
+            mate = {"tid": tid, "pos": mpos, "name": f"r{i - 1}", "flag": 147,
+                    "cigar": mcigar, "seq": mseq, "md": mmd, "nm": mnm}
+            read["flag"] = 99
+            reads.append(mate)
+            read["mate"], mate["mate"] = mate, read
+            i += 1
+    reads.sort(key=lambda r: (r["tid"], r["pos"]))
+    unsorted = path.with_suffix(".unsorted.bam")
+    with pysam.AlignmentFile(str(unsorted), "wb", header=header) as out:
+        for r in reads:
+            a = pysam.AlignedSegment(out.header)
+            a.query_name = r["name"]
+            a.reference_id, a.reference_start, a.flag = r["tid"], r["pos"], r["flag"]
+            if r["flag"] & 4:
+                a.query_sequence = "".join(rng.choice("ACGT") for _ in range(r["qlen"]))
+            else:
+                a.query_sequence = r["seq"]
+                a.cigarstring = r["cigar"]
+                a.mapping_quality = rng.randint(0, 60)
+            qlen = len(a.query_sequence)
+            if rng.random() < 0.97:
+                a.query_qualities = pysam.qualitystring_to_array(
+                    "".join(rng.choice("#+5?I") for _ in range(qlen)))
+            if "mate" in r:
+                m = r["mate"]
+                a.next_reference_id, a.next_reference_start = m["tid"], m["pos"]
+                first, second = (r, m) if r["flag"] & 64 else (m, r)
+                span = second["pos"] + _ref_len(second["cigar"]) - first["pos"]
+                a.template_length = span if r is first else -span
+            a.set_tag("RG", rng.choice(["rgA", "rgB"]))
+            if not r["flag"] & 4 and r["md"] is not None and rng.random() < 0.7:
+                a.set_tag("NM", r["nm"])
+                a.set_tag("MD", r["md"])
+            if rng.random() < 0.2:
+                a.set_tag("XC", rng.randint(0, 200), value_type="C")
+                a.set_tag("XF", rng.random(), value_type="f")
+                a.set_tag("XB", array.array("h", [rng.randint(-300, 300) for _ in range(3)]))
+            out.write(a)
+        for j in range(150):
+            a = pysam.AlignedSegment(out.header)
+            a.query_name = f"unplaced{j}"
+            a.query_sequence = "".join(rng.choice("ACGTN") for _ in range(40))
+            a.query_qualities = pysam.qualitystring_to_array("I" * 40)
+            a.flag, a.reference_id, a.reference_start = 4, -1, -1
+            out.write(a)
+    pysam.sort("-o", str(path), str(unsorted))
+    unsorted.unlink()
+    pysam.index(str(path))
+    return path
+
+
+def _ref_len(cigar: str) -> int:
+    total, num = 0, ""
+    for ch in cigar:
+        if ch.isdigit():
+            num += ch
+        else:
+            total += int(num) if ch in "MDN=X" else 0
+            num = ""
+    return total
+
+
+@pytest.fixture(scope="module")
+def exact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cram_exact")
+    ref = d / "ref.fa"
+    bam = make_exact_bam(d / "source.bam", ref)
+    for name, (options, _) in VARIANTS.items():
+        opts = [o.replace("{ref}", str(ref)) for o in options]
+        samtools("view", "-C", *opts, "-o", str(d / f"{name}.cram"), str(bam))
+        samtools("index", str(d / f"{name}.cram"))
+    # the shared fixture BAM (random sequences), no reference
+    make_bam(d / "mk.bam", seed=11)
+    samtools("view", "-C", "--output-fmt-option", "no_ref=1", "--output-fmt-option",
+             "seqs_per_slice=200", "-o", str(d / "mk.cram"), str(d / "mk.bam"))
+    samtools("index", str(d / "mk.cram"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(exact_dir: Path) -> Htsget:
+    return Htsget(for_data_dir(str(exact_dir)))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Original:
+    """One CRAM as htslib reads it: every record (as a comparable key) in file order, and
+    the records of each region query."""
+
+    def __init__(self, path: Path, reference: Optional[Path]) -> None:
+        self.path = path
+        self.reference = str(reference) if reference else None
+        self.file = pysam.AlignmentFile(str(path), "rc", reference_filename=self.reference)
+        self.keys = [key(r) for r in self.records()]
+        self.unplaced = {key(r) for r in self.records() if r.reference_id == -1}
+        self.lengths = dict(zip(self.file.references, self.file.lengths))
+
+    def records(self) -> list[Any]:
+        """Every record in file order (a file of its own: `until_eof` reads on from where
+        the last read stopped)."""
+        with pysam.AlignmentFile(str(self.path), "rc", reference_filename=self.reference) as f:
+            return list(f.fetch(until_eof=True))
+
+    def region(self, region: Region) -> set[str]:
+        if region.reference_name == "*":
+            return self.unplaced
+        return {key(r) for r in self.file.fetch(region.reference_name, region.start, region.end)}
+
+    def expected(self, regions: tuple[Region, ...]) -> list[str]:
+        """The union of the region queries, each record once, in file order."""
+        wanted: set[str] = set()
+        for region in regions:
+            wanted |= self.region(region)
+        return [k for k in self.keys if k in wanted]
+
+    def containers(self) -> list[tuple[int, int, list[Any]]]:
+        """(offset, end, records) of each data container, records decoded in order."""
+        data = self.path.read_bytes()
+        version, head, _ = parse_header(data)
+        eof = EOF_CONTAINER_V3 if version[0] >= 3 else EOF_CONTAINER_V2
+        records = iter(self.records())
+        out, pos = [], head.end
+        while pos < len(data) - len(eof):
+            c = parse_container_header(data, pos, version[0], pos)
+            out.append((c.offset, c.end, [next(records) for _ in range(c.n_records)]))
+            pos = c.end
+        return out
+
+
+def key(r: Any) -> str:
+    """Everything of a record: SAM fields, tag values and their BAM types."""
+    return r.to_string() + "\t|" + "".join(t for _, _, t in r.get_tags(with_value_type=True))
+
+
+def crai_entries(path: Path) -> dict[int, list[tuple[int, int, int]]]:
+    """Raw CRAI lines by container offset: (reference ID, 1-based start, span)."""
+    out: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    for line in gzip.decompress(Path(f"{path}.crai").read_bytes()).decode().splitlines():
+        ref, start, span, offset, _, _ = (int(x) for x in line.split())
+        out[offset].append((ref, start, span))
+    return out
+
+
+def query(id: str, regions: tuple[Region, ...], exact: bool = True) -> Query:
+    return Query(Endpoint.READS, id, Format.CRAM, regions=regions, exact=exact)
+
+
+def payload_of(engine: Htsget, q: Query, root: Path) -> tuple[bytes, list[dict]]:
+    """Reassemble a ticket: data: urls decoded, byte ranges read from the file."""
+    urls = engine.ticket(q).to_json()["htsget"]["urls"]
+    parts = []
+    for block in urls:
+        url = block["url"]
+        if url.startswith("data:"):
+            assert url.startswith("data:;base64,")
+            parts.append(base64.b64decode(url[len("data:;base64,") :]))
+            continue
+        path = root / unquote(urlparse(url).path.split("/data/", 1)[1])
+        first, last = (int(x) for x in block["headers"]["Range"].split("=")[1].split("-"))
+        with open(path, "rb") as f:
+            f.seek(first)
+            parts.append(f.read(last - first + 1))
+    return b"".join(parts), urls
+
+
+def check(payload: bytes, urls: list[dict], original: Original, expected: list[str],
+          tmp: Path) -> list[str]:
+    """Header first, EOF container last and once, samtools reads it, and pysam finds
+    exactly `expected`, in order."""
+    data = original.path.read_bytes()
+    version, head, _ = parse_header(data)
+    eof = EOF_CONTAINER_V3 if version[0] >= 3 else EOF_CONTAINER_V2
+    assert payload[: head.end] == data[: head.end], "the header must come first"
+    assert urls[0]["class"] == "header" and all(u["class"] == "body" for u in urls[1:])
+    assert payload.endswith(eof) and not payload[: -len(eof)].endswith(eof)
+    out = tmp / "exact.cram"
+    out.write_bytes(payload)
+    with pysam.AlignmentFile(str(out), "rc", reference_filename=original.reference) as f:
+        got = [key(r) for r in f.fetch(until_eof=True)]
+    extra = collections.Counter(got) - collections.Counter(expected)
+    missing = collections.Counter(expected) - collections.Counter(got)
+    assert not extra, f"{sum(extra.values())} records outside the regions: {list(extra)[:2]}"
+    assert not missing, f"{sum(missing.values())} region records missing: {list(missing)[:2]}"
+    assert got == expected, "records out of file order"
+    ref = ["-T", original.reference] if original.reference else []
+    assert len(samtools("view", *ref, str(out)).splitlines()) == len(expected)
+    return got
+
+
+def random_regions(rng: random.Random, lengths: dict[str, int], busy: list[str],
+                   ) -> tuple[Region, ...]:
+    """1-3 regions: mostly on `busy` references, some whole references, `*`, empty ones."""
+    out = []
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        roll = rng.random()
+        name = rng.choice(busy if roll < 0.9 else list(lengths))
+        if roll < 0.05:
+            out.append(Region("*"))
+        elif roll < 0.12:
+            out.append(Region(name))
+        else:
+            start = rng.randint(0, lengths[name])
+            end = start + rng.choice([1, 10, 300, 2_000, 8_000, 25_000])
+            out.append(Region(name, start, end if rng.random() < 0.9 else None))
+    return tuple(out)
+
+
+@pytest.fixture(scope="module")
+def originals(exact_dir: Path) -> dict[str, Original]:
+    ref = exact_dir / "ref.fa"
+    out = {n: Original(exact_dir / f"{n}.cram", ref if VARIANTS[n][1] else None)
+           for n in VARIANTS}
+    out["mk"] = Original(exact_dir / "mk.cram", None)
+    return out
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, "mk", HTSNEXUS])
+def test_records_lie_inside_their_crai_spans(
+    exact_dir: Path, originals: dict[str, Original], name: str
+) -> None:
+    """The premise of sending a container whole: every record of it (placed unmapped ones
+    and those of multi-reference slices included) lies inside a CRAI entry of its own
+    reference for that container, by htslib's own end (`bam_endpos`)."""
+    original = _original(originals, name)
+    entries = crai_entries(original.path)
+    seen = collections.Counter[str]()
+    for offset, _end, records in original.containers():
+        spans = entries[offset]
+        refs = {ref for ref, _, _ in spans}
+        seen["multi-ref containers"] += len(refs) > 1
+        seen["placed+unplaced containers"] += -1 in refs and len(refs) > 1
+        for r in records:
+            seen["placed unmapped"] += r.is_unmapped and r.reference_id >= 0
+            if r.reference_id == -1:
+                assert -1 in refs
+                continue
+            pos, end = r.reference_start, endpos(r)
+            assert any(ref == r.reference_id and start - 1 <= pos and end <= start - 1 + span
+                       for ref, start, span in spans), (name, offset, r.to_string()[:80])
+    if name != HTSNEXUS:
+        assert seen["placed unmapped"] > 50
+    if name == "multi":
+        assert seen["multi-ref containers"] >= 2 and seen["placed+unplaced containers"] == 1
+
+
+@pytest.mark.parametrize("name", [*DECODABLE, HTSNEXUS])
+def test_covered_containers_are_sent_whole_and_htslib_agrees(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], name: str,
+    tmp_path: Path,
+) -> None:
+    """For each container, regions just covering its CRAI entries (as widened by the index
+    parser, plus `*` for unplaced entries): the container is one byte range of the ticket,
+    htslib's region queries return every one of its records, and the whole payload is
+    exact (its neighbours are re-encoded)."""
+    original = _original(originals, name)
+    eng = engine if name != HTSNEXUS else Htsget(for_data_dir(str(original.path.parent)))
+    names = list(original.file.references)
+    entries = crai_entries(original.path)
+    for offset, end, records in original.containers():
+        regions = []
+        for ref, start, span in entries[offset]:
+            if ref == -1:
+                regions.append(Region("*"))
+            else:
+                beg = max(0, start - 1)
+                regions.append(Region(names[ref], max(0, beg - 1), beg + max(span, 1) + 1))
+        regs = tuple(regions)
+        expected = original.expected(regs)
+        assert {key(r) for r in records} <= set(expected), "htslib disagrees with the rule"
+        payload, urls = payload_of(eng, query(name, regs), original.path.parent)
+        ranges = [tuple(int(x) for x in u["headers"]["Range"].split("=")[1].split("-"))
+                  for u in urls[1:] if not u["url"].startswith("data:")]
+        assert any(a <= offset and end - 1 <= b for a, b in ranges), "not sent whole"
+        check(payload, urls, original, expected, tmp_path)
+
+
+# --------------------------------------------------------------------------- regions
+
+
+@pytest.mark.parametrize("name", DECODABLE)
+def test_random_regions_exact(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], name: str,
+    tmp_path: Path,
+) -> None:
+    original = originals[name]
+    rng = random.Random(f"exact-{name}")
+    busy = ["chr1", "chr2", "chr3"]
+    inline = 0
+    for _ in range(36):
+        regions = random_regions(rng, original.lengths, busy)
+        payload, urls = payload_of(engine, query(name, regions), exact_dir)
+        inline += sum(1 for u in urls[1:-1] if u["url"].startswith("data:"))
+        check(payload, urls, original, original.expected(regions), tmp_path)
+    assert inline > 10  # boundary containers were re-encoded, not only whole ones sent
+
+
+def test_random_regions_htsnexus(tmp_path: Path) -> None:
+    path = shared("cram", f"{HTSNEXUS}.cram")
+    engine = Htsget(for_data_dir(str(path.parent)))
+    original = Original(path, None)
+    rng = random.Random(12)
+    spans = {"11": (4_999_000, 5_100_500), "20": (5_999_000, 6_101_000)}
+    sizes = []
+    for i in range(30):
+        regions = []
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            contig = rng.choice(["11", "20"])
+            lo, hi = spans[contig]
+            start = rng.randint(lo, hi)
+            regions.append(Region(contig, start, start + rng.choice([1, 150, 5_000, 40_000])))
+        if i % 7 == 0:
+            regions.append(Region("*"))
+        if i % 11 == 0:
+            regions.append(Region("1", 0, 1_000_000))
+        regs = tuple(regions)
+        payload, urls = payload_of(engine, query(HTSNEXUS, regs), path.parent)
+        sizes.append(len(check(payload, urls, original, original.expected(regs), tmp_path)))
+    assert sum(1 for n in sizes if 0 < n < 10_000) > 15  # parts of 10,000-record containers
+    # the 12,475 unplaced reads only (their containers are sent whole)
+    payload, urls = payload_of(engine, query(HTSNEXUS, (Region("*"),)), path.parent)
+    assert len(check(payload, urls, original, original.expected((Region("*"),)),
+                     tmp_path)) == 12_475
+    assert not any(u["url"].startswith("data:") for u in urls[1:-1])
+
+
+@pytest.mark.parametrize("name", DECODABLE)
+def test_unplaced_only(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], name: str,
+    tmp_path: Path,
+) -> None:
+    original = originals[name]
+    regions = (Region("*"),)
+    payload, urls = payload_of(engine, query(name, regions), exact_dir)
+    got = check(payload, urls, original, original.expected(regions), tmp_path)
+    assert len(got) == (300 if name == "mk" else 150)
+    assert all(line.split("\t")[2] == "*" for line in got)
+
+
+@pytest.mark.parametrize("name", [*VARIANTS, "mk"])
+def test_empty_regions_header_and_eof(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], name: str,
+    tmp_path: Path,
+) -> None:
+    original = originals[name]
+    payload, urls = payload_of(engine, query(name, ()), exact_dir)
+    data = original.path.read_bytes()
+    header_end = parse_header(data)[1].end
+    eof = EOF_CONTAINER_V2 if name == "v21" else EOF_CONTAINER_V3
+    assert payload == data[:header_end] + eof
+    assert check(payload, urls, original, [], tmp_path) == []
+    # a region on an empty reference: the same
+    payload, urls = payload_of(engine, query(name, (Region("chrEmpty", 10, 20),)), exact_dir)
+    assert payload == data[:header_end] + eof
+
+
+@pytest.mark.parametrize("name", ["ref30", "ref31"])
+def test_reference_based_cram(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], name: str,
+    tmp_path: Path,
+) -> None:
+    """Whole containers only: served (and decoded by the client with its reference). A
+    boundary container: htslib cannot decode it without the reference, which the server
+    never looks up (the file's UR names an existing path here): 403, never sent whole."""
+    original = originals[name]
+    for regions in [(Region("chr1"),), (Region("chr2", 0, 1_000_000), Region("*")),
+                    (Region("chr3"), Region("chr1"))]:
+        payload, urls = payload_of(engine, query(name, regions), exact_dir)
+        assert not any(u["url"].startswith("data:") for u in urls[1:-1])
+        check(payload, urls, original, original.expected(regions), tmp_path)
+    rng = random.Random(name)
+    refused = 0
+    for _ in range(12):
+        regions = random_regions(rng, original.lengths, ["chr1", "chr2", "chr3"])
+        try:
+            payload, urls = payload_of(engine, query(name, regions), exact_dir)
+        except PermissionDenied as exc:
+            assert exc.status == 403
+            assert exc.message.startswith("this CRAM region cannot be restricted to the record: ")
+            assert "reference" in exc.message
+            refused += 1
+            continue
+        check(payload, urls, original, original.expected(regions), tmp_path)
+    assert refused >= 6
+    with pytest.raises(PermissionDenied):
+        engine.ticket(query(name, (Region("chr1", 20_000, 20_100),)))
+
+
+# --------------------------------------------------------------------------- re-encoding
+
+
+def test_recoded_containers_decode_identically(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], tmp_path: Path
+) -> None:
+    """Each inline piece on its own (behind the header) holds original records, field for
+    field (name, flag, position, CIGAR, mate, sequence, qualities, tags and tag types),
+    and is a CRAM of the file's version whose containers need no reference."""
+    for name in ["emb31", "emb30", "slices", "v21"]:
+        original = originals[name]
+        data = original.path.read_bytes()
+        head = data[: parse_header(data)[1].end]
+        eof = EOF_CONTAINER_V2 if name == "v21" else EOF_CONTAINER_V3
+        regions = (Region("chr1", 12_345, 23_456), Region("chr3", 100, 7_000))
+        _, urls = payload_of(engine, query(name, regions), exact_dir)
+        inline = [base64.b64decode(u["url"][len("data:;base64,") :]) for u in urls[1:-1]
+                  if u["url"].startswith("data:")]
+        assert inline
+        alone = tmp_path / "alone.cram"
+        for piece in inline:
+            alone.write_bytes(head + piece + eof)
+            # no reference given: the re-encoded containers decode without one
+            with pysam.AlignmentFile(str(alone), "rc") as f:
+                got = [key(r) for r in f.fetch(until_eof=True)]
+            assert got and set(got) <= set(original.keys)
+            methods = block_methods(piece, data[4])
+            if name in ("emb30", "slices", "v21"):  # 3.0 / 2.1 codecs only
+                assert methods <= {0, 1, 2, 3, 4}, methods
+            else:  # 3.1 codecs (rANS Nx16, name tokeniser, ...)
+                assert methods - {0, 1, 2, 3, 4}, methods
+
+
+def block_methods(containers: bytes, major: int) -> set[int]:
+    """Compression methods of every block of a run of containers."""
+    methods, pos = set(), 0
+    while pos < len(containers):
+        c = parse_container_header(containers, pos, major, pos)
+        block = c.data_start
+        for _ in range(c.n_blocks):
+            methods.add(containers[block])
+            p = block + 2
+            _, p = read_itf8(containers, p)  # content ID
+            size, p = read_itf8(containers, p)
+            _, p = read_itf8(containers, p)  # raw size
+            block = p + size + (4 if major >= 3 else 0)
+        assert block == c.end
+        pos = c.end
+    return methods
+
+
+def test_selection_rules() -> None:
+    s = Selection.of([(0, 100, 200), (0, 150, 300), (0, 300, 310), (1, 50, 50), (2, 5, 9)],
+                     unplaced=False)
+    assert s.intervals[0] == ((100, 310),)
+    assert s.wants(0, 99, 101) and s.wants(0, 309, 400) and not s.wants(0, 310, 311)
+    assert not s.wants(0, 90, 100)
+    assert s.wants(1, 49, 51) and not s.wants(1, 50, 51) and not s.wants(1, 40, 50)
+    assert not s.wants(-1, -1, 0) and not s.wants(3, 0, 10)
+    assert s.covers(0, 100, 310) and not s.covers(0, 99, 200) and not s.covers(0, 200, 311)
+    assert not s.covers(-1, 0, 2) and not s.covers(-2, 0, 1) and not s.covers(1, 50, 51)
+    assert Selection.of([], unplaced=True).covers(-1, 0, 2)
+    assert s.key([0, 2]) != s.key([0, 1]) and s.key([-2]) == s.key([0, 1, 2, -1, -2])
+
+
+def test_results_are_cached(exact_dir: Path, tmp_path: Path) -> None:
+    engine = Htsget(for_data_dir(str(exact_dir)))
+    q = query("nor31", (Region("chr2", 4_000, 9_000),))
+    first, _ = payload_of(engine, q, exact_dir)
+    misses = engine.cache.misses
+    again, _ = payload_of(engine, q, exact_dir)
+    assert again == first and engine.cache.misses == misses
+
+
+def test_without_pysam_refused(
+    exact_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Htsget(for_data_dir(str(exact_dir)))
+    monkeypatch.setitem(sys.modules, "pysam", None)  # import pysam -> ImportError
+    with pytest.raises(PermissionDenied, match="pysam is not installed"):
+        engine.ticket(query("nor30", (Region("chr1", 20_000, 20_100),)))
+    # whole containers need no pysam
+    assert engine.ticket(query("nor30", (Region("chr1"),)))
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def test_a_leak_or_a_loss_fails_the_check(
+    exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Broken on purpose: boundary containers sent whole (a leak), then records overlapping
+    a region's start dropped (a loss): the same check as above must fail both."""
+    original = originals["nor30"]
+    regions = (Region("chr1", 20_000, 21_000),)
+    expected = original.expected(regions)
+    with monkeypatch.context() as m:
+        m.setattr(Selection, "covers", lambda self, ref, beg, end: True)
+        payload, urls = payload_of(Htsget(for_data_dir(str(exact_dir))), query("nor30", regions),
+                                   exact_dir)
+        with pytest.raises(AssertionError, match="outside the regions"):
+            check(payload, urls, original, expected, tmp_path)
+    with monkeypatch.context() as m:
+        m.setattr(cram_recode, "endpos", lambda r: r.reference_start)
+        payload, urls = payload_of(Htsget(for_data_dir(str(exact_dir))), query("nor30", regions),
+                                   exact_dir)
+        with pytest.raises(AssertionError, match="missing"):
+            check(payload, urls, original, expected, tmp_path)
+
+
+def test_not_exact_unchanged(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], tmp_path: Path
+) -> None:
+    """exact=False: whole containers as byte ranges (neighbouring records included)."""
+    original = originals["nor30"]
+    regions = (Region("chr1", 20_000, 21_000),)
+    expected = original.expected(regions)
+    payload, urls = payload_of(engine, query("nor30", regions, exact=False), exact_dir)
+    assert [u["url"].startswith("data:") for u in urls] == [False] * (len(urls) - 1) + [True]
+    with pysam.AlignmentFile(str(_write(tmp_path, payload)), "rc") as f:
+        got = [key(r) for r in f.fetch(until_eof=True)]
+    assert set(expected) < set(got)
+    # the whole file is the file, exact or not, and names come in header order
+    whole, _ = payload_of(engine, Query(Endpoint.READS, "nor30", Format.CRAM), exact_dir)
+    assert whole == original.path.read_bytes()
+    source = engine.locate("nor30", Format.CRAM)
+    assert CramHandler().reference_names(source) == [n for n, _ in REFS]
+    with pytest.raises(NotFound):
+        engine.ticket(query("nor30", (Region("chrX", 0, 10),)))
+
+
+def test_allowed_through_the_engine(
+    exact_dir: Path, engine: Htsget, originals: dict[str, Original], tmp_path: Path
+) -> None:
+    """An authorization rule reaches the handler as exact regions via the engine."""
+    original = originals["multi"]
+    allowed = (Region("chr2", 1_000, 9_000), Region("chr3", 0, 700))
+    q = Query(Endpoint.READS, "multi", Format.CRAM, allowed=allowed)
+    payload, urls = payload_of(engine, q, exact_dir)
+    check(payload, urls, original, original.expected(allowed), tmp_path)
+
+
+def test_timing_exact_vs_not(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not an assertion on speed: the figure for the report (`pytest -s`)."""
+    path = shared("cram", f"{HTSNEXUS}.cram")
+    engine = Htsget(for_data_dir(str(path.parent)))
+    regions = (Region("11", 5_010_000, 5_020_000),)
+    times = {}
+    for label, exact in [("not exact", False), ("exact, first", True), ("exact, cached", True)]:
+        t0 = time.perf_counter()
+        engine.ticket(query(HTSNEXUS, regions, exact=exact))
+        times[label] = (time.perf_counter() - t0) * 1000
+    with capsys.disabled():
+        print(" ".join(f"{k}: {v:.1f} ms;" for k, v in times.items()))
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+def _original(originals: dict[str, Original], name: str) -> Original:
+    if name == HTSNEXUS:
+        return Original(shared("cram", f"{HTSNEXUS}.cram"), None)
+    return originals[name]
+
+
+def _write(tmp: Path, data: bytes) -> Path:
+    out = tmp / "payload.cram"
+    out.write_bytes(data)
+    return out
