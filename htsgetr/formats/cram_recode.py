@@ -231,20 +231,18 @@ def file_head(version: tuple[int, int], text: bytes) -> bytes:
     return definition + head + block
 
 
-def containers(data: bytes, start: int, end: int, major: int) -> tuple[int, int]:
-    """Walk the containers of `data[start:end]`: (containers, records); ValueError unless
-    they tile it exactly."""
-    n = records = 0
-    pos = start
+def count_records(data: bytes, start: int, end: int, major: int) -> int:
+    """Records in the containers of `data[start:end]`; ValueError unless they tile it."""
+    records, pos = 0, start
     while pos < end:
         try:
             c = parse_container_header(data, pos, major, pos)
         except Truncated:
             raise ValueError("a container is cut short") from None
-        n, records, pos = n + 1, records + c.n_records, c.end
+        records, pos = records + c.n_records, c.end
     if pos != end:
         raise ValueError("containers do not end where expected")
-    return n, records
+    return records
 
 
 def endpos(record: Any) -> int:
@@ -264,7 +262,7 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection) -> bytes:
     major, minor = cram.version
     eof = cram.eof
     try:
-        _, expected = containers(chunk, 0, len(chunk), major)
+        expected = count_records(chunk, 0, len(chunk), major)
     except ValueError as exc:
         raise PermissionDenied(REFUSED + f"unreadable container ({exc})") from None
     head = file_head(cram.version, without_reference_tags(cram.header_text))
@@ -279,8 +277,9 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection) -> bytes:
                 header = reader.header
                 decoded = list(reader.fetch(until_eof=True))
         except (OSError, ValueError) as exc:
+            # e.g. a reference-based container: this server never fetches references
             raise PermissionDenied(
-                REFUSED + f"htslib cannot decode it without its reference ({exc})"
+                REFUSED + f"its records cannot be decoded without the reference ({exc})"
             ) from None
         if len(decoded) != expected:
             raise PermissionDenied(REFUSED + f"decoded {len(decoded)} of its {expected} records")
@@ -289,7 +288,9 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection) -> bytes:
         if not kept:
             return b""
         options = ["no_ref=1", f"version={major}.{minor}"]
-        with pysam.AlignmentFile(dst.fileno(), "wc", header=header, format_options=options) as writer:
+        with pysam.AlignmentFile(
+            dst.fileno(), "wc", header=header, format_options=options
+        ) as writer:
             for record in kept:
                 writer.write(record)
         dst.seek(0)
@@ -298,7 +299,7 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection) -> bytes:
             start = parse_header(out)[1].end
             if not out.endswith(eof):
                 raise ValueError("no EOF container")
-            _, written = containers(out, start, len(out) - len(eof), major)
+            written = count_records(out, start, len(out) - len(eof), major)
             if written != len(kept):
                 raise ValueError(f"{written} records written of {len(kept)}")
             dst.seek(0)
