@@ -300,15 +300,15 @@ class CramHandler:
         """The @SQ names in header order (a name's position is its CRAM reference ID)."""
         return list(self.open(source).names)
 
-    def _index_key(self, source: Source) -> str:
+    def index(self, source: Source) -> Crai:
+        return self._index(source)[1]
+
+    def _index(self, source: Source) -> tuple[str, Crai]:
+        """The CRAI's key and its parsed (cached) form."""
         index_key = source.find(index_candidates(source.key))
         if index_key is None:
             raise missing_index(source.key)
-        return index_key
-
-    def index(self, source: Source) -> Crai:
-        index_key = self._index_key(source)
-        return source.cached(
+        return index_key, source.cached(
             "crai", lambda: Crai.parse(source.read_all(index_key), index_key), index_key
         )
 
@@ -349,8 +349,8 @@ class CramHandler:
             return []
         placed = [s for s in spans if s[0] != UNMAPPED]
         selection = Selection.of(placed, unplaced=len(placed) < len(spans))
-        index_key = self._index_key(source)
-        return exact_body(source, cram, self.index(source), index_key, selection)
+        index_key, crai = self._index(source)
+        return exact_body(source, cram, crai, index_key, selection)
 
     def _container_ranges(
         self, cram: CramFile, crai: Crai, query: Query
