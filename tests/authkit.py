@@ -85,7 +85,8 @@ def claims(sub: str = "alice", aud: str = "htsget-test", iss: str = "https://idp
 
 def unverified_claims(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
-    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    padded = payload + "=" * (-len(payload) % 4)
+    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(padded))
     return result
 
 

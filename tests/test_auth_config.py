@@ -229,3 +229,21 @@ jwt = {{ kind = "public_key", path = "{pub}" }}
     assert client.get("/" + path, headers={**block["headers"], **token}).status_code == 206
     unsigned = "/" + path.split("?")[0]
     assert client.get(unsigned, headers={**block["headers"], **token}).status_code == 403
+
+
+def test_public_endpoints(tmp_path: Path, idp) -> None:
+    pub = tmp_path / "main.pub"
+    base = (f'[[locations]]\nroot = "{tmp_path}"\n'
+            f'[auth]\njwt = {{ kind = "public_key", path = "{pub}" }}\n')
+    client = create_app(load_config(write(tmp_path, base), env={})).test_client()
+    assert client.get("/service-info").status_code == 200
+    assert client.get("/reads/service-info").status_code == 200
+    assert client.get("/reads/cohort/s").status_code == 401
+    config = load_config(write(tmp_path, base + 'public_endpoints = ["reads"]'), env={})
+    client = create_app(config).test_client()
+    assert client.get("/service-info").status_code == 401
+    assert client.get("/variants/cohort/s").status_code == 401
+    t = client.get("/reads/cohort/s?referenceName=chr1")
+    assert t.status_code == 200
+    block = next(b for b in t.get_json()["htsget"]["urls"] if not b["url"].startswith("data:"))
+    assert "sig=" in block["url"]  # data urls stay signed on a public endpoint

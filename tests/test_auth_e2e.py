@@ -96,7 +96,7 @@ def make_edge_data(d: Path) -> None:
     for edge in (RULE[1], RULE[2]):
         for _ in range(200):
             recs.append((0, rng.randint(edge - 2000, edge + 2000), "A", "T", "."))
-        for k in range(30):  # long REFs ending either side of the edge
+        for _ in range(30):  # long REFs ending either side of the edge
             ln = rng.randint(50, 3000)
             recs.append((0, edge - ln + rng.randint(-20, 20), "C" * ln, "C", "."))
         for _ in range(30):  # symbolic deletions with END
@@ -274,6 +274,35 @@ def test_restricted_tickets_hold_exactly_the_allowed_records(
         assert got == expected, (fmt, region, len(got), len(expected))
         # and nothing of the file outside the rule: every record overlaps it
         assert set(got) <= set(records(original, fmt, RULE))
+
+
+def test_header_and_post_under_restrictions(
+    static_server: Server, world: dict[str, Any], cert: tuple[Path, Path], tmp_path: Path
+) -> None:
+    v, token = str(cert[0]), world["key"].sign(claims())
+    bam = world["data"] / "cohort" / "edge.bam"
+    r = requests.get(f"{static_server.url}/reads/cohort/edge?class=header", headers=bearer(token),
+                     verify=v)
+    assert r.status_code == 200  # the header wherever the ID is allowed
+    out = tmp_path / "h.bam"
+    out.write_bytes(reassemble(r.json(), verify=v))
+    assert records(out, "BAM") == []
+    with pysam.AlignmentFile(str(out)) as f:
+        assert f.references == ("chr1", "chr2")
+    inside = [{"referenceName": "chr1", "start": 1_100_000, "end": 1_101_000},
+              {"referenceName": "chr1", "start": 1_999_500, "end": 2_000_000}]
+    r = requests.post(f"{static_server.url}/reads/cohort/edge", json={"regions": inside},
+                      headers=bearer(token), verify=v)
+    assert r.status_code == 200, r.text
+    out.write_bytes(reassemble(r.json(), verify=v))
+    expected = records(bam, "BAM", ("chr1", 1_100_000, 1_101_000))
+    expected += [x for x in records(bam, "BAM", ("chr1", 1_999_500, 2_000_000))
+                 if x not in expected]
+    assert records(out, "BAM") == expected
+    outside = inside + [{"referenceName": "chr1", "start": 2_000_000, "end": 2_000_001}]
+    r = requests.post(f"{static_server.url}/reads/cohort/edge", json={"regions": outside},
+                      headers=bearer(token), verify=v)
+    assert r.status_code == 403
 
 
 # --------------------------------------------------------------------------- signed /data
