@@ -111,3 +111,127 @@ def test_placed_unmapped_read_covers_one_base() -> None:
         assert end == beg + 1
         out = _records.scan(body, p, -1, ckind, ref, b"", beg, beg + 1, False)
         assert out[2] == p
+
+
+# --------------------------------------------------------------------------- exact runs
+
+#: VCF lines whose span only tabix's own rules decide: (line, (beg, end)) or None when
+#: tabix does not read the line as a record (htslib 1.24 tbx_parse1)
+TABIX_LINES: list[tuple[bytes, object]] = [
+    (b"X\t100\ta\tACGT\tA\t.\t.\tEND=.", (99, 103)),
+    (b"X\t100\tb\tA\t<DEL>\t.\t.\tSVLEN=-500;END=200", (99, 599)),
+    (b"X\t100\tc\tA\t<DEL>\t.\t.\tEND=0x100", (99, 256)),
+    (b"X\t100\td\tA\tG\t.\t.\tEND=050", (99, 100)),  # octal 40 <= POS: ignored
+    (b"X\t0100\te\tA\tG\t.\t.\t.", (63, 64)),  # POS is read with base 0 too
+    (b"X\t100\tf\tA\t<DUP>,<DEL>\t.\t.\tSVLEN=5,-3000", (99, 3099)),
+    (b"X\t100\tg\tA\tC,<DEL>\t.\t.\tSVLEN=5000,-30", (99, 129)),
+    (b"X\t100\th\tA\t<INS>\t.\t.\tSVLEN=5000", (99, 100)),
+    (b"X\t100\ti\tA\t<*>\t.\t.\t.\tGT:LEN\t0/0:300\t0/0:700", (99, 799)),
+    (b"X\t100\tj\tA\t<*>\t.\t.\t.\tGT\t0/0\t0/0", (99, 100)),
+    (b"X\t100\tk\tA\t<NON_REF>\t.\t.\tEND=150\tGT:LEN\t0/0:10\t0/0:60", (99, 159)),
+    (b"X\t100\tl\tA\tG\t.\t.\tXEND=500", (99, 100)),
+    (b"X\t100\tm\tA\tG\t.\t.\tSVEND=7;END=400", (99, 400)),
+    (b"X\t100\tn\tACGT\tA\t.\t.\t.\r", (99, 103)),
+    (b"X\t100\to\tA\t<DEL:ME>\t.\t.\tSVLEN=-77", (99, 176)),
+    (b"X\t100\tp\tA\t<DEL\t.\t.\tSVLEN=-77", (99, 100)),
+    (b"X\t 100\tq\tA\tG", (99, 100)),
+    (b"X\t-5\tr\tA\tG\t.\t.\t.", (0, 1)),
+    (b"X\t100\ts\t\tG\t.\t.\t.", (99, 99)),  # no REF: a zero-length record
+    (b"X\t100\tt\tA\tG\t.\t.\tEND=90", (99, 100)),
+    (b"X\tabc\tu\tA\tG\t.\t.\t.", None),
+    (b"#a comment", None),
+    (b"", None),
+    (b"X", None),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def exact_streams(streams: None) -> None:
+    """The same BAM and BCF bodies, and the VCF body with the tabix corner cases added."""
+    body = STREAMS["VCF"][0] + b"".join(line + b"\n" for line, _ in TABIX_LINES)
+    body += b"X\t151000\tlast\tA\t<DEL>\t.\t.\tSVLEN=-3;END=151010\n"
+    STREAMS["VCFX"] = (body, _starts(body, twin.parse_vcf_exact), [b"1", b"2", b"X", b"empty"],
+                       twin.parse_vcf_exact, _records.VCF)
+    body = STREAMS["BCF"][0]
+    STREAMS["BCFX"] = (body, _starts(body, twin.parse_bcf_exact), [0, 1, 2, 3],
+                       twin.parse_bcf_exact, _records.BCF)
+
+
+@pytest.mark.parametrize("line,span", TABIX_LINES)
+def test_tabix_spans(line: bytes, span: object) -> None:
+    """The twin measures each corner case as htslib's tbx_parse1 does, and so does C."""
+    got = twin.vcf_span(line)
+    assert (None if got is None else got[1:]) == span
+    if span is None:
+        out = _records.runs(line + b"\n", 0, -1, _records.VCF, -1, b"X", 0, 1 << 40, False)
+        assert out == (_records.NEED_MORE, len(line) + 1, [])
+        return
+    assert isinstance(span, tuple)
+    beg, end = span
+    buf = line + b"\n"
+    for lo, hi in [(end - 1, end), (end, end + 1), (beg - 1, beg), (beg, beg + 1), (beg, end)]:
+        if lo < 0 or hi <= lo:
+            continue
+        _, _, runs = _records.runs(buf, 0, -1, _records.VCF, -1, b"X", lo, hi, False)
+        overlaps = end > lo and beg < hi
+        assert runs == ([(0, len(buf))] if overlaps else []), (lo, hi)
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["BAM", "VCFX", "BCFX"]), data=st.data())
+def test_runs_match_twin(kind: str, data: st.DataObject) -> None:
+    """`_records.runs` against the plain-Python twin, at record edges, with buffers cut
+    inside records and limits at record starts."""
+    body, starts, refs, parse, ckind = STREAMS[kind]
+    n = len(starts) - 1
+    i = data.draw(st.one_of(st.integers(0, n), st.integers(max(0, n - 40), n)))
+    pos = starts[i]
+    cut = data.draw(st.one_of(st.just(len(body)), st.integers(pos, len(body))))
+    buf = body[:cut]
+    limit = data.draw(st.one_of(st.just(-1), st.sampled_from(starts[i:])))
+    j = data.draw(st.integers(max(0, i - 3), min(n - 1, i + 40)))
+    _, rec_ref, rec_beg, rec_end = parse(body, starts[j])
+    if rec_ref is None:  # a line tabix skips: aim at the reference of a neighbour
+        rec_ref, rec_beg, rec_end = refs[2], 100, 101
+    ref = data.draw(st.one_of(st.just(rec_ref), st.sampled_from(refs)))
+    edge = data.draw(st.sampled_from([rec_beg, rec_end, rec_beg + 1, rec_end - 1]))
+    beg = max(0, data.draw(st.one_of(st.integers(0, 320_000), st.integers(edge - 2, edge + 2))))
+    end = data.draw(st.one_of(st.integers(beg, beg + 3), st.integers(beg, 330_000),
+                              st.just((1 << 31) - 1)))
+    open_end = data.draw(st.booleans())
+    ref_id = ref if isinstance(ref, int) else -1
+    ref_name = ref if isinstance(ref, bytes) else b""
+    got = _records.runs(buf, pos, limit, ckind, ref_id, ref_name, beg, end, open_end)
+    want = twin.runs(buf, pos, limit, parse, ref, beg, end, open_end)
+    assert got == want
+
+
+def test_tabix_spans_against_htslib(tmp_path: Path) -> None:
+    """The corner cases as htslib itself decides them: each line on its own contig, indexed
+    by pysam's tabix and fetched just inside and just outside both ends."""
+    import pysam
+
+    rows = [(line, span) for line, span in TABIX_LINES if isinstance(span, tuple)]
+    header = ["##fileformat=VCFv4.5"]
+    header += [f"##contig=<ID=c{i},length=100000>" for i in range(len(rows))]
+    header += [f'##INFO=<ID={k},Number={n},Type=Integer,Description="x">'
+               for k, n in [("END", "1"), ("SVLEN", "A"), ("XEND", "1"), ("SVEND", "1")]]
+    header += ['##FORMAT=<ID=GT,Number=1,Type=String,Description="x">',
+               '##FORMAT=<ID=LEN,Number=1,Type=Integer,Description="x">',
+               "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2"]
+    lines = [line.replace(b"X", f"c{i}".encode(), 1).decode() for i, (line, _) in enumerate(rows)]
+    (tmp_path / "t.vcf").write_text("\n".join(header + lines) + "\n")
+    pysam.tabix_index(str(tmp_path / "t.vcf"), preset="vcf")
+    checked = 0
+    with pysam.VariantFile(str(tmp_path / "t.vcf.gz")) as f:
+        for i, (_, (beg, end)) in enumerate(rows):
+            windows = [(end - 1, end), (end, end + 1), (beg - 1, beg), (beg, beg + 1)]
+            try:
+                counts = [len(list(f.fetch(f"c{i}", lo, hi))) if 0 <= lo < hi else None
+                          for lo, hi in windows]
+            except (ValueError, OSError):
+                continue  # tabix returned the line but pysam cannot parse it (POS " 100")
+            want = [int(end > lo and beg < hi) if 0 <= lo < hi else None for lo, hi in windows]
+            assert counts == want, rows[i]
+            checked += 1
+    assert checked >= len(rows) - 2
