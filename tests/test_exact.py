@@ -15,13 +15,12 @@ import random
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pysam
 import pytest
 
-from htsgetr import Htsget, Query, Region
-from htsgetr import _records
+from htsgetr import Htsget, Query, Region, _records
 from htsgetr.config import for_data_dir
 from htsgetr.formats import bgzf, blocks
 from htsgetr.protocol import Endpoint, Format
@@ -82,8 +81,8 @@ def make_reads(path: Path, seed: int) -> Path:
         reads.append((tid, rng.randint(0, REFS[tid][1] - 1), 80, None, 1 | 4 | 64))
     unsorted = path.with_suffix(".unsorted.bam")
     with pysam.AlignmentFile(str(unsorted), "wb", header=header) as out:
-        for i, (tid, pos, qlen, cigar, flag) in enumerate(reads):
-            out.write(_segment(out.header, f"r{i}", tid, pos, qlen, cigar, flag, rng))
+        for i, (tid, pos, qlen, spelled, flag) in enumerate(reads):
+            out.write(_segment(out.header, f"r{i}", tid, pos, qlen, spelled, flag, rng))
         for i in range(200):  # unplaced unmapped
             out.write(_segment(out.header, f"u{i}", -1, -1, 40, None, 4, rng))
     pysam.sort("-o", str(path), str(unsorted))
@@ -151,6 +150,32 @@ def make_variants(path: Path, seed: int) -> Path:
     return path
 
 
+def make_dense_variants(path: Path, seed: int) -> Path:
+    """A VCF dense enough (a record every ~30 bp, random values) that its index chunks are
+    many: what lets a wide BCF region skip its middle. A few long SVs span the rest."""
+    rng = random.Random(seed)
+    lines = ["##fileformat=VCFv4.2"]
+    lines += [f"##contig=<ID={c},length={ln}>" for c, ln in CONTIGS]
+    lines += ['##INFO=<ID=END,Number=1,Type=Integer,Description="End">',
+              '##INFO=<ID=DP,Number=1,Type=Integer,Description="Depth">',
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
+    i = 0
+    for c, ln in CONTIGS:
+        if c == "empty":
+            continue
+        pos = rng.randint(1, 50)
+        while pos < ln:
+            info = f"DP={rng.randint(1, 10**6)}"
+            if rng.random() < 0.002:
+                info += f";END={pos + rng.randint(1, 60_000)}"
+            lines.append(f"{c}\t{pos}\td{i}\t{rng.choice('ACGT')}\t{rng.choice('ACGT')}"
+                         f"\t{rng.random() * 100:.3f}\tPASS\t{info}")
+            pos += rng.randint(1, 60)
+            i += 1
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("exact")
@@ -170,6 +195,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["bcftools", "view", "-Ob", "-o", str(d / "sv.bcf"), str(d / "sv.vcf.gz")],
                    check=True)
     subprocess.run(["bcftools", "index", str(d / "sv.bcf")], check=True)
+    dense = make_dense_variants(d / "dense.vcf", seed=33)
+    subprocess.run(["bcftools", "view", "-Ob", "-o", str(d / "dense.bcf"), str(dense)],
+                   check=True)
+    rechunk(d / "dense.bcf", seed=4, smallest=100, largest=20_000)
+    subprocess.run(["bcftools", "index", str(d / "dense.bcf")], check=True)
     return d
 
 
@@ -204,10 +234,12 @@ class Case:
         self.reads = fmt is Format.BAM
         self.endpoint = Endpoint.READS if self.reads else Endpoint.VARIANTS
         with self.open(self.path) as f:
-            self.lengths = dict(zip(f.header.references, f.header.lengths)) if self.reads \
-                else {c: f.header.contigs[c].length for c in f.header.contigs}
+            if self.reads:
+                self.lengths = dict(zip(f.header.references, f.header.lengths))
+            else:
+                self.lengths = {c: f.header.contigs[c].length for c in f.header.contigs}
             self.header = str(f.header)
-            recs = list(f.fetch(until_eof=True) if self.reads else f)
+            recs: list[Any] = list(f.fetch(until_eof=True) if self.reads else f)
             self.all = self.keys(recs)
             # region edges worth hitting: where records start and end
             if self.reads:
@@ -219,7 +251,7 @@ class Case:
         self.order = {k: i for i, k in enumerate(self.all)}
         assert len(self.order) == len(self.all)  # records are told apart by their text
 
-    def open(self, path: Path) -> pysam.AlignmentFile | pysam.VariantFile:
+    def open(self, path: Path) -> Any:  # pysam.AlignmentFile or pysam.VariantFile
         if self.reads:
             return pysam.AlignmentFile(str(path), check_sq=False)
         return pysam.VariantFile(str(path))
@@ -265,7 +297,7 @@ class Case:
 
 CASES = [("reads.bam", Format.BAM), ("small_csi.bam", Format.BAM),
          ("small_bai.bam", Format.BAM), ("sv.vcf.gz", Format.VCF),
-         ("sv_csi.vcf.gz", Format.VCF), ("sv.bcf", Format.BCF)]
+         ("sv_csi.vcf.gz", Format.VCF), ("sv.bcf", Format.BCF), ("dense.bcf", Format.BCF)]
 
 
 # --------------------------------------------------------------------------- tests
@@ -397,3 +429,30 @@ def test_not_exact_never_walks(data: Path, tmp_path: Path, monkeypatch: pytest.M
             # (VCF: the budgeted trim predates tabix's SVLEN and FORMAT/LEN rules and may
             # drop such records; issue 12 revisits the non-exact path)
             assert set(case.expected(regions)) <= set(got)
+
+
+@pytest.mark.parametrize("name,fmt", [("small_bai.bam", Format.BAM), ("small_csi.bam", Format.BAM),
+                                      ("dense.bcf", Format.BCF)])
+def test_wide_regions_skip_their_middle(data: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, name: str,
+                                        fmt: Format) -> None:
+    """A wide BAM/BCF region skips from its first record starting inside it to a record
+    boundary near its end, and is still exact; a failed skip just walks on."""
+    skips: list[Optional[int]] = []
+    original = blocks._ExactWalk._skip_target
+
+    def counted(self: blocks._ExactWalk, start: int) -> Optional[int]:
+        skips.append(original(self, start))
+        return skips[-1]
+
+    monkeypatch.setattr(blocks._ExactWalk, "_skip_target", counted)
+    case = Case(data, name, fmt)
+    engine = Htsget(for_data_dir(str(data)))
+    rng = random.Random(9)
+    ref = max(case.lengths, key=case.lengths.__getitem__)
+    for _ in range(12):
+        start = rng.randint(0, case.lengths[ref] // 2)
+        regions = (Region(ref, start, start + rng.randint(70_000, case.lengths[ref] // 2)),)
+        got, _ = case.got(engine, regions, tmp_path)
+        assert got == case.expected(regions)
+    assert any(s is not None for s in skips) and skips.count(None) < len(skips)

@@ -33,6 +33,11 @@ TRIM_SCAN_BYTES = 1 << 20
 #: requests with more (merged) regions than this are not trimmed: still correct, and a POST
 #: of thousands of regions cannot make a ticket scan gigabytes
 TRIM_MAX_REGIONS = 256
+#: exact walks of BAM/BCF regions wider than this many of the index's smallest bins skip
+#: their middle (records known to overlap) instead of decompressing it
+SKIP_MIN_BINS = 4
+#: positions sampled across such a region for record boundaries to skip to
+SKIP_SAMPLES = 64
 
 
 @dataclass
@@ -210,6 +215,10 @@ def region_chunks(
     return out
 
 
+#: `_ExactWalk.chunk` outcome: the walk skipped to a record boundary, to go on from there
+SKIPPED = -1
+
+
 class _ExactWalk:
     """Walks index chunks record by record, with no scan budget, collecting the virtual-offset
     runs of records that overlap one target (see `exact_chunks`).
@@ -218,12 +227,29 @@ class _ExactWalk:
     carried over from the blocks before it, never the whole chunk.
     """
 
-    def __init__(self, source: Source, layout: BgzfLayout, kind: int, target: Target) -> None:
+    def __init__(
+        self,
+        source: Source,
+        layout: BgzfLayout,
+        kind: int,
+        target: Target,
+        index: Optional[BinningIndex] = None,
+        index_ref: int = -1,
+    ) -> None:
         self.source, self.layout, self.kind = source, layout, kind
         self.ref_id = -1 if isinstance(target.ref, bytes) else target.ref
         self.ref_name = target.ref if isinstance(target.ref, bytes) else b""
         self.beg, self.end = target.beg, target.end
         self.open_end = target.end >= MAX_COORDINATE
+        self.index, self.index_ref = index, index_ref
+        # skip the middle of wide bounded regions, in binary formats (a VCF body may hold
+        # lines tabix skips, so every VCF line is looked at)
+        self.may_skip = (
+            index is not None
+            and kind in (_records.BAM, _records.BCF)
+            and not self.open_end
+            and target.end - target.beg > SKIP_MIN_BINS << index.min_shift
+        )
         self.out: list[tuple[int, int]] = []
         # per block in the buffer: (buffer position, offset, uoffset there, length, next block)
         self.spans: list[tuple[int, int, int, int, int]] = []
@@ -251,9 +277,19 @@ class _ExactWalk:
         end_coff, end_uoff = bgzf.coffset(vend), bgzf.uoffset(vend)
         layout = self.layout
         blocks = bgzf.iter_blocks(self.source.storage, self.source.key, coff, layout.data_end)
-        buf, pos, limit, first = b"", 0, -1, True
+        buf, pos, limit, first, load = b"", 0, -1, True, True
         self.spans = []
         while True:
+            if not load:  # the same data again, without stopping for the region's middle
+                outcome, pos, found = _records.runs(
+                    buf, pos, limit, self.kind, self.ref_id, self.ref_name, self.beg,
+                    self.end, False,
+                )
+                for start, stop in found:
+                    self.add(self.voffset(start), self.voffset(stop))
+                if outcome != _records.NEED_MORE:
+                    return outcome, self.voffset(pos)
+                load = True
             try:
                 block = next(blocks, None)
             except ValueError as exc:
@@ -282,12 +318,67 @@ class _ExactWalk:
             buf += data
             outcome, pos, found = _records.runs(
                 buf, pos, limit, self.kind, self.ref_id, self.ref_name, self.beg, self.end,
-                self.open_end,
+                self.open_end or self.may_skip,
             )
             for start, stop in found:
                 self.add(self.voffset(start), self.voffset(stop))
+            if outcome == _records.OPEN_END and not self.open_end:
+                # the first record starting inside the bounded region: skip to near its end
+                self.may_skip = False
+                here = self.voffset(pos)
+                resume = self._skip_target(here)
+                if resume is not None:
+                    self.add(here, resume)
+                    return SKIPPED, resume
+                load = False
+                continue
             if outcome != _records.NEED_MORE:
                 return outcome, self.voffset(pos)
+
+    def _skip_target(self, start: int) -> Optional[int]:
+        """The furthest record boundary after `start` (the first record starting inside the
+        region) whose record still starts inside the region, or None.
+
+        Exact because the chunk starts and ends of a binning index are record boundaries and
+        an indexed file is sorted: every record from `start` to that boundary starts inside
+        the region, so it overlaps it, and need not be decompressed. The boundaries come from
+        index queries at positions sampled across the region and packed before its end; a
+        bisection over them reads one record head per probe.
+        """
+        assert self.index is not None
+        step = 1 << self.index.min_shift
+        width = self.end - self.beg
+        where = {self.beg + width * k // SKIP_SAMPLES for k in range(1, SKIP_SAMPLES)}
+        where.update(self.end - 1 - step * k for k in range(SKIP_MIN_BINS))
+        found: set[int] = set()
+        for x in where:
+            if self.beg < x < self.end:
+                for u, v in self.index.query(self.index_ref, x, x + 1):
+                    found.update((u, v))
+        data_end = self.layout.data_end << 16
+        cands = sorted(c for c in found if start < c < data_end)
+        lo, hi, best = 0, len(cands) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if self._starts_inside(cands[mid]):
+                best, lo = cands[mid], mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    def _starts_inside(self, voff: int) -> bool:
+        """True when the record at `voff` is on the reference and starts inside the region."""
+        want = 36 if self.kind == _records.BAM else 20
+        coff, uoff = bgzf.coffset(voff), bgzf.uoffset(voff)
+        head = b""
+        while len(head) < want:
+            if coff >= self.layout.data_end:
+                return False
+            head += self.layout.block_data(self.source, coff)[uoff:]
+            coff, uoff = self.layout.block_end(self.source, coff), 0
+        at = 4 if self.kind == _records.BAM else 8
+        ref, pos = struct.unpack_from("<ii", head, at)
+        return bool(ref == self.ref_id and self.beg < pos < self.end)
 
     def _data_end(self, buf: bytes, pos: int, limit: int) -> tuple[int, int]:
         """The file's data ended inside the chunk: a VCF's last line may lack its newline
@@ -313,6 +404,8 @@ def exact_chunks(
     chunks: Sequence[tuple[int, int]],
     kind: int,
     target: Target,
+    index: Optional[BinningIndex] = None,
+    index_ref: int = -1,
 ) -> list[tuple[int, int]]:
     """Virtual-offset runs holding exactly the records htslib's region query returns for
     `target` from these index chunks: each record overlapping the target, none beside it.
@@ -320,15 +413,24 @@ def exact_chunks(
     For restricted tickets (authorization rules), where `trim_chunk`'s budget and its
     keeping of non-overlapping records between overlapping ones would leak records. Every
     record is looked at, as htslib looks at it: the walk stops at the first record of another
-    reference or starting at or after the end. An open-ended region stops walking at the
-    first record starting after its start: that record and all later ones of the reference
-    overlap, so the rest of the chunks is taken whole.
+    reference or starting at or after the end. Records starting after the region's start all
+    overlap it, so an open-ended region takes the rest of its chunks whole from the first
+    of them, and (given `index`, see `_ExactWalk._skip_target`) a wide BAM or BCF region
+    skips from there to a record boundary near its end.
     """
     starts = [(max(vbeg, layout.header_end), vend) for vbeg, vend in chunks]
     todo = merge_ranges([(vbeg, vend) for vbeg, vend in starts if vend > vbeg])
-    walk = _ExactWalk(source, layout, kind, target)
-    for i, (vbeg, vend) in enumerate(todo):
-        outcome, stopped = walk.chunk(vbeg, vend)
+    walk = _ExactWalk(source, layout, kind, target, index, index_ref)
+    i, resume = 0, 0
+    while i < len(todo):
+        vbeg, vend = todo[i]
+        if vend <= resume:
+            i += 1
+            continue
+        outcome, stopped = walk.chunk(max(vbeg, resume), vend)
+        if outcome == SKIPPED:
+            resume = stopped  # walk on from there, in the chunk that holds it or the next
+            continue
         if outcome == _records.PAST:
             break
         if outcome == _records.OPEN_END:
@@ -336,6 +438,7 @@ def exact_chunks(
             for rest in todo[i + 1 :]:
                 walk.add(*rest)
             break
+        i += 1
     return walk.out
 
 
@@ -372,7 +475,8 @@ class IndexedFile:
         beg = region.start or 0
         end = MAX_COORDINATE if region.end is None else region.end
         found = self.index.query(ref_id, beg, end)
-        return exact_chunks(source, self.layout, found, kind, Target(target_ref, beg, end))
+        target = Target(target_ref, beg, end)
+        return exact_chunks(source, self.layout, found, kind, target, self.index, ref_id)
 
 
 def header_pieces(layout: BgzfLayout) -> list[Piece]:
