@@ -7,6 +7,10 @@ milliseconds per ticket. Overlap is decided as htslib decides it: BAM [pos, pos 
 length of the CIGAR, at least 1); BCF [POS, POS + rlen); VCF [POS-1, POS-1 + len(REF)), or to
 INFO/END when present.
 
+``runs`` serves record-exact tickets (authorization rules): it reports the runs of
+consecutive overlapping records, with overlap exactly as htslib 1.24 decides it (see the
+section below), and leaves nothing out or in that htslib's region query would not.
+
 ``tests/records_twin.py`` is a plain-Python twin; the tests cross-check the two.
 """
 

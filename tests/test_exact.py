@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import pysam
 import pytest
+from conftest import shared
 
 from htsgetr import Htsget, Query, Region, _records
 from htsgetr.config import for_data_dir
@@ -229,7 +230,7 @@ class Case:
 
     def __init__(self, root: Path, name: str, fmt: Format) -> None:
         self.root, self.fmt = root, fmt
-        self.id = name.split(".")[0]
+        self.id = name.removesuffix(".gz").rsplit(".", 1)[0]  # x.bam, x.vcf.gz, x.bcf -> x
         self.path = root / name
         self.reads = fmt is Format.BAM
         self.endpoint = Endpoint.READS if self.reads else Endpoint.VARIANTS
@@ -456,3 +457,43 @@ def test_wide_regions_skip_their_middle(data: Path, tmp_path: Path,
         got, _ = case.got(engine, regions, tmp_path)
         assert got == case.expected(regions)
     assert any(s is not None for s in skips) and skips.count(None) < len(skips)
+
+
+def test_zero_length_regions(data: Path, tmp_path: Path) -> None:
+    """start == end (GET allows it): htslib returns nothing there, nor may we."""
+    engine = Htsget(for_data_dir(str(data)))
+    for name, fmt in CASES:
+        case = Case(data, name, fmt)
+        ref, beg, end = case.edges[len(case.edges) // 2]
+        regions = tuple(Region(ref, x, x) for x in (beg, beg + 1, end - 1))
+        assert case.expected(regions) == []
+        assert case.got(engine, regions, tmp_path)[0] == []
+
+
+@pytest.mark.parametrize("kind,name,fmt", [("bam", "htsnexus_test_NA12878.bam", Format.BAM),
+                                           ("vcf", "spec-v4.3.vcf.gz", Format.VCF),
+                                           ("vcf", "sample1-bcbio-cancer.vcf.gz", Format.VCF),
+                                           ("bcf", "spec-v4.3.bcf", Format.BCF),
+                                           ("bcf", "sample1-bcbio-cancer.bcf", Format.BCF)])
+def test_reference_files(tmp_path: Path, kind: str, name: str, fmt: Format) -> None:
+    """The public htsget test files (real reads of NA12878, the VCF spec example)."""
+    root = shared(kind, name).parent
+    case = Case(root, name, fmt)
+    engine = Htsget(for_data_dir(str(root)))
+    rng = random.Random(13)
+    spans: dict[str, tuple[int, int]] = {}
+    for ref, beg, end in case.edges:
+        lo, hi = spans.get(ref, (beg, end))
+        spans[ref] = (min(lo, beg), max(hi, end))
+    for i in range(40):
+        regions = []
+        for _ in range(1 if i < 20 else rng.randint(2, 4)):
+            ref = rng.choice(sorted(spans))
+            lo, hi = spans[ref]
+            start = rng.randint(max(0, lo - 100), hi + 100)
+            regions.append(Region(ref, start, start + rng.choice([1, 50, 2000, 40_000])))
+        got, header = case.got(engine, tuple(regions), tmp_path)
+        assert header == case.header
+        assert got == case.expected(regions), regions
+    whole = tuple(Region(ref) for ref in spans)
+    assert case.got(engine, whole, tmp_path)[0] == case.expected(whole)
