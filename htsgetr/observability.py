@@ -21,7 +21,7 @@ def redact_url(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1" + REDACTED, text)
 
 
-class RedactingLogger(Logger):  # type: ignore[misc]
+class RedactingLogger(Logger):  # type: ignore[misc,unused-ignore]
     """gunicorn's logger, with the request line, query string and referer redacted and no
     request header (Authorization, Cookie) available to the access-log format."""
 

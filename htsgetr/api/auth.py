@@ -47,13 +47,13 @@ def _before() -> None:
             path = (request.view_args or {}).get("path", "")
             access.signer.verify(request.method, path, request.headers.get("Range"), request.args)
         if access.data is not None:
-            g.htsget_identity = access.data.authenticate(request.headers)
+            g.htsget_identity = access.data.authenticate(dict(request.headers))
         return
     endpoint = _endpoint_name()
     gate = access.ticket
     if endpoint is None or gate is None or gate.is_public(endpoint):
         return
-    g.htsget_identity = gate.authenticate(request.headers)
+    g.htsget_identity = gate.authenticate(dict(request.headers))
 
 
 def authorize(query: Query) -> tuple[Query, Optional[list[Any]]]:
@@ -62,7 +62,7 @@ def authorize(query: Query) -> tuple[Query, Optional[list[Any]]]:
     identity: Optional[Identity] = g.get("htsget_identity")
     if gate is None or identity is None:  # auth off, or a public endpoint
         return query, None
-    grants = gate.grants(identity, request.headers, query.endpoint.value, query.id)
+    grants = gate.grants(identity, dict(request.headers), query.endpoint.value, query.id)
     if grants is None:
         return query, None
     decision = decide(query, grants, gate.auth.suppress_errors)
