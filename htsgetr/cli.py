@@ -53,6 +53,7 @@ OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "--data-tls-cert": ("data_server.tls_cert", {}),
     "--data-tls-key": ("data_server.tls_key", {}),
     "--watch": ("watch", {"action": "store_const", "const": True}),
+    "--allow-missing": ("allow_missing", {"action": "store_const", "const": True}),
 }
 
 
@@ -121,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     csub = config.add_subparsers(dest="config_command")
     check = csub.add_parser("check", help="validate a configuration file")
     check.add_argument("file")
+    check.add_argument("--allow-missing", action="store_true",
+                       help="accept location roots that do not exist")
     show = csub.add_parser("show", help="the effective configuration (secrets redacted)")
     _config_options(show)
     csub.add_parser("default", help="a commented configuration file with every default")
@@ -178,6 +181,15 @@ def load(
         check(config)
     except ValueError as err:
         raise ConfigError(str(err), "auth", path or "effective configuration") from None
+    if not config.allow_missing:
+        for i, loc in enumerate(config.locations):
+            root = os.path.join(loc.root or ".", loc.prefix) if loc.backend == "file" else None
+            if root is not None and not os.path.isdir(root):
+                raise ConfigError(
+                    f"no directory {root!r} (a typo would answer 404 to everything;"
+                    " --allow-missing / allow_missing = true to start anyway)",
+                    f"locations[{i}].root", path or "effective configuration",
+                )
     return config
 
 
@@ -375,10 +387,7 @@ def _ticket(args: argparse.Namespace) -> int:
 
 def _config_command(args: argparse.Namespace) -> int:
     if args.config_command == "check":
-        config = load(args.file, {}, env={})
-        for i, loc in enumerate(config.locations):
-            if loc.backend == "file" and loc.root and not os.path.isdir(loc.root):
-                print(f"warning: locations[{i}].root: no directory {loc.root!r}", file=sys.stderr)
+        config = load(args.file, {"allow_missing": args.allow_missing or None}, env={})
         n = len(config.locations)
         print(f"{args.file}: OK ({n} location{'s' if n != 1 else ''})")
         return 0

@@ -236,6 +236,9 @@ class Config:
     md5_max_bytes: int = _opt(
         1 << 30, "whole-file md5 is computed for local files up to this", min=0
     )
+    allow_missing: bool = _opt(
+        False, "start (and reload) even when a location's root directory does not exist"
+    )
     watch: bool = _opt(False, "poll the config file and reload when it changes")
     watch_interval: float = _opt(2.0, "seconds between polls of the config file", min=0.05)
     auth: Optional[AuthConfig] = _opt(None, "bearer tokens, restrictions, signed /data urls")

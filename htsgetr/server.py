@@ -107,6 +107,11 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
         if new.data_server.separate != self.config.data_server.separate:
             log.warning("data_server.separate changed: that takes a restart, not a reload")
             new.data_server.separate = self.config.data_server.separate
+        moved = _bind_changes(self.config, new)
+        if moved:  # a new bind would drop every live connection: refuse, keep serving
+            log.error("configuration reload refused, keeping the old one: %s change(s) need a"
+                      " restart", ", ".join(moved))
+            return
         self.config = new
         log.info("configuration reloaded (%d locations)", len(new.locations))
 
@@ -217,6 +222,18 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _bind_changes(old: Config, new: Config) -> list[str]:
+    """Keys whose change needs new sockets (a restart), not new workers."""
+    keys = ("host", "port", "tls_cert", "tls_key")
+    return [
+        f"{name}.{key}"
+        for name in ("ticket_server", "data_server")
+        for key in keys
+        if getattr(getattr(old, name), key) != getattr(getattr(new, name), key)
+        and (name == "ticket_server" or old.data_server.separate)
+    ]
 
 
 def _bind(host: str, port: int) -> str:

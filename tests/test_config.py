@@ -532,16 +532,18 @@ def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     good = write(
         tmp_path, f'[[locations]]\nroot = "{tmp_path}"\n[[locations]]\nroot = "/nonexistent-x"\n'
     )
-    assert main(["config", "check", good]) == 0
+    assert main(["config", "check", good]) == 2  # a root that is not there is refused
+    out, err = capsys.readouterr()
+    assert "locations[1].root: no directory '/nonexistent-x/'" in err and out == ""
+    assert main(["config", "check", "--allow-missing", good]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == f"{good}: OK (2 locations)"
-    assert "warning: locations[1].root: no directory" in err
     bad = write(tmp_path, "[[locations]]\nregex = '(x'\nroot = '/'\n", "bad.toml")
     assert main(["config", "check", bad]) == 2
     out, err = capsys.readouterr()
     assert err.startswith(f"htsgetr: error: {bad}: locations[0].regex: bad regular expression")
     assert "Traceback" not in err and out == ""
-    assert main(["config", "check", str(EXAMPLE)]) == 0
+    assert main(["config", "check", "--allow-missing", str(EXAMPLE)]) == 0
 
 
 def test_cli_config_check_builds_backends(
@@ -621,15 +623,30 @@ def test_server_reload_keeps_old_config_when_new_one_fails(
     path = write(tmp_path, "[ticket_server]\nport = 1111\nworkers = 1\n")
     server = HtsgetrServer(load_config(path, env={}), lambda: load_config(path, env={}))
     assert server.cfg.bind == ["127.0.0.1:1111"] and server.cfg.workers == 1
-    write(tmp_path, "[ticket_server]\nport = 2222\nworkers = 3\n")
+    write(tmp_path, "[ticket_server]\nport = 1111\nworkers = 3\n")
     server.reload()  # what gunicorn's arbiter does on SIGHUP
-    assert server.config.ticket_server.port == 2222 and server.cfg.bind == ["127.0.0.1:2222"]
-    assert server.cfg.workers == 3
+    assert server.config.ticket_server.workers == 3 and server.cfg.workers == 3
     write(tmp_path, "[ticket_server]\nport = 'broken'\n")
     with caplog.at_level(logging.ERROR, logger="htsgetr"):
         server.reload()
-    assert server.config.ticket_server.port == 2222 and server.cfg.bind == ["127.0.0.1:2222"]
+    assert server.config.ticket_server.port == 1111 and server.cfg.bind == ["127.0.0.1:1111"]
     assert "reload refused" in caplog.text and "ticket_server.port" in caplog.text
+    caplog.clear()
+    # a new port would drop every live connection: refused, the old bind keeps serving
+    write(tmp_path, "[ticket_server]\nport = 2222\nworkers = 2\n")
+    with caplog.at_level(logging.ERROR, logger="htsgetr"):
+        server.reload()
+    assert server.cfg.bind == ["127.0.0.1:1111"] and server.cfg.workers == 3
+    assert "need a restart" in caplog.text and "ticket_server.port" in caplog.text
+    caplog.clear()
+    # a root that disappeared: refused the same way
+    write(tmp_path, f"[ticket_server]\nport = 1111\n[[locations]]\nroot = '{tmp_path}/gone'\n")
+    from htsgetr.cli import load as cli_load
+
+    server.reload_config = lambda: cli_load(path, {}, env={})
+    with caplog.at_level(logging.ERROR, logger="htsgetr"):
+        server.reload()
+    assert "no directory" in caplog.text and server.cfg.workers == 3
 
 
 def test_server_roles_and_data_bind(tmp_path: Path) -> None:
