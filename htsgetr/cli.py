@@ -173,23 +173,26 @@ def load(
     from .storage.resolver import Resolver
 
     config = load_config(path, env=env, cli=layer)
+    source = path or "effective configuration"
     try:
-        Resolver(config)
+        resolver = Resolver(config)
     except ConfigError as err:
-        raise ConfigError(err.message, err.key, path or "effective configuration") from None
+        raise ConfigError(err.message, err.key, source) from None
     try:
         check(config)
     except ValueError as err:
-        raise ConfigError(str(err), "auth", path or "effective configuration") from None
+        raise ConfigError(str(err), "auth", source) from None
     if not config.allow_missing:
-        for i, loc in enumerate(config.locations):
-            root = os.path.join(loc.root or ".", loc.prefix) if loc.backend == "file" else None
-            if root is not None and not os.path.isdir(root):
+        for i, (_, _, storage) in enumerate(resolver.rules):
+            usable = getattr(storage, "check", None)  # local roots, S3 buckets
+            try:
+                if usable is not None:
+                    usable()
+            except ValueError as err:
                 raise ConfigError(
-                    f"no directory {root!r} (a typo would answer 404 to everything;"
-                    " --allow-missing / allow_missing = true to start anyway)",
-                    f"locations[{i}].root", path or "effective configuration",
-                )
+                    f"{err} (a typo would answer 404 to everything; --allow-missing or"
+                    " allow_missing = true to start anyway)", f"locations[{i}]", source,
+                ) from None
     return config
 
 

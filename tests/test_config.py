@@ -534,7 +534,7 @@ def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     )
     assert main(["config", "check", good]) == 2  # a root that is not there is refused
     out, err = capsys.readouterr()
-    assert "locations[1].root: no directory '/nonexistent-x/'" in err and out == ""
+    assert "locations[1]: no readable directory '/nonexistent-x'" in err and out == ""
     assert main(["config", "check", "--allow-missing", good]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == f"{good}: OK (2 locations)"
@@ -646,7 +646,7 @@ def test_server_reload_keeps_old_config_when_new_one_fails(
     server.reload_config = lambda: cli_load(path, {}, env={})
     with caplog.at_level(logging.ERROR, logger="htsgetr"):
         server.reload()
-    assert "no directory" in caplog.text and server.cfg.workers == 3
+    assert "no readable directory" in caplog.text and server.cfg.workers == 3
 
 
 def test_server_roles_and_data_bind(tmp_path: Path) -> None:

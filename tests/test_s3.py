@@ -757,3 +757,21 @@ def test_profile(moto: MotoServer, remote_data: Path, tmp_path: Path,
     assert "Credential=fromprofile%2F" in s.block_url("calls.vcf.gz", 0, 10)[0]
     with pytest.raises(ValueError, match="not configured"):
         S3Storage(BUCKET, PREFIX, endpoint_url=moto.url, profile="nope")
+
+
+def test_a_bucket_that_cannot_be_used_is_refused_at_start(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    from htsgetr.cli import load
+    from htsgetr.config import ConfigError
+
+    def config(bucket: str, allow: str = "") -> str:
+        path = tmp_path / "s3.toml"
+        path.write_text(f'{allow}\n[[locations]]\nbackend = "s3"\nbucket = "{bucket}"\n'
+                        f'endpoint_url = "{moto.url}"\npath_style = true\nretries = 0\n')
+        return str(path)
+
+    load(config(BUCKET), {}, env={})  # the real bucket: fine
+    with pytest.raises(ConfigError, match="bucket 'no-such-bucket-x' cannot be used"):
+        load(config("no-such-bucket-x"), {}, env={})
+    load(config("no-such-bucket-x", "allow_missing = true"), {}, env={})

@@ -38,6 +38,11 @@ class LocalStorage:
         self.name = f"file:{self.root}"
         self._paths: dict[str, tuple[str, float]] = {}
 
+    def check(self) -> None:
+        """ValueError unless the root is a directory we can list (checked at start)."""
+        if not os.path.isdir(self.root) or not os.access(self.root, os.R_OK | os.X_OK):
+            raise ValueError(f"no readable directory {self.root!r}")
+
     def path(self, key: str) -> str:
         """The absolute path of `key`, guaranteed to lie inside the root (symlinks resolved).
 

@@ -389,6 +389,16 @@ class S3Storage:
         self._presigned[(bucket, obj)] = (url, now)
         return url
 
+    def check(self) -> None:
+        """ValueError unless the location's bucket answers HeadBucket (checked at start; a
+        bucket chosen per ID by capture groups is not known until a request names it)."""
+        if not self.bucket:
+            return
+        try:
+            self._call(f"HEAD bucket {self.bucket}", self.client.head_bucket, Bucket=self.bucket)
+        except HtsgetError as err:
+            raise ValueError(f"bucket {self.bucket!r} cannot be used: {err.message}") from None
+
     def bucket_region(self, bucket: str) -> Optional[str]:
         """The region `bucket` lives in, from HeadBucket, once per bucket per process.
 
