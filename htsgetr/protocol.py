@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -55,6 +56,12 @@ class PayloadTooLarge(HtsgetError):
 
 class UnsupportedFormat(HtsgetError):
     status, error = 400, "UnsupportedFormat"
+
+
+class UnsupportedMediaType(HtsgetError):
+    """A POST body declared as something other than JSON (RFC 9110 415)."""
+
+    status, error = 415, "UnsupportedMediaType"
 
 
 class InvalidInput(HtsgetError):
@@ -175,22 +182,36 @@ def parse_format(endpoint: Endpoint, value: Optional[str]) -> Format:
     try:
         fmt = Format(str(value).upper())
     except ValueError:
-        raise UnsupportedFormat(f"format {value!r} is not supported") from None
+        raise UnsupportedFormat(f"format {_show(value)} is not supported") from None
     if fmt not in allowed:
         names = ", ".join(f.value for f in allowed)
         raise UnsupportedFormat(f"format {fmt.value} is not served on /{endpoint.value} ({names})")
     return fmt
 
 
-def _parse_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise InvalidInput(f"{name} must be an integer")
+def _show(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters: error messages never echo a whole body."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: A query-string number with more significant digits than this is out of range; checked
+#: before int(), which refuses strings of more than 4300 digits with a ValueError.
+_MAX_DIGITS = 12
+
+
+def _parse_int(name: str, value: Any, json_types: bool = False) -> int:
+    """A coordinate: a JSON integer (POST, `json_types`) or a string of ASCII digits (GET)."""
+    if isinstance(value, bool) or (json_types and not isinstance(value, int)):
+        raise InvalidInput(f"{name} must be an integer, got {_show(value)}")
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.isascii() and value.isdigit():
+        if len(value.lstrip("0")) > _MAX_DIGITS:
+            raise InvalidInput(f"{name} must be between 0 and {MAX_COORDINATE}")
         number = int(value)
     else:
-        raise InvalidInput(f"{name} must be a non-negative integer, got {value!r}")
+        raise InvalidInput(f"{name} must be a non-negative integer, got {_show(value)}")
     if number < 0 or number > MAX_COORDINATE:
         raise InvalidInput(f"{name} must be between 0 and {MAX_COORDINATE}")
     return number
@@ -203,13 +224,14 @@ def _parse_class(value: Optional[str]) -> Optional[Class]:
         return Class.HEADER
     if value == Class.BODY.value:
         return None
-    raise InvalidInput(f"class must be 'header', got {value!r}")
+    raise InvalidInput(f"class must be 'header', got {_show(value)}")
 
 
-def _split_list(name: str, value: Any) -> Optional[tuple[str, ...]]:
+def _split_list(name: str, value: Any, json_types: bool = False) -> Optional[tuple[str, ...]]:
+    """A comma-separated string (GET) or a JSON list of strings (POST, `json_types`)."""
     if value is None:
         return None
-    if isinstance(value, str):
+    if isinstance(value, str) and not json_types:
         items = [v for v in value.split(",")]
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         items = list(value)
@@ -229,39 +251,57 @@ def _check_fields_tags(
     if fields is not None and endpoint is Endpoint.READS:
         unknown = sorted(set(fields) - READ_FIELDS)
         if unknown:
-            raise InvalidInput(f"unknown field(s): {', '.join(unknown)}")
+            raise InvalidInput(f"unknown field(s): {_show_all(unknown)}")
     for name, values in (("tags", tags), ("notags", notags)):
         for tag in values or ():
             if len(tag) != 2 or not tag.isascii() or not tag.isalnum():
-                raise InvalidInput(f"{name} entry {tag!r} is not a two-character tag")
+                raise InvalidInput(f"{name} entry {_show(tag)} is not a two-character tag")
     if tags and notags:
         both = sorted(set(tags) & set(notags))
         if both:
             raise InvalidInput(f"tag(s) in both tags and notags: {', '.join(both)}")
 
 
-def _region(
-    reference_name: Any, start: Any, end: Any, strict_end: bool
-) -> Region:
-    """Validate one region; GET allows start == end, POST requires start < end."""
+def _region(reference_name: Any, start: Any, end: Any, post: bool) -> Region:
+    """Validate one region. GET: numbers are digit strings, start == end is allowed.
+    POST: numbers are JSON integers, start < end."""
     if reference_name is None or reference_name == "":
         if start is not None or end is not None:
             raise InvalidInput("start and end require referenceName")
         raise InvalidInput("a region needs a referenceName")
     if not isinstance(reference_name, str):
         raise InvalidInput("referenceName must be a string")
-    start_i = None if start is None else _parse_int("start", start)
-    end_i = None if end is None else _parse_int("end", end)
+    _check_text("referenceName", reference_name)
+    start_i = None if start is None else _parse_int("start", start, json_types=post)
+    end_i = None if end is None else _parse_int("end", end, json_types=post)
     if reference_name == UNPLACED and (start_i is not None or end_i is not None):
         raise InvalidInput("start and end cannot be used with referenceName=*")
     if start_i is not None and end_i is not None:
-        if start_i > end_i or (strict_end and start_i == end_i):
+        if start_i > end_i or (post and start_i == end_i):
             raise InvalidRange(f"start ({start_i}) must be less than end ({end_i})")
     return Region(reference_name, start_i, end_i)
 
 
+#: C0 and C1 controls, DEL, and lone surrogates (which no file name or UTF-8 text holds)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _check_text(name: str, value: str) -> None:
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{name} contains a control character or invalid Unicode")
+
+
+def check_id(id: str) -> None:
+    """An ID is refused (400) when it holds control characters or invalid Unicode: such a
+    name could only mislead a regex or a log line (`sample\\n` matching `^(.*)$` as
+    `sample`)."""
+    _check_text("the ID", id)
+
+
 def parse_get(endpoint: Endpoint, id: str, args: Mapping[str, str]) -> Query:
-    """A GET ticket request: one optional region from the query string."""
+    """A GET ticket request: one optional region from the query string. Unknown
+    parameters are ignored (the compliance suite sends `encryptionScheme`)."""
+    check_id(id)
     fmt = parse_format(endpoint, args.get("format"))
     klass = _parse_class(args.get("class"))
     ref, start, end = args.get("referenceName"), args.get("start"), args.get("end")
@@ -269,7 +309,7 @@ def parse_get(endpoint: Endpoint, id: str, args: Mapping[str, str]) -> Query:
     if ref is not None or start is not None or end is not None:
         if klass is Class.HEADER:
             raise InvalidInput("class=header cannot be combined with a region")
-        regions = (_region(ref, start, end, strict_end=False),)
+        regions = (_region(ref, start, end, post=False),)
     fields = _split_list("fields", args.get("fields"))
     tags = _split_list("tags", args.get("tags"))
     notags = _split_list("notags", args.get("notags"))
@@ -277,32 +317,113 @@ def parse_get(endpoint: Endpoint, id: str, args: Mapping[str, str]) -> Query:
     return Query(endpoint, id, fmt, klass, regions, fields, tags, notags)
 
 
-POST_KEYS = frozenset({"format", "class", "fields", "tags", "notags", "regions"})
+#: The keys of a POST body: the spec's six, and `encryptionScheme`, which htsget-rs
+#: clients send (accepted as a string and ignored until Crypt4GH claims it). Any other key
+#: is refused: a misspelt or GET-style key (`referenceName` at the top) would otherwise
+#: silently ask for the whole file.
+POST_KEYS = frozenset({"format", "class", "fields", "tags", "notags", "regions",
+                       "encryptionScheme"})
+REGION_KEYS = frozenset({"referenceName", "start", "end"})
 
 
-def parse_post(endpoint: Endpoint, id: str, body: bytes, has_query_string: bool) -> Query:
-    """A POST ticket request: JSON body, several regions, no query parameters."""
+def _show_all(names: Any, limit: int = 5) -> str:
+    shown = ", ".join(_show(n, 40) for n in list(names)[:limit])
+    return shown + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/<anything>+json`, parameters allowed (RFC 6838)."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    kind, _, subtype = mime.partition("/")
+    return kind == "application" and (subtype == "json" or (
+        subtype.endswith("+json") and len(subtype) > len("+json")))
+
+
+def check_post_content_type(content_type: Optional[str], body: Optional[bytes] = None) -> None:
+    """415 unless the body is JSON. A declared Content-Type must be JSON; with none, only an
+    empty body is accepted (it means `{}`: the whole file, as `curl -X POST` sends it).
+    `body` None: not read yet, only a declared type is checked."""
+    if content_type:
+        if not is_json_media_type(content_type):
+            raise UnsupportedMediaType(
+                f"a POST body must be application/json, not {_show(content_type)}")
+    elif body is not None and body.strip():
+        raise UnsupportedMediaType("a POST body must be sent with Content-Type: application/json")
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-0")) > _MAX_DIGITS:  # int() refuses > 4300 digits with ValueError
+        raise InvalidInput(f"the number {text[:12]}... in the request body is out of range")
+    return int(text)
+
+
+def _json_constant(name: str) -> Any:
+    raise InvalidInput(f"{name} is not valid JSON")
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):  # two readers of one body must not see different values
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidInput(f"duplicate key {_show(key)} in the request body")
+            seen.add(key)
+    return doc
+
+
+def load_json(body: bytes) -> Any:
+    """Strict JSON (RFC 8259): UTF-8, no NaN/Infinity, no duplicate keys, integers of a
+    sane size; a body nested past the recursion limit is InvalidInput, not a 500."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("the request body is not UTF-8") from None
+    try:
+        return json.loads(text, parse_int=_json_int, parse_constant=_json_constant,
+                          object_pairs_hook=_json_object)
+    except RecursionError:
+        raise InvalidInput("the request body is nested too deeply") from None
+    except ValueError:
+        raise InvalidInput("the request body is not valid JSON") from None
+
+
+def _optional_str(doc: dict[str, Any], name: str) -> Optional[str]:
+    value = doc.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a string")
+    return value
+
+
+def parse_post(
+    endpoint: Endpoint,
+    id: str,
+    body: bytes,
+    has_query_string: bool,
+    content_type: Optional[str] = "application/json",
+) -> Query:
+    """A POST ticket request: JSON body, several regions, no query parameters.
+
+    Every key and every JSON type is checked (unknown key -> InvalidInput naming it);
+    `content_type` is the request's header (None: absent), see `check_post_content_type`.
+    """
+    check_id(id)
     if has_query_string:
         raise InvalidInput("POST requests take their parameters in the JSON body, not the URL")
-    if body.strip():
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("the request body is not valid JSON") from None
-    else:
-        doc = {}
+    check_post_content_type(content_type, body)
+    doc = load_json(body) if body.strip() else {}
     if not isinstance(doc, dict):
         raise InvalidInput("the request body must be a JSON object")
-    fmt_value = doc.get("format")
-    if fmt_value is not None and not isinstance(fmt_value, str):
-        raise InvalidInput("format must be a string")
-    fmt = parse_format(endpoint, fmt_value)
-    klass_value = doc.get("class")
-    if klass_value is not None and not isinstance(klass_value, str):
-        raise InvalidInput("class must be a string")
-    klass = _parse_class(klass_value)
+    unknown = sorted(set(doc) - POST_KEYS)
+    if unknown:
+        hint = (" (referenceName, start and end go in a \"regions\" list)"
+                if set(unknown) & REGION_KEYS else "")
+        raise InvalidInput(f"unknown key(s) in the request body: {_show_all(unknown)}{hint}")
+    fmt = parse_format(endpoint, _optional_str(doc, "format"))
+    klass = _parse_class(_optional_str(doc, "class"))
+    _optional_str(doc, "encryptionScheme")
     regions: Optional[tuple[Region, ...]] = None
-    if "regions" in doc and doc["regions"] is not None:
+    if doc.get("regions") is not None:
         raw = doc["regions"]
         if not isinstance(raw, list) or not raw:
             raise InvalidInput("regions must be a non-empty list")
@@ -312,16 +433,15 @@ def parse_post(endpoint: Endpoint, id: str, body: bytes, has_query_string: bool)
         for item in raw:
             if not isinstance(item, dict):
                 raise InvalidInput("each region must be a JSON object")
-            extra = set(item) - {"referenceName", "start", "end"}
+            extra = sorted(set(item) - REGION_KEYS)
             if extra:
-                raise InvalidInput(f"unknown region key(s): {', '.join(sorted(extra))}")
-            parsed.append(
-                _region(item.get("referenceName"), item.get("start"), item.get("end"), True)
-            )
+                raise InvalidInput(f"unknown region key(s): {_show_all(extra)}")
+            parsed.append(_region(item.get("referenceName"), item.get("start"),
+                                  item.get("end"), post=True))
         regions = tuple(parsed)
-    fields = _split_list("fields", doc.get("fields"))
-    tags = _split_list("tags", doc.get("tags"))
-    notags = _split_list("notags", doc.get("notags"))
+    fields = _split_list("fields", doc.get("fields"), json_types=True)
+    tags = _split_list("tags", doc.get("tags"), json_types=True)
+    notags = _split_list("notags", doc.get("notags"), json_types=True)
     _check_fields_tags(endpoint, fields, tags, notags)
     return Query(endpoint, id, fmt, klass, regions, fields, tags, notags)
 

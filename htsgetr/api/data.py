@@ -18,27 +18,35 @@ from ..storage.local import LocalStorage
 
 bp = Blueprint("data", __name__)
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")  # ASCII digits only: \d matches "١٢"
+#: A position with more digits than this lies beyond any file; int() itself refuses
+#: strings of more than 4300 digits (ValueError), so they are never converted.
+_MAX_DIGITS = 18
 CHUNK = 256 * 1024
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0")
+    return 1 << 62 if len(significant) > _MAX_DIGITS else int(significant or "0")
 
 
 def parse_range(header: Optional[str], size: int) -> Optional[tuple[int, int]]:
     """Single `bytes=` range -> half-open (start, end); None = whole file; (-1,-1) = 416."""
     if not header:
         return None
-    m = _RANGE.match(header.strip())
+    m = _RANGE.fullmatch(header.strip())
     if not m or (not m.group(1) and not m.group(2)):
         return None  # multiple or malformed ranges: RFC 9110 lets us send the whole file
     first, last = m.group(1), m.group(2)
     if first:
-        start = int(first)
-        end = min(int(last) + 1, size) if last else size
-        if last and int(last) < start:
+        start = _position(first)
+        end = min(_position(last) + 1, size) if last else size
+        if last and _position(last) < start:
             return None
         if start >= size:
             return (-1, -1)
         return start, end
-    suffix = int(last)
+    suffix = _position(last)
     if suffix == 0:
         return (-1, -1)
     return max(0, size - suffix), size

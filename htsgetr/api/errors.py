@@ -15,11 +15,15 @@ from ..protocol import (
     InvalidAuthentication,
     InvalidInput,
     NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger("htsgetr")
 
-_BY_STATUS: dict[int, type[HtsgetError]] = {404: NotFound, 400: InvalidInput}
+_BY_STATUS: dict[int, type[HtsgetError]] = {
+    404: NotFound, 400: InvalidInput, 413: PayloadTooLarge, 415: UnsupportedMediaType,
+}
 
 
 def error_response(err: HtsgetError) -> Response:

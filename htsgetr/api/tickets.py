@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from ..engine import Htsget
-from ..protocol import CONTENT_TYPE, Endpoint, PayloadTooLarge, parse_get, parse_post
+from ..protocol import (
+    CONTENT_TYPE,
+    Endpoint,
+    InvalidInput,
+    PayloadTooLarge,
+    check_post_content_type,
+    parse_get,
+    parse_post,
+)
 from .auth import authorize, sign
 
 bp = Blueprint("tickets", __name__)
+log = logging.getLogger("htsgetr")
 
 
 def _engine() -> Htsget:
@@ -20,19 +31,36 @@ def _engine() -> Htsget:
 
 
 def _read_body(limit: int) -> bytes:
+    """The POST body, at most `limit` bytes (413 beyond). A body the server cannot read
+    (a broken chunked encoding, a client gone mid-body) is the client's error: 400."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    body = request.stream.read(limit + 1)
-    if len(body) > limit:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= limit:  # a stream may return short reads
+            chunk = request.stream.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except HTTPException:
+        raise
+    except Exception as err:  # the WSGI server's own parse errors (gunicorn InvalidChunkSize)
+        log.info("unreadable request body: %s", type(err).__name__)
+        raise InvalidInput("the request body could not be read") from None
+    if size > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
-    return body
+    return b"".join(chunks)
 
 
 def ticket_view(endpoint: Endpoint, id: str) -> Response:
     engine = _engine()
     if request.method == "POST":
+        content_type = request.headers.get("Content-Type")
+        check_post_content_type(content_type)  # 415 before reading a body of another type
         body = _read_body(engine.config.max_post_bytes)
-        query = parse_post(endpoint, id, body, bool(request.query_string))
+        query = parse_post(endpoint, id, body, bool(request.query_string), content_type)
     else:
         query = parse_get(endpoint, id, request.args)
     query, allowed = authorize(query)

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
 from typing import Optional
 from urllib.parse import quote
 
-from ..protocol import NotFound
+from ..protocol import HtsgetError, InternalError, NotFound
 from .base import range_header
 
 PATH_TTL = 2.0
 PATH_CACHE = 4096
+
+#: errno values that mean "no such file here": a name too long for the file system, a
+#: symlink loop, a file where a directory should be (and the reverse).
+_MISSING = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+                      errno.ELOOP, errno.EINVAL})
+
+
+def os_error(key: str, err: Exception) -> HtsgetError:
+    """A clean htsget error for an OSError (or a name the OS cannot encode) on `key`:
+    404 when the name cannot be a file, else a 500 storage fault naming the key (logged
+    without a traceback; the server's paths stay out of the message)."""
+    if not isinstance(err, OSError) or err.errno in _MISSING:
+        return NotFound(f"no such object: {key!r}")
+    return InternalError(f"cannot read {key!r}: {err.strerror or type(err).__name__}")
 
 
 def safe_key(key: str) -> Optional[str]:
@@ -29,12 +44,32 @@ def safe_key(key: str) -> Optional[str]:
     return "/".join(parts)
 
 
+def visible(key: str) -> bool:
+    """True for a key with no hidden part: no empty segment, none starting with "."."""
+    return all(part and not part.startswith(".") for part in key.split("/"))
+
+
+#: the explicit /data mount of an unnamed first location, for its keys that start with "~"
+BARE_ALIAS = "~0"
+
+
+def mount_path(mount: str, key: str) -> str:
+    """The /data path (after "/data/") of `key` in the location mounted at `mount` (see
+    `resolver.mount_name`); `Resolver.mount_for` is its inverse. On the bare mount (""), a
+    key starting with "~" goes under "~0/", so it is never read as another location's mount."""
+    if mount:
+        return f"{mount}/{key}"
+    return f"{BARE_ALIAS}/{key}" if key.startswith("~") else key
+
+
 class LocalStorage:
-    """Files below `root`; `block_url` points at `<data_url>/data/<key>` with a Range header."""
+    """Files below `root`; `block_url` points at `<data_url>/data/[<mount>/]<key>` with a
+    Range header."""
 
     def __init__(self, root: str, data_url: str, mount: str = "") -> None:
         self.root = os.path.realpath(root)
-        self.data_url = data_url.rstrip("/") + "/data/" + (mount + "/" if mount else "")
+        self.data_url = data_url.rstrip("/") + "/data/"
+        self.mount = mount
         self.name = f"file:{self.root}"
         self._paths: dict[str, tuple[str, float]] = {}
 
@@ -56,13 +91,20 @@ class LocalStorage:
         clean = safe_key(key)
         if clean is None:
             raise NotFound(f"no such object: {key!r}")
-        full = os.path.realpath(os.path.join(self.root, clean))
+        try:
+            full = os.path.realpath(os.path.join(self.root, clean))
+        except (OSError, ValueError) as err:
+            raise os_error(key, err) from None
         if full != self.root and not full.startswith(self.root + os.sep):
             raise NotFound(f"no such object: {key!r}")
         if len(self._paths) >= PATH_CACHE:
             self._paths.clear()
         self._paths[key] = (full, now + PATH_TTL)
         return full
+
+    def resolved_key(self, key: str) -> str:
+        """The key of the file `key` leads to once symlinks are resolved (inside the root)."""
+        return os.path.relpath(self.path(key), self.root).replace(os.sep, "/")
 
     def exists(self, key: str) -> bool:
         try:
@@ -73,8 +115,8 @@ class LocalStorage:
     def _stat(self, key: str) -> os.stat_result:
         try:
             st = os.stat(self.path(key))
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(f"no such object: {key!r}") from None
+        except (OSError, ValueError) as err:
+            raise os_error(key, err) from None
         if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"no such object: {key!r}")
         return st
@@ -91,8 +133,8 @@ class LocalStorage:
             with open(self.path(key), "rb") as f:
                 f.seek(start)
                 return f.read(max(0, end - start))
-        except (FileNotFoundError, IsADirectoryError):
-            raise NotFound(f"no such object: {key!r}") from None
+        except (OSError, ValueError) as err:
+            raise os_error(key, err) from None
 
     def block_url(self, key: str, start: int, end: int) -> tuple[str, Optional[dict[str, str]]]:
-        return self.data_url + quote(key), range_header(start, end)
+        return self.data_url + quote(mount_path(self.mount, key)), range_header(start, end)
