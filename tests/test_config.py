@@ -359,7 +359,9 @@ def test_resolver_order_formats_and_mounts(tmp_path: Path) -> None:
     assert [m.key for m in resolver.matches("s3/my-bucket/k/x")][0] == "my-bucket/k/x"
     assert resolver.mount_for("~named/a-s1.bam") == ("~named", "a-s1.bam")
     assert resolver.mount_for("plain/x.bam") == ("", "plain/x.bam")
-    assert resolver.mount_for("~nope/x.bam") == ("", "~nope/x.bam")
+    # a "~" path always names a mount, never a key of the bare one (issue 9: collisions)
+    assert resolver.mount_for("~nope/x.bam") == (None, "~nope/x.bam")
+    assert resolver.mount_for("~0/~named/x.bam") == ("", "~named/x.bam")
     assert mount_name(0, config.locations[1]) == "~named"
     assert mount_name(0, config.locations[0]) == ""
 

@@ -30,7 +30,7 @@ from urllib.parse import quote, urlparse
 
 from ..protocol import HtsgetError, NotFound, UpstreamError
 from .base import range_header
-from .local import safe_key
+from .local import mount_path, safe_key
 from .remote_cache import (
     WINDOW,
     CircuitBreaker,
@@ -101,7 +101,8 @@ class S3Storage:
         self.mode = mode
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
-        self.data_url = data_url.rstrip("/") + "/data/" + (mount + "/" if mount else "")
+        self.data_url = data_url.rstrip("/") + "/data/"
+        self.mount = mount
         where = self.endpoint_url or "aws"
         self.name = f"s3:{where}:{self.bucket or '*'}/{self.prefix}"
         self.meta_cache = MetaCache(cache_ttl)
@@ -362,7 +363,7 @@ class S3Storage:
     def block_url(self, key: str, start: int, end: int) -> tuple[str, Optional[dict[str, str]]]:
         bucket, obj, _ = self._readable(key)
         if self.mode == "proxy":
-            return self.data_url + quote(key), range_header(start, end)
+            return self.data_url + quote(mount_path(self.mount, key)), range_header(start, end)
         return self.presign(bucket, obj), range_header(start, end)
 
     def presign(self, bucket: str, obj: str) -> str:

@@ -49,7 +49,7 @@ from urllib3.util.retry import Retry
 
 from ..protocol import HtsgetError, NotFound, UpstreamError
 from .base import range_header
-from .local import safe_key
+from .local import mount_path, safe_key
 from .remote_cache import (
     WINDOW,
     CircuitBreaker,
@@ -146,7 +146,8 @@ class UrlStorage:
         if forward_authorization:
             forward["authorization"] = "Authorization"
         self.forward_headers = [n for k, n in sorted(forward.items()) if k not in NEVER_FORWARD]
-        self.data_url = data_url.rstrip("/") + "/data/" + (mount + "/" if mount else "")
+        self.data_url = data_url.rstrip("/") + "/data/"
+        self.mount = mount
         # no userinfo or query in the name: it appears in logs and cache keys
         parts = urlsplit(self.url)
         port = f":{parts.port}" if parts.port else ""
@@ -393,7 +394,7 @@ class UrlStorage:
         if self.mode == "proxy":
             if safe_key(key) is None:
                 raise NotFound(f"no such object: {key!r}")
-            return self.data_url + quote(key), range_header(start, end)
+            return self.data_url + quote(mount_path(self.mount, key)), range_header(start, end)
         return self.url_for(key), range_header(start, end)
 
     def stream(self, key: str, start: int, end: int) -> Iterator[bytes]:
