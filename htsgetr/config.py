@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from .auth.schema import AuthConfig
 from .cors import CorsConfig
+from .hosts import check_allowed_hosts, parse_networks
 from .location_sugar import _location_list, expand_location
 from .location_sugar import parse_storage as parse_storage  # re-exported
 from .protocol import ENDPOINT_FORMATS, Endpoint, Format
@@ -71,6 +72,24 @@ def _check_formats(value: Optional[list[str]], key: str, ctx: _Ctx) -> Optional[
 def _check_url(value: Optional[str], key: str, ctx: _Ctx) -> Optional[str]:
     if value is not None and urlsplit(value).scheme not in ("http", "https"):
         raise ctx.error(key, f"expected an http(s):// URL, got {value!r}")
+    return value
+
+
+def _check_allowed_hosts(value: Optional[list[str]], key: str, ctx: _Ctx) -> Optional[list[str]]:
+    if value is None:
+        return None
+    try:
+        return check_allowed_hosts(value)
+    except ValueError as err:
+        raise ctx.error(key, f"{err} (name, name:port, name:*, *.domain, [v6]:port or *)") \
+            from None
+
+
+def _check_trusted_proxies(value: list[str], key: str, ctx: _Ctx) -> list[str]:
+    try:
+        parse_networks(value)
+    except ValueError as err:
+        raise ctx.error(key, f"expected addresses or CIDR networks: {err}") from None
     return value
 
 
@@ -152,6 +171,19 @@ class ServerConfig:
     )
     cors: CorsConfig = _opt(doc="CORS, htsget-rs keys", factory=CorsConfig)
     auth: Optional[AuthConfig] = _opt(None, "this server's own [auth], instead of the global")
+    allowed_hosts: Optional[list[str]] = _opt(
+        None,
+        "Host headers ticket urls may name when base_url is unset (else 400): name, name:port,"
+        " name:*, *.domain, * (any); default: the bind address, localhost, 127.0.0.1, ::1 and"
+        " this machine's names, on the bind's port",
+        check=_check_allowed_hosts,
+    )
+    trusted_proxies: list[str] = _opt(
+        doc="peer addresses / CIDR networks whose Forwarded and X-Forwarded-Host/-Proto/-Port"
+        " headers are believed (default: nobody's)",
+        factory=list,
+        check=_check_trusted_proxies,
+    )
 
     def url(self) -> str:
         if self.base_url:

@@ -247,8 +247,9 @@ def test_corrupt_index_is_internal_error_without_traceback(data_dir: Path, tmp_p
 
 def test_urls_follow_the_request_address(data_dir: Path) -> None:
     """No base URL configured: /data urls use the Host the client reached us at; a configured
-    base URL always wins."""
-    client = create_app(for_data_dir(str(data_dir))).test_client()
+    base URL always wins. The Host must be an allowed one (issue 9; tests/test_hosts.py)."""
+    config = for_data_dir(str(data_dir), allowed_hosts=["htsget.example.org:9000"])
+    client = create_app(config).test_client()
     t = client.get("/reads/sample", headers={"Host": "htsget.example.org:9000"}).get_json()
     http = [u["url"] for u in t["htsget"]["urls"] if not u["url"].startswith("data:")]
     assert http and all(u.startswith("http://htsget.example.org:9000/data/") for u in http)

@@ -267,14 +267,14 @@ def test_reload_does_not_drop_in_flight_requests(
     running: Callable[[Path, int], ConfigServer], cohort_b: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     """A download that is under way when SIGHUP arrives finishes, whole, on the old worker."""
-    big = cohort_b / "big.bin"
+    big = cohort_b / "bams" / "big.bam"  # /data serves data files only
     if not big.exists():
         big.write_bytes(os.urandom(48 << 20))  # larger than any socket buffer
     port = free_port()
     path = tmp_path / "htsget.toml"
     path.write_text(two_locations(port, cohort_b, data_dir))
     srv = running(path, port)
-    resp = requests.get(f"{srv.url}/data/~cohortB/big.bin", stream=True, timeout=30)
+    resp = requests.get(f"{srv.url}/data/~cohortB/bams/big.bam", stream=True, timeout=30)
     assert resp.status_code == 200
     body = resp.raw.read(1 << 20)
     path.write_text(two_locations(port, cohort_b, data_dir, prefix="alpha"))

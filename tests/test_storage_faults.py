@@ -109,7 +109,7 @@ def remote_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_bam(d / "broken.bam", seed=5, n_reads=600)
     bai = (d / "broken.bam.bai").read_bytes()
     (d / "broken.bam.bai").write_bytes(bai[: len(bai) // 2])
-    (d / "big.bin").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    (d / "big.bam").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
     return d
 
 
@@ -301,7 +301,7 @@ def test_faults_under_gunicorn(toy: ToyUpstream, hang: HangServer, remote_data: 
         assert err.status_code == 502 and "cut short" in err.json()["htsget"]["message"]
         # ... and one cut later never passes as complete: the client sees a short body
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
-            requests.get(f"{server.url}/data/~cut/big.bin", headers={"Range": "bytes=0-999999"},
+            requests.get(f"{server.url}/data/~cut/big.bam", headers={"Range": "bytes=0-999999"},
                          timeout=10)
         # the worker is still fine
         assert get("sample")[0].status_code == 200

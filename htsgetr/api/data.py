@@ -76,12 +76,24 @@ def _file_body(path: str, start: int, length: int) -> Iterable[bytes]:
     return _limited(f, length)
 
 
+@bp.after_request
+def _no_store(resp: Response) -> Response:
+    """Never kept by a shared cache: the object behind a url can change or be withdrawn, and
+    a signed url's answer is for its holder (errors too)."""
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 @bp.route("/data/<path:path>", methods=["GET", "HEAD"])
 def data(path: str) -> Response:
-    resolver = current_app.extensions["htsgetr"].resolver
-    storage, key = resolver.mount_for(path)
-    if storage is None:
+    """Only what a ticket can name (`Resolver.data_object`): anything else, existing or not,
+    is the same 404."""
+    engine = current_app.extensions["htsgetr"]
+    extensions = {fmt: handler.extensions for fmt, handler in engine.handlers.items()}
+    found = engine.resolver.data_object(path, extensions)
+    if found is None:
         raise NotFound(f"no such object: {path!r}")
+    storage, key = found
     size = storage.size(key)
     rng = parse_range(request.headers.get("Range"), size)
     headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}

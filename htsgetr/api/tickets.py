@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Optional
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..engine import Htsget
+from ..hosts import host_policy
 from ..protocol import (
     CONTENT_TYPE,
     Endpoint,
@@ -23,6 +24,19 @@ from .auth import authorize, sign
 
 bp = Blueprint("tickets", __name__)
 log = logging.getLogger("htsgetr")
+
+
+@bp.before_request
+def _check_host() -> None:
+    """A Host that ticket urls may not name is refused before any work (400)."""
+    _request_origin(_engine())
+
+
+@bp.after_request
+def _no_store(resp: Response) -> Response:
+    """Tickets (and their errors) are per request: a shared cache must never keep one."""
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def _engine() -> Htsget:
@@ -79,19 +93,46 @@ def _use_request_address(body: dict[str, Any], engine: Htsget) -> str:
 
     The default base URL comes from the bind (http://127.0.0.1:8080), which is wrong for a
     client anywhere else: in a container, behind a port mapping, on another machine. The
-    Host header the client sent is the address that works for it.
+    Host header the client sent is the address that works for it, when `allowed_hosts`
+    lets it (see `hosts`).
     """
     config = engine.config
     if config.ticket_server.base_url or config.data_server.separate:
         return config.data_url()
     default = config.data_url() + "/data/"
-    here = f"{request.scheme}://{request.host}/data/"
+    origin = _request_origin(engine)
+    here = f"{origin}/data/" if origin else default
     if here == default:
         return config.data_url()
     for block in body["htsget"]["urls"]:
         if block["url"].startswith(default):
             block["url"] = here + block["url"][len(default):]
     return here[: -len("/data/")]
+
+
+def _request_origin(engine: Htsget) -> Optional[str]:
+    """`scheme://host[:port]` of this request as ticket urls may name it; None when the
+    configuration decides (base_url, a separate data server) or no Host was sent. 400
+    InvalidInput for a Host outside `allowed_hosts`. Computed once per request."""
+    if "htsget_origin" in g:
+        origin: Optional[str] = g.htsget_origin
+        return origin
+    config, server = engine.config, engine.config.ticket_server
+    origin = None
+    if not (server.base_url or config.data_server.separate):
+        policy = host_policy(
+            tuple(server.allowed_hosts) if server.allowed_hosts is not None else None,
+            server.host,
+            server.port,
+            bool(server.tls_cert),
+            tuple(server.trusted_proxies),
+        )
+        origin = policy.origin(
+            request.scheme, request.environ.get("HTTP_HOST"), request.remote_addr,
+            dict(request.headers),
+        )
+    g.htsget_origin = origin
+    return origin
 
 
 for _ep in Endpoint:
