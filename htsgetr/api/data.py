@@ -76,11 +76,12 @@ def _file_body(path: str, start: int, length: int) -> Iterable[bytes]:
     return _limited(f, length)
 
 
-@bp.after_request
+@bp.after_app_request
 def _no_store(resp: Response) -> Response:
     """Never kept by a shared cache: the object behind a url can change or be withdrawn, and
-    a signed url's answer is for its holder (errors too)."""
-    resp.headers["Cache-Control"] = "no-store"
+    a signed url's answer is for its holder (errors too, routing ones included)."""
+    if request.path == "/data" or request.path.startswith("/data/"):
+        resp.headers["Cache-Control"] = "no-store"
     return resp
 
 

@@ -23,6 +23,7 @@ from ..protocol import (
 from .auth import authorize, sign
 
 bp = Blueprint("tickets", __name__)
+_ENDPOINTS = frozenset(e.value for e in Endpoint)
 log = logging.getLogger("htsgetr")
 
 
@@ -32,10 +33,12 @@ def _check_host() -> None:
     _request_origin(_engine())
 
 
-@bp.after_request
+@bp.after_app_request
 def _no_store(resp: Response) -> Response:
-    """Tickets (and their errors) are per request: a shared cache must never keep one."""
-    resp.headers["Cache-Control"] = "no-store"
+    """Tickets (and their errors, routing ones included) are per request: a shared cache
+    must never keep one."""
+    if request.path.split("/", 2)[1] in _ENDPOINTS:
+        resp.headers["Cache-Control"] = "no-store"
     return resp
 
 
