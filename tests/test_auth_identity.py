@@ -11,6 +11,7 @@ import email.utils
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import threading
 import time
@@ -126,11 +127,11 @@ def refused(call: Callable[[], Any], token: str, match: str,
 
 class Route:
     def __init__(self, body: Any, status: int = 200, headers: Optional[dict[str, str]] = None,
-                 raw: Optional[bytes] = None, delay: float = 0.0,
+                 raw: Optional[bytes] = None, delay: float = 0.0, length: bool = True,
                  check: Optional[Callable[[dict[str, str]], Optional[tuple[int, Any]]]] = None
                  ) -> None:  # fmt: skip
         self.body, self.status, self.headers = body, status, headers or {}
-        self.raw, self.delay, self.check = raw, delay, check
+        self.raw, self.delay, self.check, self.length = raw, delay, check, length
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -159,7 +160,7 @@ class Upstream:
                 upstream.seen.setdefault(path, []).append(list(self.headers.items()))
                 route = upstream.routes.get(path)
                 if route is None:
-                    status, body, headers = 404, b"{}", {}
+                    status, body, headers = 404, b"{}", {"Content-Length": "2"}
                 else:
                     time.sleep(route.delay)
                     status, data = route.status, route.body
@@ -168,11 +169,12 @@ class Upstream:
                         if override is not None:
                             status, data = override
                     body = route.raw if route.raw is not None else json.dumps(data).encode()
-                    headers = route.headers
+                    headers = dict(route.headers)
+                    if route.length:
+                        headers["Content-Length"] = str(len(body))
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -394,6 +396,12 @@ def test_algorithm_allow_list_and_key_type(upstream: Upstream, clock: Clock) -> 
     assert "evil" not in str(err)
 
 
+def test_critical_header_parameters_are_refused(tmp_path: Path, clock: Clock) -> None:
+    validator = pem_validator(tmp_path, clock)
+    token = sign(RSA_KEY, claims_at(clock), crit=["kid"])
+    refused(lambda: validator.validate(token), token, "critical header")
+
+
 def test_jwk_alg_pin_and_use(upstream: Upstream, clock: Clock) -> None:
     keys = [jwk(RSA_KEY, "k1", alg="RS512"), jwk(EC_KEY, "k2", use="enc")]
     validator = jwks_validator(upstream, clock, keys)
@@ -432,7 +440,9 @@ def test_jwks_cached_per_max_age_then_refetched(upstream: Upstream, clock: Clock
     assert upstream.count("/jwks") == 2
 
 
-@pytest.mark.parametrize("cache_control", ["no-store", "no-cache", "private, max-age=600", None])
+@pytest.mark.parametrize("cache_control", [
+    "no-store, max-age=600", "no-cache, max-age=600", "private, max-age=600", None,
+])  # fmt: skip
 def test_jwks_not_cached_when_not_allowed(
     upstream: Upstream, clock: Clock, cache_control: Optional[str]
 ) -> None:
@@ -540,12 +550,15 @@ def test_freshness_rules() -> None:
     assert freshness({"Cache-Control": "max-age=60, s-maxage=5"}, now) == 5
     assert freshness({"Cache-Control": "max-age=bogus"}, now) is None
     assert freshness({"Cache-Control": "no-store, max-age=60"}, now) is None
-    assert freshness({"Cache-Control": "NO-CACHE"}, now) is None
+    assert freshness({"Cache-Control": "NO-CACHE, max-age=60"}, now) is None
     assert freshness({"Cache-Control": 'private="x", max-age=60'}, now) is None
     assert freshness({"Expires": email.utils.formatdate(now + 90, usegmt=True), "Date": date},
                      now) == 90  # fmt: skip
     assert freshness({"Expires": email.utils.formatdate(now + 90, usegmt=True)}, now) == 90
     assert freshness({"Expires": "0", "Date": date}, now) is None
+    # Expires counts from the answer's Date, not from our clock (skewed here by 1000 s)
+    assert freshness({"Date": email.utils.formatdate(now - 1000, usegmt=True),
+                      "Expires": email.utils.formatdate(now - 900, usegmt=True)}, now) == 100
     assert freshness({"Expires": email.utils.formatdate(now + 90, usegmt=True),
                       "Cache-Control": "max-age=5"}, now) == 5  # fmt: skip
     assert freshness({"Pragma": "no-cache", "Expires": date}, now) is None
@@ -578,12 +591,27 @@ def test_http_cache_keys_on_headers_and_is_bounded(upstream: Upstream, clock: Cl
     cache.get_json(a, {"X-User": "2"})
     assert upstream.count("/a") == 2
     assert len(cache) == 2
-    cache.get_json(b)  # evicts the least recently used: /a with user 1
+    cache.get_json(a, {"X-User": "1"})  # a hit: user 1 is now the most recently used
+    cache.get_json(b)  # evicts the least recently used: /a with user 2
     assert len(cache) == 2
-    cache.get_json(a, {"X-User": "2"})
-    assert upstream.count("/a") == 2
     cache.get_json(a, {"X-User": "1"})
+    assert upstream.count("/a") == 2
+    cache.get_json(a, {"X-User": "2"})
     assert upstream.count("/a") == 3
+
+
+def test_http_cache_sends_no_netrc_credentials(
+    upstream: Upstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    url = upstream.route("/n", {"a": 1})
+    HttpCache().get_json(url)
+    assert all(name.lower() != "authorization" for name, _ in upstream.last_headers("/n"))
+    HttpCache().get_json(url, {"Authorization": "Bearer mine"})
+    assert ("Authorization", "Bearer mine") in upstream.last_headers("/n")
 
 
 def test_http_cache_use_cache_false(upstream: Upstream, clock: Clock) -> None:
@@ -615,9 +643,18 @@ def test_http_cache_errors(upstream: Upstream) -> None:
     with pytest.raises(UpstreamError, match="unreachable") as down:
         cache.get_json(closed)
     assert down.value.status == 503
-    big = upstream.route("/big", None, raw=b"[" + b"1," * 3_000_000 + b"1]")
+    huge = b"[" + b"1," * 3_000_000 + b"1]"
+    for length in (True, False):  # declared, or only found while reading
+        big = upstream.route("/big", None, raw=huge, length=length)
+        with pytest.raises(UpstreamError, match="too large"):
+            cache.get_json(big)
+    # a declared size is refused before reading
+    upstream.route("/liar", None, raw=b"{}", length=False,
+                   headers={"Content-Length": str(10 << 20)})
     with pytest.raises(UpstreamError, match="too large"):
-        cache.get_json(big)
+        cache.get_json(upstream.base + "/liar")
+    upstream.route("/unsized", {"a": 1}, length=False)
+    assert cache.get_json(upstream.base + "/unsized") == {"a": 1}
 
 
 def test_http_cache_keeps_no_cookies(upstream: Upstream) -> None:
@@ -654,7 +691,8 @@ def test_callout_forwards_selected_headers_and_context(upstream: Upstream) -> No
     callout = AuthorizationCallout(cfg)
     headers = {
         "Authorization": "Bearer tok", "X-Custom-A": "a", "x-custom-b": "b",
-        "X-Custom-Secret-Thing": "s", "X-Key": "k", "X-Keys": "no", "Cookie": "c=1",
+        "X-Custom-Secret-Thing": "s", "X-Key": "k", "X-Keys": "no", "X-Monkey": "no",
+        "Cookie": "c=1",
         "Htsget-Context-Id": "forged", "Host": "evil", "My-Trace": "t",
     }  # fmt: skip
     ext = {"user": {"custom_id": "u-42"}, "tenant": "acme", "list": ["x", 7]}
@@ -663,7 +701,7 @@ def test_callout_forwards_selected_headers_and_context(upstream: Upstream) -> No
     sent = upstream.last_headers("/authz")
     names = {n for n, _ in sent}
     assert {"Authorization", "X-Custom-A", "x-custom-b", "X-Key", "My-Trace"} <= names
-    assert not {"X-Custom-Secret-Thing", "X-Keys", "Cookie"} & names
+    assert not {"X-Custom-Secret-Thing", "X-Keys", "X-Monkey", "Cookie"} & names
     got = {n.lower(): v for n, v in sent}
     assert got["authorization"] == "Bearer tok"
     assert got["host"].startswith("127.0.0.1")
@@ -681,6 +719,15 @@ def test_callout_context_off_and_nothing_allowed(upstream: Upstream) -> None:
     callout.restrictions({"Authorization": "Bearer tok"}, "variants", "v1")
     names = {n.lower() for n, _ in upstream.last_headers("/authz")}
     assert "authorization" not in names and not any(n.startswith("htsget-") for n in names)
+    # allow everything: still no forged context, no hop-by-hop, our own Host
+    everything = AuthorizationCallout(callout_cfg(url, ["*"]))
+    forged = {"Htsget-Context-Id": "other", "htsget-context-endpoint-type": "reads",
+              "Host": "evil", "Connection": "close, X-Drop", "TE": "trailers", "X-Ok": "1"}
+    everything.restrictions(forged, "variants", "v1")
+    got = {n.lower(): v for n, v in upstream.last_headers("/authz")}
+    assert not any(n.startswith("htsget-") for n in got)
+    assert got["x-ok"] == "1" and got["host"].startswith("127.0.0.1") and "te" not in got
+    assert got.get("connection") != "close, X-Drop"
 
 
 def test_callout_id_that_a_header_cannot_carry(upstream: Upstream) -> None:
@@ -799,7 +846,7 @@ def visa(clock: Clock, key: Any = VISA_KEY, alg: str = "ES256", iss: str = TRUST
 
 @pytest.fixture
 def verifier(upstream: Upstream, clock: Clock, tmp_path: Path) -> PassportVerifier:
-    jwks_url = upstream.route("/visa-jwks", {"keys": [jwk(VISA_KEY, "v1")]},
+    jwks_url = upstream.route("/visa-jwks", {"keys": [jwk(VISA_KEY, "v1"), jwk(RSA_OTHER, "v2")]},
                               headers={"Cache-Control": "max-age=300"})  # fmt: skip
     pem_path = tmp_path / "visa.pem"
     pem_path.write_bytes(pem(PEM_VISA_KEY))
@@ -810,7 +857,7 @@ def verifier(upstream: Upstream, clock: Clock, tmp_path: Path) -> PassportVerifi
                   "urn:ds:2": DatasetGrantConfig(prefix="cohort2/"),
                   "urn:ds:3": DatasetGrantConfig(regex=r"x\d+")},
     )  # fmt: skip
-    return PassportVerifier(cfg, ["ES256", "EdDSA", "RS256"], 30.0, clock=clock)
+    return PassportVerifier(cfg, ["ES256", "EdDSA"], 30.0, clock=clock)
 
 
 def test_passport_valid_visas_open_their_datasets(
@@ -825,36 +872,56 @@ def test_passport_valid_visas_open_their_datasets(
     assert upstream.count("/visa-jwks") == 1
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda c: visa(c, RSA_OTHER, "RS256", UNTRUSTED), id="untrusted issuer"),
-    pytest.param(lambda c: visa(c, RSA_OTHER, "RS256", TRUSTED), id="trusted name, other key"),
-    pytest.param(lambda c: visa(c, type="AffiliationAndRole"), id="wrong type"),
-    pytest.param(lambda c: visa(c, value="urn:ds:unknown"), id="unknown value"),
+VISA = {"type": "ControlledAccessGrants", "value": "urn:ds:1"}
+
+
+@pytest.mark.parametrize("make, reason", [
+    pytest.param(lambda c: visa(c, RSA_OTHER, "RS256", UNTRUSTED), "untrusted issuer",
+                 id="untrusted issuer"),
+    pytest.param(lambda c: visa(c, ED_KEY, "EdDSA", kid="v1"), "key type",
+                 id="trusted name, other key type"),
+    pytest.param(lambda c: visa(c, RSA_OTHER, "RS256", kid="v2"), "algorithm 'RS256'",
+                 id="algorithm not allowed"),
+    pytest.param(lambda c: visa(c, ec.generate_private_key(ec.SECP256R1())), "bad signature",
+                 id="trusted name, other key"),
+    pytest.param(lambda c: visa(c, type="AffiliationAndRole"), "not a ControlledAccessGrants",
+                 id="wrong type"),
+    pytest.param(lambda c: visa(c, value="urn:ds:unknown"), "not a configured dataset",
+                 id="unknown value"),
     pytest.param(lambda c: visa(c, conditions=[[{"type": "AffiliationAndRole",
                                                  "value": "const:faculty@x"}]]),
-                 id="conditions"),
-    pytest.param(lambda c: visa(c, asserted=c.now + 3600), id="asserted in the future"),
-    pytest.param(lambda c: visa(c, asserted=None), id="no asserted"),
-    pytest.param(lambda c: visa(c, asserted="yesterday"), id="bad asserted"),
+                 "conditions", id="conditions"),
+    pytest.param(lambda c: visa(c, asserted=c.now + 3600), "asserted in the future",
+                 id="asserted in the future"),
+    pytest.param(lambda c: visa(c, asserted=None), "no valid asserted", id="no asserted"),
+    pytest.param(lambda c: visa(c, asserted="yesterday"), "no valid asserted",
+                 id="bad asserted"),
+    pytest.param(lambda c: sign(VISA_KEY, {"iss": TRUSTED, "exp": c.now - 3600,
+                                           "ga4gh_visa_v1": {**VISA, "asserted": c.now - 7200}},
+                                "ES256", kid="v1"), "expired", id="expired"),
     pytest.param(lambda c: hs256(pem(PEM_VISA_KEY), {
-        "iss": PEM_ISSUER, "exp": c.now + 60,
-        "ga4gh_visa_v1": {"type": "ControlledAccessGrants", "value": "urn:ds:1",
-                          "asserted": c.now - 60}}, kid=None), id="HS256 with the PEM"),
+        "iss": PEM_ISSUER, "exp": c.now + 60, "ga4gh_visa_v1": {**VISA, "asserted": c.now}},
+        kid=None), "algorithm 'HS256' is not allowed", id="HS256 with the PEM"),
     pytest.param(lambda c: unsigned({
-        "iss": TRUSTED, "exp": c.now + 60,
-        "ga4gh_visa_v1": {"type": "ControlledAccessGrants", "value": "urn:ds:1",
-                          "asserted": c.now - 60}}), id="alg none"),
-    pytest.param(lambda c: "not.a.jwt", id="garbage"),
-    pytest.param(lambda c: 42, id="not a string"),
+        "iss": TRUSTED, "exp": c.now + 60, "ga4gh_visa_v1": {**VISA, "asserted": c.now}}),
+        "algorithm 'none' is not allowed", id="alg none"),
+    pytest.param(lambda c: "not.a.jwt", "malformed", id="garbage"),
+    pytest.param(lambda c: 42, "not a JWT string", id="not a string"),
     pytest.param(lambda c: sign(VISA_KEY, {"iss": TRUSTED, "exp": c.now + 60}, "ES256",
-                                kid="v1"), id="no visa object"),
+                                kid="v1"), "no ga4gh_visa_v1", id="no visa object"),
 ])  # fmt: skip
 def test_passport_bad_visas_open_nothing(
-    verifier: PassportVerifier, clock: Clock, make: Callable[[Clock], Any]
-) -> None:
+    verifier: PassportVerifier, clock: Clock, make: Callable[[Clock], Any], reason: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
     bad = make(clock)
-    assert verifier.grants({"ga4gh_passport_v1": [bad]}, "token") == []
-    # and they do not spoil a good one next to them
+    with caplog.at_level(logging.DEBUG, logger="htsgetr.auth.passport"):
+        assert verifier.grants({"ga4gh_passport_v1": [bad]}, "token") == []
+    skips = [r.getMessage() for r in caplog.records if "visa skipped" in r.getMessage()]
+    assert len(skips) == 1 and reason in skips[0], skips
+    if isinstance(bad, str):
+        assert all(part not in skips[0] for part in bad.split(".") if len(part) >= 8)
+    # and it does not spoil a good one next to it
     good = visa(clock)
     assert verifier.grants({"ga4gh_passport_v1": [bad, good]}, "token") == [
         {"location": {"id": "sample1"}}
@@ -869,16 +936,22 @@ def test_passport_visa_times(verifier: PassportVerifier, clock: Clock) -> None:
     assert verifier.grants({"ga4gh_passport_v1": [token]}, "t") == []
 
 
-def test_passport_not_there(verifier: PassportVerifier) -> None:
+def test_passport_not_there(verifier: PassportVerifier, caplog: pytest.LogCaptureFixture) -> None:
     assert verifier.grants({}, "t") == []
-    assert verifier.grants({"ga4gh_passport_v1": "oops"}, "t") == []
+    with caplog.at_level(logging.DEBUG, logger="htsgetr.auth.passport"):
+        assert verifier.grants({"ga4gh_passport_v1": "oops"}, "t") == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "passport skipped: ga4gh_passport_v1 is not a list"
+    ]
 
 
 def test_passport_issuer_keys_unavailable_skip_the_visa(
-    verifier: PassportVerifier, clock: Clock, upstream: Upstream
+    verifier: PassportVerifier, clock: Clock, upstream: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     upstream.routes["/visa-jwks"] = Route({"error": "x"}, status=503)
-    assert verifier.grants({"ga4gh_passport_v1": [visa(clock)]}, "t") == []
+    with caplog.at_level(logging.WARNING, logger="htsgetr.auth.passport"):
+        assert verifier.grants({"ga4gh_passport_v1": [visa(clock)]}, "t") == []
+    assert "issuer's keys are unavailable" in caplog.text
 
 
 def test_passport_from_userinfo(upstream: Upstream, clock: Clock, tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ class HttpCache:
         """
         sent = dict(headers or {})
         key = self._key(url, sent)
-        if self.cfg.use_cache and not refresh:
+        if not refresh:  # nothing is stored when use_cache is off
             now = self._clock()
             with self._lock:
                 hit = self._entries.get(key)
