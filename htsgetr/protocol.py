@@ -207,9 +207,10 @@ def _parse_int(name: str, value: Any, json_types: bool = False) -> int:
     if isinstance(value, int):
         number = value
     elif isinstance(value, str) and value.isascii() and value.isdigit():
-        if len(value.lstrip("0")) > _MAX_DIGITS:
+        significant = value.lstrip("0")  # int() counts leading zeros against its limit
+        if len(significant) > _MAX_DIGITS:
             raise InvalidInput(f"{name} must be between 0 and {MAX_COORDINATE}")
-        number = int(value)
+        number = int(significant or "0")
     else:
         raise InvalidInput(f"{name} must be a non-negative integer, got {_show(value)}")
     if number < 0 or number > MAX_COORDINATE:

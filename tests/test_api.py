@@ -82,6 +82,11 @@ def test_get_start_equal_end_is_valid(client) -> None:
     (json.dumps({"format": "CRAMX"}).encode(), 400, "UnsupportedFormat"),
     (json.dumps({"regions": [{"referenceName": "nope"}]}).encode(), 404, "NotFound"),
     (json.dumps({"fields": ["BOGUS"]}).encode(), 400, "InvalidInput"),
+    # strict POST (issue 9): a GET-style body is refused, not answered with the whole file
+    (json.dumps({"referenceName": "chr1", "start": 5}).encode(), 400, "InvalidInput"),
+    (json.dumps({"regions": [{"referenceName": "chr1", "start": "5"}]}).encode(),
+     400, "InvalidInput"),
+    (b"[" * 100_000, 400, "InvalidInput"),
 ])
 def test_post_errors(client, body: bytes, status: int, error: str) -> None:
     assert_error(client.post("/reads/sample", data=body,
@@ -96,6 +101,14 @@ def test_post_too_large(client) -> None:
     big = json.dumps({"regions": [{"referenceName": "chr1"}] * 100000}).encode()
     assert_error(client.post("/reads/sample", data=big, content_type="application/json"),
                  413, "PayloadTooLarge")
+
+
+def test_post_body_must_be_json(client) -> None:
+    """415 with htsget JSON for a body of another media type (tests/test_strict_input.py)."""
+    assert_error(client.post("/reads/sample", data=b"{}", content_type="text/plain"),
+                 415, "UnsupportedMediaType")
+    assert client.post("/reads/sample", data=b"{}",
+                       content_type="application/json; charset=utf-8").status_code == 200
 
 
 def test_post_empty_body_is_whole_file(client) -> None:
