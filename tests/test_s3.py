@@ -775,3 +775,17 @@ def test_a_bucket_that_cannot_be_used_is_refused_at_start(
     with pytest.raises(ConfigError, match="bucket 'no-such-bucket-x' cannot be used"):
         load(config("no-such-bucket-x"), {}, env={})
     load(config("no-such-bucket-x", "allow_missing = true"), {}, env={})
+
+
+def test_with_auth_presigned_urls_expire_with_the_signed_ones(
+    moto: MotoServer, remote_data: Path
+) -> None:
+    """Auth on: a presigned url lives no longer than our signed /data urls (default 600 s)."""
+    from htsgetr.auth.schema import AuthConfig, JwtConfig
+
+    for auth_expires, location_expires, expected in [(600, 3600, "600"), (600, 60, "60")]:
+        config = server_config(8080, s3_location(moto, expires=location_expires))
+        config.auth = AuthConfig(jwt=JwtConfig(kind="jwks", url="https://idp.test/jwks"))
+        config.auth.data_urls.expires = auth_expires
+        url, _ = storage_of(Htsget(config)).block_url("sample.bam", 0, 10)
+        assert parse_qs(urlparse(url).query)["X-Amz-Expires"] == [expected]
