@@ -250,8 +250,8 @@ def test_faults_under_gunicorn(toy: ToyUpstream, hang: HangServer, remote_data: 
                        url=f"{toy.url}/e403/", timeout=TIMEOUT),
         LocationConfig(name="missing", regex="missing/(.*)", backend="url",
                        url=f"{toy.url}/e404/", timeout=TIMEOUT),
-        LocationConfig(name="broken", regex="broken/(.*)", backend="url",
-                       url=f"{toy.url}/e500/", timeout=TIMEOUT),
+        LocationConfig(name="broken", regex="broken/(.*)", backend="url", mode="proxy",
+                       url=f"{toy.url}/e500/", timeout=TIMEOUT),  # proxy: /data serves it
         LocationConfig(name="cut", regex="cut/(.*)", backend="url", mode="proxy",
                        url=f"{toy.url}/truncate/", timeout=TIMEOUT),
         LocationConfig(name="ok", regex="(.*)", backend="url", mode="proxy",
