@@ -1,6 +1,10 @@
 """Type stub for the Cython extension htsgetr._ranges (binning indexes -> chunks)."""
 
 from collections.abc import Iterable
+from typing import Union
+
+#: what the parsers read: kept (not copied) for as long as the index lives
+Buffer = Union[bytes, bytearray, memoryview]
 
 class BinningIndex:
     """A parsed BAI, CSI or TBI index; build one with parse_bai, parse_csi or parse_tbi.
@@ -61,14 +65,25 @@ class BinningIndex:
         unmapped records start at or after it."""
     def has_data(self, ref_id: int) -> bool:
         """True when the reference has any bins."""
+    def validate(self, data_end: int) -> int | None:
+        """Check the index against the data file it is used for; `data_end` is the virtual
+        offset where that file's records end (the start of its EOF block).
 
-def parse_bai(data: bytes) -> BinningIndex:
+        Raises ValueError naming the first offence in file order: a bin number outside the
+        index's min_shift/depth (other than the pseudo-bin), a bin twice in a reference, a
+        chunk that ends before it starts, a chunk, CSI loffset or linear-index entry past
+        `data_end` (linear entries 0 and all-ones mean "none"). Cheap: the construction
+        scan gathered what it compares. Returns the smallest start of a non-empty chunk
+        (an index of this file puts its first record there), or None without chunks.
+        """
+
+def parse_bai(data: Buffer) -> BinningIndex:
     """Parse a BAI file's bytes. Raises ValueError when truncated or corrupt."""
 
-def parse_csi(data: bytes) -> BinningIndex:
+def parse_csi(data: Buffer) -> BinningIndex:
     """Parse CSI bytes, already decompressed from BGZF. Raises ValueError when invalid."""
 
-def parse_tbi(data: bytes) -> BinningIndex:
+def parse_tbi(data: Buffer) -> BinningIndex:
     """Parse TBI bytes, already decompressed from BGZF. Raises ValueError when invalid."""
 
 def reg2bins(beg: int, end: int, min_shift: int, depth: int) -> list[int]:

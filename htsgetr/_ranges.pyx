@@ -16,8 +16,8 @@ whole, then chunks are sorted and merged when they overlap or touch.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort
-from libc.string cimport memcpy
+from libc.stdlib cimport calloc, free, malloc, qsort
+from libc.string cimport memcpy, memset
 
 cdef extern from *:
     """
@@ -84,6 +84,17 @@ cdef int _cmp_bin(const void *a, const void *b) noexcept nogil:
     cdef uint32_t x = (<const BinEntry *>a).bin
     cdef uint32_t y = (<const BinEntry *>b).bin
     return (x > y) - (x < y)
+
+
+cdef int _cmp_u32(const void *a, const void *b) noexcept nogil:
+    cdef uint32_t x = (<const uint32_t *>a)[0]
+    cdef uint32_t y = (<const uint32_t *>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef str _voff(uint64_t v):
+    """A virtual offset as "coffset:uoffset" (block offset in the file : offset inside it)."""
+    return f"{v >> 16}:{v & 0xffff}"
 
 
 cdef int _cmp_chunk(const void *a, const void *b) noexcept nogil:
@@ -154,7 +165,8 @@ cdef class BinningIndex:
     cdef readonly int skip
     cdef readonly list names
 
-    cdef bytes _data
+    cdef object _data               # the buffer's owner (bytes, bytearray, ...)
+    cdef const unsigned char[::1] _view   # holds the buffer export while the index lives
     cdef const unsigned char *_buf
     cdef int64_t _len
     cdef bint _csi
@@ -164,8 +176,15 @@ cdef class BinningIndex:
     cdef int64_t *_ref_pos      # byte offset of each reference's n_bin field
     cdef int32_t *_ref_nbin
     cdef list _refs
-    cdef bint _have_last_end
     cdef uint64_t _last_end
+    # gathered by _scan for validate(): a bin outside the scheme, a bin twice or a reversed
+    # chunk seen; whether bins could not be checked for repeats (scheme too large for the
+    # bitmap); the largest chunk end, CSI loffset or linear-index entry; the smallest start
+    # of a non-empty chunk (all-ones: none)
+    cdef bint _suspect
+    cdef bint _dups_unknown
+    cdef uint64_t _max_off
+    cdef uint64_t _first
 
     def __cinit__(self):
         self.kind = ""
@@ -177,14 +196,17 @@ cdef class BinningIndex:
         self.fmt = -1
         self.col_seq = self.col_beg = self.col_end = self.meta = self.skip = 0
         self.names = []
-        self._data = b""
+        self._data = None
         self._buf = NULL
         self._len = 0
         self._ref_pos = NULL
         self._ref_nbin = NULL
         self._refs = []
-        self._have_last_end = False
         self._last_end = 0
+        self._suspect = False
+        self._dups_unknown = False
+        self._max_off = 0
+        self._first = 0xffffffffffffffffu
 
     def __dealloc__(self):
         free(self._ref_pos)
@@ -199,6 +221,17 @@ cdef class BinningIndex:
     cdef inline bint _fits(self, int64_t pos, int64_t n) noexcept:
         return 0 <= n and pos <= self._len and n <= self._len - pos
 
+    cdef int _magic(self, bytes magic) except -1:
+        if self._len < 4:
+            raise ValueError(f"not a {self.kind} index: only {self._len} bytes")
+        if self._slice(0, 4) != magic:
+            raise ValueError(f"not a {self.kind} index: bad magic {self._slice(0, 4)!r}")
+        return 0
+
+    cdef bytes _slice(self, int64_t a, int64_t b):
+        """Bytes [a, b) of the buffer (the caller checked the bounds)."""
+        return (<const char *>self._buf)[a:b]
+
     cdef int _need(self, int64_t pos, int64_t n, str what) except -1:
         if not self._fits(pos, n):
             self._truncated(what)
@@ -208,12 +241,16 @@ cdef class BinningIndex:
         raise ValueError(f"truncated {self.kind} index: {what} runs past the end "
                          f"of the data ({self._len} bytes)")
 
-    cdef int _setup(self, str kind, bytes data, int min_shift, int depth) except -1:
+    cdef int _setup(self, str kind, object data, int min_shift, int depth) except -1:
         self.kind = kind
         self._data = data
-        self._buf = <const unsigned char *>data
-        self._len = len(data)
+        self._view = data
+        self._len = self._view.shape[0]
+        self._buf = &self._view[0] if self._len > 0 else NULL
         self._csi = kind == "CSI"
+        return self._scheme(min_shift, depth)
+
+    cdef int _scheme(self, int min_shift, int depth) except -1:
         self.min_shift = min_shift
         self.depth = depth
         self._n_bins = _bin_first(depth + 1)
@@ -223,7 +260,13 @@ cdef class BinningIndex:
 
     cdef int _scan(self, int64_t n_ref_pos, int64_t pos) except -1:
         """Read n_ref, record where each reference starts (from pos), validate all bounds."""
-        cdef int64_t n_ref, i, j, n_bin, n_chunk, n_intv, head, min_ref
+        cdef int64_t n_ref, i, j, k, n_bin, n_chunk, n_intv, head, min_ref, p, bitmap_bytes
+        cdef int64_t n_used, meta_bin = self._meta_bin
+        cdef uint32_t b
+        cdef uint64_t u, v, last = 0, first = 0xffffffffffffffffu, max_off = 0
+        cdef const unsigned char *c
+        cdef bint bad = False
+        cdef unsigned char *seen = NULL
         self._need(n_ref_pos, 4, "n_ref")
         n_ref = _i32(self._buf + n_ref_pos)
         if pos == n_ref_pos:
@@ -239,38 +282,89 @@ cdef class BinningIndex:
         if self._ref_pos == NULL or self._ref_nbin == NULL:
             raise MemoryError()
         head = 16 if self._csi else 8   # bin, [loffset,] n_chunk
-        for i in range(n_ref):
-            self._ref_pos[i] = pos
-            if not self._fits(pos, 4):
-                self._truncated(f"n_bin of reference {i}")
-            n_bin = _i32(self._buf + pos)
-            pos += 4
-            if n_bin < 0:
-                raise ValueError(f"corrupt {self.kind} index: reference {i} has "
-                                 f"negative n_bin ({n_bin})")
-            self._ref_nbin[i] = <int32_t>n_bin
-            for j in range(n_bin):
-                if not self._fits(pos, head):
-                    self._truncated(f"bin {j} of reference {i}")
-                n_chunk = _i32(self._buf + pos + head - 4)
-                pos += head
-                if n_chunk < 0:
-                    raise ValueError(f"corrupt {self.kind} index: bin {j} of reference "
-                                     f"{i} has negative n_chunk ({n_chunk})")
-                if not self._fits(pos, n_chunk * 16):
-                    self._truncated(f"chunks of bin {j} of reference {i}")
-                pos += n_chunk * 16
-            if not self._csi:
+        # Besides the bounds, gather what validate() compares with the data file, in the
+        # same pass (the index is read from memory once): see the fields' comment.
+        bitmap_bytes = (self._meta_bin >> 3) + 1
+        if self._meta_bin < (1 << 22):
+            seen = <unsigned char *>calloc(bitmap_bytes, 1)
+            if seen == NULL:
+                raise MemoryError()
+        else:
+            self._dups_unknown = True
+        try:
+            for i in range(n_ref):
+                self._ref_pos[i] = pos
                 if not self._fits(pos, 4):
-                    self._truncated(f"n_intv of reference {i}")
-                n_intv = _i32(self._buf + pos)
+                    self._truncated(f"n_bin of reference {i}")
+                n_bin = _i32(self._buf + pos)
                 pos += 4
-                if n_intv < 0:
+                if n_bin < 0:
                     raise ValueError(f"corrupt {self.kind} index: reference {i} has "
-                                     f"negative n_intv ({n_intv})")
-                if not self._fits(pos, n_intv * 8):
-                    self._truncated(f"linear index of reference {i}")
-                pos += n_intv * 8
+                                     f"negative n_bin ({n_bin})")
+                self._ref_nbin[i] = <int32_t>n_bin
+                for j in range(n_bin):
+                    if not self._fits(pos, head):
+                        self._truncated(f"bin {j} of reference {i}")
+                    n_chunk = _i32(self._buf + pos + head - 4)
+                    if n_chunk < 0:
+                        raise ValueError(f"corrupt {self.kind} index: bin {j} of reference "
+                                         f"{i} has negative n_chunk ({n_chunk})")
+                    if not self._fits(pos + head, n_chunk * 16):
+                        self._truncated(f"chunks of bin {j} of reference {i}")
+                    # what validate() needs (see the fields' comment), gathered in locals
+                    b = htsr_le32(self._buf + pos)
+                    if <int64_t>b >= self._n_bins and <int64_t>b != self._meta_bin:
+                        bad = True
+                    elif seen != NULL:
+                        if seen[b >> 3] & (1 << (b & 7)):
+                            bad = True
+                        seen[b >> 3] |= <unsigned char>(1 << (b & 7))
+                    if self._csi:
+                        v = htsr_le64(self._buf + pos + 4)
+                        max_off = v if v > max_off else max_off
+                    c = self._buf + pos + head
+                    n_used = n_chunk
+                    if <int64_t>b == meta_bin and n_used > 1:
+                        n_used = 1   # the pseudo-bin's second "chunk" holds read counts
+                    for k in range(n_used):   # branch-free: the trip count is branch enough
+                        u = htsr_le64(c + 16 * k)
+                        v = htsr_le64(c + 16 * k + 8)
+                        bad |= u > v
+                        last = v if v > last else last
+                        u = u if u < v else 0xffffffffffffffffu
+                        first = u if u < first else first
+                    pos += head + n_chunk * 16
+                if seen != NULL:
+                    if n_bin * 8 > bitmap_bytes:
+                        memset(seen, 0, bitmap_bytes)
+                    else:
+                        p = self._ref_pos[i] + 4
+                        for j in range(n_bin):
+                            b = htsr_le32(self._buf + p)
+                            if <int64_t>b <= self._meta_bin:
+                                seen[b >> 3] = 0
+                            p += head + <int64_t>_i32(self._buf + p + head - 4) * 16
+                if not self._csi:
+                    if not self._fits(pos, 4):
+                        self._truncated(f"n_intv of reference {i}")
+                    n_intv = _i32(self._buf + pos)
+                    pos += 4
+                    if n_intv < 0:
+                        raise ValueError(f"corrupt {self.kind} index: reference {i} has "
+                                         f"negative n_intv ({n_intv})")
+                    if not self._fits(pos, n_intv * 8):
+                        self._truncated(f"linear index of reference {i}")
+                    for j in range(n_intv):
+                        v = htsr_le64(self._buf + pos + 8 * j)
+                        if v > max_off and v != 0xffffffffffffffffu:
+                            max_off = v
+                    pos += n_intv * 8
+        finally:
+            free(seen)
+        self._suspect = bad
+        self._last_end = last
+        self._first = first
+        self._max_off = max_off if max_off > last else last
         self.n_ref = <int>n_ref
         self._refs = [None] * n_ref
         # Optional trailing n_no_coor; fewer than 8 trailing bytes are ignored, as htslib does.
@@ -516,30 +610,118 @@ cdef class BinningIndex:
 
     def last_end(self):
         """Largest chunk end over all bins of all references (pseudo-bin: its first chunk)."""
-        cdef int64_t i, j, k, pos, n_bin, n_chunk, n_used, head
-        cdef uint64_t best = 0, v
+        return self._last_end   # found by the construction scan
+
+    def validate(self, data_end):
+        """Check the index against the data file it is used for, as a whole, once per load.
+
+        `data_end` is the virtual offset where the data file's records end (the start of
+        its EOF block). Refused, with a ValueError naming the first offence in file order:
+        a bin number that is neither a bin of this min_shift/depth nor the pseudo-bin; a
+        bin twice in one reference; a chunk whose end precedes its start; a chunk, CSI
+        loffset or linear-index entry past `data_end` (the linear index may hold 0 and
+        all-ones, which mean "none"). The pseudo-bin's first chunk is checked like any
+        chunk; its second holds read counts. (A uoffset is 16 bits, so below 65536 by
+        construction; whether it lies inside its block needs the data, not the index.)
+        Cheap: the construction scan gathered what this compares.
+
+        Returns the smallest start of a non-empty chunk (for an index of this file: its
+        first record, which must sit where the header ends), or None when there is none.
+        """
+        cdef uint64_t hi
+        cdef uint64_t first = 0xffffffffffffffffu, u, v
+        cdef bint have_first = False
+        cdef int64_t i, j, k, pos, n_bin, n_chunk, n_used, n_intv, head, n_bits, w
         cdef uint32_t b
-        if self._have_last_end:
-            return self._last_end
+        cdef unsigned char *seen = NULL
+        cdef uint32_t *sorted_bins = NULL
+        cdef bint use_bitmap
+        if not 0 <= data_end < (1 << 64):
+            raise ValueError(f"data_end out of range: {data_end}")
+        hi = data_end
+        if not self._suspect and not self._dups_unknown and self._max_off <= hi:
+            return self._first if self._first != 0xffffffffffffffffu else None
+        # something is wrong (or the scheme is too large for the scan's bitmap): walk again
+        # to name the first offence
         head = 16 if self._csi else 8
-        for i in range(self.n_ref):
-            pos = self._ref_pos[i] + 4
-            n_bin = self._ref_nbin[i]
-            for j in range(n_bin):
-                b = htsr_le32(self._buf + pos)
-                n_chunk = _i32(self._buf + pos + head - 4)
-                pos += head
-                n_used = n_chunk
-                if <int64_t>b == self._meta_bin and n_used > 1:
-                    n_used = 1   # the second "chunk" holds read counts, not offsets
-                for k in range(n_used):
-                    v = htsr_le64(self._buf + pos + 16 * k + 8)
-                    if v > best:
-                        best = v
-                pos += n_chunk * 16
-        self._last_end = best
-        self._have_last_end = True
-        return best
+        n_bits = self._meta_bin + 1
+        use_bitmap = n_bits <= (1 << 23)   # 1 MiB at most; larger schemes sort instead
+        if use_bitmap:
+            seen = <unsigned char *>calloc((n_bits + 7) >> 3, 1)
+            if seen == NULL:
+                raise MemoryError()
+        try:
+            for i in range(self.n_ref):
+                pos = self._ref_pos[i] + 4
+                n_bin = self._ref_nbin[i]
+                if not use_bitmap and n_bin > 1:
+                    sorted_bins = <uint32_t *>malloc(n_bin * sizeof(uint32_t))
+                    if sorted_bins == NULL:
+                        raise MemoryError()
+                for j in range(n_bin):
+                    b = htsr_le32(self._buf + pos)
+                    n_chunk = _i32(self._buf + pos + head - 4)
+                    if <int64_t>b >= self._n_bins and <int64_t>b != self._meta_bin:
+                        raise ValueError(
+                            f"reference {i}: bin {b} is not a bin of a min_shift="
+                            f"{self.min_shift}, depth={self.depth} index")
+                    if use_bitmap:
+                        if seen[b >> 3] & (1 << (b & 7)):
+                            raise ValueError(f"reference {i} has bin {b} twice")
+                        seen[b >> 3] |= <unsigned char>(1 << (b & 7))
+                    elif sorted_bins != NULL:
+                        sorted_bins[j] = b
+                    if self._csi:
+                        v = htsr_le64(self._buf + pos + 4)
+                        if v > hi:
+                            raise ValueError(
+                                f"reference {i}, bin {b}: loffset {_voff(v)} is past the "
+                                f"end of the data ({_voff(hi)})")
+                    pos += head
+                    n_used = n_chunk
+                    if <int64_t>b == self._meta_bin and n_used > 1:
+                        n_used = 1
+                    for k in range(n_used):
+                        u = htsr_le64(self._buf + pos + 16 * k)
+                        v = htsr_le64(self._buf + pos + 16 * k + 8)
+                        if u > v:
+                            raise ValueError(
+                                f"reference {i}, bin {b}: chunk {k} ends before it starts "
+                                f"({_voff(u)} > {_voff(v)})")
+                        if v > hi:
+                            raise ValueError(
+                                f"reference {i}, bin {b}: chunk {k} ends past the end of "
+                                f"the data ({_voff(v)} > {_voff(hi)})")
+                        if u < v and (not have_first or u < first):
+                            first = u
+                            have_first = True
+                    pos += n_chunk * 16
+                if use_bitmap:
+                    pos = self._ref_pos[i] + 4
+                    for j in range(n_bin):
+                        b = htsr_le32(self._buf + pos)
+                        seen[b >> 3] = 0
+                        pos += head + <int64_t>_i32(self._buf + pos + head - 4) * 16
+                elif sorted_bins != NULL:
+                    qsort(sorted_bins, n_bin, sizeof(uint32_t), _cmp_u32)
+                    for j in range(1, n_bin):
+                        if sorted_bins[j] == sorted_bins[j - 1]:
+                            raise ValueError(f"reference {i} has bin {sorted_bins[j]} twice")
+                    free(sorted_bins)
+                    sorted_bins = NULL
+                if not self._csi:
+                    n_intv = _i32(self._buf + pos)
+                    pos += 4
+                    for w in range(n_intv):
+                        v = htsr_le64(self._buf + pos + 8 * w)
+                        if v > hi and v != 0xffffffffffffffffu:
+                            raise ValueError(
+                                f"reference {i}: linear index entry {w} is past the end "
+                                f"of the data ({_voff(v)} > {_voff(hi)})")
+        finally:
+            free(seen)
+            free(sorted_bins)
+        return first if have_first else None
 
 
 cdef list _split_names(bytes raw, str kind):
@@ -553,68 +735,51 @@ cdef list _split_names(bytes raw, str kind):
         raise ValueError(f"corrupt {kind} index: sequence names are not UTF-8") from None
 
 
-cdef bytes _as_bytes(data):
-    if isinstance(data, bytes):
-        return <bytes>data
-    return bytes(data)
-
-
-cdef int _check_magic(bytes data, bytes magic, str kind) except -1:
-    if len(data) < 4:
-        raise ValueError(f"not a {kind} index: only {len(data)} bytes")
-    if data[:4] != magic:
-        raise ValueError(f"not a {kind} index: bad magic {data[:4]!r}")
-    return 0
-
-
 def parse_bai(data):
-    """Parse BAI bytes (a BAI file is not compressed)."""
-    cdef bytes b = _as_bytes(data)
+    """Parse BAI bytes (a BAI file is not compressed). Any buffer; it is kept, not copied."""
     cdef BinningIndex idx = BinningIndex.__new__(BinningIndex)
-    _check_magic(b, b"BAI\1", "BAI")
-    idx._setup("BAI", b, 14, 5)
+    idx._setup("BAI", data, 14, 5)
+    idx._magic(b"BAI\1")
     idx._scan(4, 4)
     return idx
 
 
 def parse_tbi(data):
     """Parse TBI bytes, already decompressed from BGZF."""
-    cdef bytes b = _as_bytes(data)
     cdef BinningIndex idx = BinningIndex.__new__(BinningIndex)
     cdef int32_t l_nm
-    _check_magic(b, b"TBI\1", "TBI")
-    idx._setup("TBI", b, 14, 5)
+    idx._setup("TBI", data, 14, 5)
+    idx._magic(b"TBI\1")
     idx._need(4, 32, "header")
     l_nm = _i32(idx._buf + 32)
     if l_nm < 0:
         raise ValueError(f"corrupt TBI index: negative l_nm ({l_nm})")
     idx._need(36, l_nm, "sequence names")
-    idx._tabix_meta(b[8:36 + l_nm])
+    idx._tabix_meta(idx._slice(8, 36 + <int64_t>l_nm))
     idx._scan(4, 36 + <int64_t>l_nm)
     return idx
 
 
 def parse_csi(data):
     """Parse CSI bytes, already decompressed from BGZF."""
-    cdef bytes b = _as_bytes(data)
     cdef BinningIndex idx = BinningIndex.__new__(BinningIndex)
     cdef int32_t min_shift, depth, l_aux
-    cdef const unsigned char *p = <const unsigned char *>b
-    _check_magic(b, b"CSI\1", "CSI")
-    if len(b) < 16:
+    idx._setup("CSI", data, 14, 5)
+    idx._magic(b"CSI\1")
+    if idx._len < 16:
         raise ValueError(f"truncated CSI index: header runs past the end "
-                         f"of the data ({len(b)} bytes)")
-    min_shift = _i32(p + 4)
-    depth = _i32(p + 8)
-    l_aux = _i32(p + 12)
+                         f"of the data ({idx._len} bytes)")
+    min_shift = _i32(idx._buf + 4)
+    depth = _i32(idx._buf + 8)
+    l_aux = _i32(idx._buf + 12)
     if min_shift < 0 or depth < 0 or depth > 10 or min_shift + 3 * depth > 62:
         raise ValueError(f"corrupt CSI index: unsupported min_shift={min_shift}, "
                          f"depth={depth}")
     if l_aux < 0:
         raise ValueError(f"corrupt CSI index: negative l_aux ({l_aux})")
-    idx._setup("CSI", b, min_shift, depth)
+    idx._scheme(min_shift, depth)
     idx._need(16, l_aux, "auxiliary data")
-    idx.aux = b[16:16 + l_aux]
+    idx.aux = idx._slice(16, 16 + <int64_t>l_aux)
     if l_aux >= 28:
         idx._tabix_meta(idx.aux)
     idx._scan(16 + <int64_t>l_aux, 16 + <int64_t>l_aux)

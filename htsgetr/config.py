@@ -263,6 +263,12 @@ class Config:
         doc="GA4GH service-info fields", factory=dict, check=_check_service_info
     )
     max_post_bytes: int = _opt(1 << 20, "largest accepted POST body, bytes", min=1)
+    max_index_bytes: int = _opt(
+        1 << 30, "largest index (BAI/CSI/TBI/CRAI) once inflated, bytes: more is a 500", min=1
+    )
+    max_header_bytes: int = _opt(
+        64 << 20, "largest data-file header once inflated, bytes: more is a 500", min=1
+    )
     cache_entries: int = _opt(256, "parsed indexes/headers kept per worker", min=0)
     cache_bytes: int = _opt(512 << 20, "memory those may hold per worker, bytes", min=0)
     md5_max_bytes: int = _opt(

@@ -62,6 +62,7 @@ class Ref:
     # bin number -> (loff, [(vbeg, vend), ...]); BAI/TBI loff derived from the linear index
     bins: dict[int, tuple[int, list[tuple[int, int]]]] = field(default_factory=dict)
     ioff: list[int] = field(default_factory=list)
+    raw_ioff: list[int] = field(default_factory=list)  # the linear index as stored
 
 
 class Reader:
@@ -132,7 +133,8 @@ class BinningIndex:
                 n_intv = r.i32()
                 if n_intv < 0:
                     raise ValueError("negative n_intv")
-                ref.ioff = fill_linear_index([r.u64() for _ in range(n_intv)])
+                ref.raw_ioff = [r.u64() for _ in range(n_intv)]
+                ref.ioff = fill_linear_index(ref.raw_ioff)
                 for b, (_, chunks) in ref.bins.items():
                     loff = 0
                     if b < self.n_bins:
@@ -236,6 +238,30 @@ class BinningIndex:
 
     def has_data(self, ref_id: int) -> bool:
         return bool(self.check_ref(ref_id).bins)
+
+    def validate(self, data_end: int) -> int | None:
+        """Bins inside the scheme (or the pseudo-bin), no chunk reversed, nothing past
+        data_end (the linear index may hold 0 and all-ones); the smallest non-empty chunk
+        start, or None. (Repeated bins were refused by the parser already.)"""
+        if not 0 <= data_end <= U64_MAX:
+            raise ValueError("data_end out of range")
+        starts = []
+        for i, ref in enumerate(self.refs):
+            for b, (loff, chunks) in ref.bins.items():  # file order
+                if b >= self.n_bins and b != self.meta_bin:
+                    raise ValueError(f"reference {i}: bin {b} is outside the scheme")
+                if self.kind == "CSI" and loff > data_end:
+                    raise ValueError(f"reference {i}, bin {b}: loffset past the end")
+                for u, v in chunks[:1] if b == self.meta_bin else chunks:
+                    if u > v:
+                        raise ValueError(f"reference {i}, bin {b}: reversed chunk")
+                    if v > data_end:
+                        raise ValueError(f"reference {i}, bin {b}: chunk past the end")
+                    if u < v:
+                        starts.append(u)
+            if any(data_end < v < U64_MAX for v in ref.raw_ioff):
+                raise ValueError(f"reference {i}: linear index entry past the end")
+        return min(starts) if starts else None
 
 
 def fill_linear_index(ioff: list[int]) -> list[int]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .. import _records
-from ..index.binning import parse_binning_index
+from ..index.binning import check_binning_index, check_no_tabix, load_binning_index
 from ..protocol import UNPLACED, Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .base import Piece, Source, missing_index
@@ -21,15 +21,21 @@ def bam_header_length(data: bytes) -> Optional[int]:
     if data[:4] != b"BAM\x01":
         raise ValueError("not a BAM file")
     (l_text,) = struct.unpack_from("<i", data, 4)
+    if l_text < 0:
+        raise ValueError(f"corrupt BAM header: l_text={l_text}")
     pos = 8 + l_text
     if len(data) < pos + 4:
         return None
     (n_ref,) = struct.unpack_from("<i", data, pos)
+    if n_ref < 0:
+        raise ValueError(f"corrupt BAM header: n_ref={n_ref}")
     pos += 4
     for _ in range(n_ref):
         if len(data) < pos + 4:
             return None
         (l_name,) = struct.unpack_from("<i", data, pos)
+        if l_name < 1:
+            raise ValueError(f"corrupt BAM header: l_name={l_name}")
         pos += 4 + l_name + 4
         if len(data) < pos:
             return None
@@ -62,12 +68,21 @@ def index_candidates(key: str, ext: str, primary: tuple[str, ...]) -> list[str]:
     return out
 
 
-def load_bam(source: Source, index_key: str) -> BamFile:
-    """Header, layout and index of one BAM (`read_prefix` turns a bad header into a 500)."""
-    prefix, length = bgzf.read_prefix(source.storage, source.key, bam_header_length)
+def load_bam(source: Source, index_key: str, limits: bgzf.Limits = bgzf.DEFAULT_LIMITS) -> BamFile:
+    """Header, layout and index of one BAM; a bad header, or an index that is corrupt, too
+    large or not this file's, is an `InternalError` naming it (see index/binning.py)."""
+    prefix, length = bgzf.read_prefix(
+        source.storage, source.key, bam_header_length, limits.max_header_bytes
+    )
     names = bam_reference_names(prefix.data[:length])
     layout = load_layout(source, prefix, length)
-    index, index_size = parse_binning_index(source.read_all(index_key), index_key)
+    index, index_size = load_binning_index(
+        source.storage, index_key, ("BAI", "CSI"), limits.max_index_bytes
+    )
+    check_no_tabix(index, index_key)
+    check_binning_index(
+        index, index_key, source.key, prefix, length, layout.data_end, n_refs=len(names)
+    )
     return BamFile(layout, index, index_size, {n: i for i, n in enumerate(names)})
 
 
@@ -75,11 +90,17 @@ class BamHandler:
     format = Format.BAM
     extensions = (".bam",)
 
+    def __init__(self, limits: bgzf.Limits = bgzf.DEFAULT_LIMITS) -> None:
+        self.limits = limits  # max_header_bytes, max_index_bytes
+
     def open(self, source: Source) -> BamFile:
         index_key = source.find(index_candidates(source.key, ".bam", ("bai",)))
         if index_key is None:
             raise missing_index(source.key)
-        return source.cached("bam", lambda: load_bam(source, index_key), index_key)
+        limits = self.limits
+        return bgzf.load_or_refuse(
+            source, "bam", lambda: load_bam(source, index_key, limits), index_key
+        )
 
     def reference_names(self, source: Source) -> list[str]:
         """Reference names in header order: what a rule naming no reference expands to."""

@@ -9,10 +9,13 @@ import struct
 import zlib
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from ..protocol import InternalError
 from ..storage.base import Storage
+from .base import Source
+
+T = TypeVar("T")
 
 #: The 28-byte empty block that ends every BGZF file (SAMv1 4.1.2).
 EOF_MARKER = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
@@ -20,6 +23,8 @@ EOF_MARKER = bytes.fromhex("1f8b08040000000000ff0600424302001b000300000000000000
 HEADER_SIZE = 18
 #: Largest uncompressed payload per block; htslib uses 0xff00 so that a block never exceeds 64 KiB.
 MAX_BLOCK_DATA = 0xFF00
+#: Largest payload a block may inflate to (SAMv1 4.1: ISIZE is at most 65536).
+MAX_BLOCK_PAYLOAD = 0x10000
 #: Bytes fetched per storage read while walking blocks (a few blocks at a time).
 READ_AHEAD = 256 * 1024
 
@@ -34,6 +39,47 @@ def uoffset(voffset: int) -> int:
 
 def make_voffset(coff: int, uoff: int) -> int:
     return (coff << 16) | uoff
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What loading a file may inflate, bytes (top-level config keys of the same names)."""
+
+    max_index_bytes: int = 1 << 30
+    max_header_bytes: int = 64 << 20
+
+    @classmethod
+    def of(cls, config: Any) -> Limits:
+        """The limits of a `Config` (anything with the two attributes)."""
+        return cls(config.max_index_bytes, config.max_header_bytes)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A file refused as corrupt, cached like a parsed one (per version) so that asking
+    again answers at once instead of inflating and checking it again."""
+
+    message: str
+    nbytes: int = 512
+
+
+def load_or_refuse(source: Source, kind: str, load: Callable[[], T], *extra_keys: str) -> T:
+    """`source.cached(kind, load, *extra_keys)`, remembering an `InternalError` (corrupt
+    data: the verdict holds until the file or its index changes) but not a storage fault."""
+
+    def attempt() -> Union[T, Refused]:
+        try:
+            return load()
+        except InternalError as exc:
+            return Refused(exc.message)
+
+    value = source.cached(kind, attempt, *extra_keys)
+    if isinstance(value, Refused):
+        raise InternalError(value.message)
+    return value
 
 
 def block_size(header: bytes) -> int:
@@ -69,25 +115,63 @@ def compress_block(data: bytes, level: int = 6) -> bytes:
 
 
 def decompress_block(block: bytes) -> bytes:
-    """The payload of one complete BGZF block."""
+    """The payload of one complete BGZF block (at most 64 KiB, as SAMv1 4.1 requires: a
+    block that inflates to more is refused before it can)."""
     xlen = struct.unpack_from("<H", block, 10)[0]
+    d = zlib.decompressobj(-15)
     try:
-        data = zlib.decompress(block[12 + xlen : -8], -15)
+        data = d.decompress(block[12 + xlen : -8], MAX_BLOCK_PAYLOAD + 1)
     except zlib.error as exc:
         raise ValueError(f"corrupt BGZF block: {exc}") from None
+    if len(data) > MAX_BLOCK_PAYLOAD:
+        raise ValueError(f"corrupt BGZF block: inflates to more than {MAX_BLOCK_PAYLOAD} bytes")
     return data
 
 
-def gunzip(data: bytes) -> bytes:
-    """Decompress a whole (multi-member) gzip stream, as CSI/TBI files are stored."""
-    out = []
-    while data:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out.append(d.decompress(data))
-        data = d.unused_data
-        if not d.eof:
-            raise ValueError("truncated gzip stream")
-    return b"".join(out)
+class TooLarge(ValueError):
+    """Inflated data went past its configured bound (max_index_bytes, max_header_bytes)."""
+
+
+#: compressed bytes fed to zlib at a time, and uncompressed bytes taken out per call, while
+#: inflating: bounds the copies zlib makes of the unconsumed input and the overshoot
+_FEED = 64 * 1024
+_STEP = 1 << 20
+
+
+def inflate(
+    data: Union[bytes, bytearray], limit: Optional[int] = None, what: str = "the data"
+) -> bytearray:
+    """Decompress a whole (multi-member) gzip stream, as CSI/TBI/CRAI files are stored,
+    refusing with `TooLarge` as soon as the output passes `limit` bytes: memory stays
+    within `limit` plus a step, whatever the compression ratio."""
+    out = bytearray()
+    view = memoryview(data)
+    pos, size = 0, len(data)
+    try:
+        while pos < size:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            while not d.eof:
+                if pos >= size:
+                    raise ValueError("truncated gzip stream")
+                piece = view[pos : pos + _FEED]
+                pos += len(piece)
+                pending: Union[bytes, memoryview] = piece
+                while True:
+                    out += d.decompress(pending, _STEP)
+                    if limit is not None and len(out) > limit:
+                        raise TooLarge(f"{what} inflates to more than {limit} bytes")
+                    pending = d.unconsumed_tail
+                    if d.eof or not pending:
+                        break
+            pos -= len(d.unused_data)  # the next member starts right after this one
+    except zlib.error as exc:
+        raise ValueError(f"corrupt gzip stream: {exc}") from None
+    return out
+
+
+def gunzip(data: bytes, limit: Optional[int] = None) -> bytes:
+    """Decompress a whole (multi-member) gzip stream (see `inflate`)."""
+    return bytes(inflate(data, limit))
 
 
 @dataclass(frozen=True)
@@ -197,34 +281,69 @@ class Prefix:
                 return self.data[ustart : ustart + self._block_len(i)]
         raise KeyError(coff)
 
+    def names_position(self, voffset: int, upos: int) -> bool:
+        """Does `voffset` point at uncompressed position `upos` (which the prefix holds, or
+        which is its end)? Either spelling of a block boundary counts (the end of one block,
+        the start of the next), as an index written by any tool may use either."""
+        coff, uoff = coffset(voffset), uoffset(voffset)
+        for i, (c, _size, ustart) in enumerate(self.blocks):
+            if c == coff:
+                return uoff <= self._block_len(i) and ustart + uoff == upos
+        if not self.blocks:
+            return False
+        last_c, last_size, _ = self.blocks[-1]
+        # the first block after the prefix, at its start: the position right after the prefix
+        return coff == last_c + last_size and uoff == 0 and upos == len(self.data)
+
+
+#: read_prefix asks `header_length` after every block up to this many bytes, then each time
+#: the data has doubled (a header of many blocks is not re-parsed once per block)
+_ASK_EVERY_BLOCK = 1 << 20
+
 
 def read_prefix(
-    storage: Storage, key: str, header_length: Callable[[bytes], Optional[int]]
+    storage: Storage,
+    key: str,
+    header_length: Callable[[bytes], Optional[int]],
+    limit: Optional[int] = None,
 ) -> tuple[Prefix, int]:
     """Decompress blocks from the start until `header_length(data)` knows where the header ends.
 
     `header_length` returns None while it needs more data. Returns the prefix (whole blocks)
-    and the uncompressed header length.
+    and the uncompressed header length. A header longer than `limit` bytes (config:
+    max_header_bytes) is refused as soon as that many have been inflated.
     """
-    parts: list[bytes] = []
+    buf = bytearray()
     blocks: list[tuple[int, int, int]] = []
-    total = 0
-    data = b""
+    ask_at = 0
     try:
         for block in iter_blocks(storage, key):
-            blocks.append((block.coffset, block.size, total))
-            parts.append(block.data)
-            total += len(block.data)
+            blocks.append((block.coffset, block.size, len(buf)))
+            buf += block.data
             if not block.data:
                 continue
-            data = b"".join(parts)
-            parts = [data]
-            length = header_length(data)
-            if length is not None:
-                return Prefix(data, blocks), length
+            over = limit is not None and len(buf) > limit
+            if len(buf) >= ask_at or over:
+                length = header_length(buf)  # type: ignore[arg-type]  # bytes-like will do
+                if length is not None:
+                    break
+                if over:
+                    raise TooLarge(f"the header is larger than max_header_bytes ({limit})")
+                if len(buf) >= _ASK_EVERY_BLOCK:
+                    ask_at = 2 * len(buf)
+        else:
+            # the last blocks (and a header-only file: give parsers a chance to accept it)
+            length = header_length(buf) if ask_at else None  # type: ignore[arg-type]
+            if length is None:
+                length = header_length(bytes(buf) + b"\0")
+                if length is not None and length > len(buf):
+                    length = None
     except ValueError as exc:
         raise InternalError(f"cannot read {key}: {exc}") from None
-    length = header_length(data + b"\0")  # give parsers a chance to accept a header-only file
-    if length is not None and length <= len(data):
-        return Prefix(data, blocks), length
-    raise InternalError(f"cannot read {key}: the header is truncated")
+    if length is None:
+        raise InternalError(f"cannot read {key}: the header is truncated")
+    if limit is not None and length > limit:
+        raise InternalError(
+            f"cannot read {key}: the header is larger than max_header_bytes ({limit})"
+        )
+    return Prefix(bytes(buf), blocks), length

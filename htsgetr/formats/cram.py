@@ -16,7 +16,7 @@ import lzma
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 from ..index.crai import UNMAPPED, Crai
 from ..protocol import (
@@ -29,6 +29,7 @@ from ..protocol import (
     Query,
 )
 from .base import ByteRange, Inline, Piece, Source, missing_index
+from .bgzf import DEFAULT_LIMITS, Limits, load_or_refuse
 
 T = TypeVar("T")
 
@@ -47,6 +48,8 @@ EOF_CONTAINER_V2 = bytes.fromhex(
 
 #: First read of the file; grown while the header container needs more.
 INITIAL_READ = 64 * 1024
+#: Bytes read beyond max_header_bytes for the file definition, container and block headers.
+HEADER_SLACK = 64 * 1024
 
 BLOCK_RAW, BLOCK_GZIP, BLOCK_BZIP2, BLOCK_LZMA = 0, 1, 2, 3
 
@@ -164,8 +167,13 @@ def parse_container_header(data: bytes, pos: int, major: int, offset: int) -> Co
     )
 
 
-def parse_block(data: bytes, pos: int, major: int) -> tuple[int, int, bytes, int]:
-    """The block at `data[pos:]`: (method, content type, decompressed data, end position)."""
+def parse_block(
+    data: bytes, pos: int, major: int, limit: Optional[int] = None
+) -> tuple[int, int, bytes, int]:
+    """The block at `data[pos:]`: (method, content type, decompressed data, end position).
+
+    A block that would decompress to more than `limit` bytes is refused as soon as it has
+    (a small block can inflate to gigabytes)."""
     method = _byte(data, pos)
     content_type = _byte(data, pos + 1)
     pos += 2
@@ -174,23 +182,36 @@ def parse_block(data: bytes, pos: int, major: int) -> tuple[int, int, bytes, int
     raw_size, pos = read_itf8(data, pos)
     if size < 0 or raw_size < 0:
         raise ValueError("corrupt block header")
+    if limit is not None and raw_size > limit:
+        raise ValueError(f"a header block of {raw_size} bytes: more than {limit}")
     end = pos + size + (4 if major >= 3 else 0)
     if end > len(data):
         raise Truncated
     payload = data[pos : pos + size]
+    most = -1 if limit is None else limit + 1
     try:
         if method == BLOCK_RAW:
-            raw = payload
+            raw, done = payload, True
         elif method == BLOCK_GZIP:
-            raw = zlib.decompress(payload, 16 + zlib.MAX_WBITS)
+            z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            raw = z.decompress(payload, max(most, 0))
+            done = z.eof
         elif method == BLOCK_BZIP2:
-            raw = bz2.decompress(payload)
+            b = bz2.BZ2Decompressor()
+            raw = b.decompress(payload, most)
+            done = b.eof
         elif method == BLOCK_LZMA:
-            raw = lzma.decompress(payload)
+            x = lzma.LZMADecompressor()
+            raw = x.decompress(payload, most)
+            done = x.eof
         else:
             raise ValueError(f"cannot decode a header block compressed with method {method}")
-    except (zlib.error, OSError, lzma.LZMAError) as exc:
+    except (zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
         raise ValueError(f"corrupt header block: {exc}") from None
+    if limit is not None and len(raw) > limit:
+        raise ValueError(f"a header block inflating to more than {limit} bytes")
+    if not done:
+        raise ValueError("corrupt header block: its compressed data ends early")
     return method, content_type, raw, end
 
 
@@ -231,9 +252,11 @@ class CramFile:
     names: tuple[str, ...] = ()  # @SQ names in header order
 
 
-def _grow(source: Source, size: int, parse: Callable[[bytes], T]) -> T:
-    """Call `parse` on a growing prefix of the file until it no longer runs out of data."""
-    want = min(INITIAL_READ, size)
+def _grow(source: Source, size: int, parse: Callable[[bytes], T], cap: Optional[int] = None) -> T:
+    """Call `parse` on a growing prefix of the file until it no longer runs out of data
+    (reading at most `cap` bytes)."""
+    top = size if cap is None else min(size, cap)
+    want = min(INITIAL_READ, top)
     while True:
         data = source.read(0, want)
         try:
@@ -241,11 +264,18 @@ def _grow(source: Source, size: int, parse: Callable[[bytes], T]) -> T:
         except Truncated:
             if want >= size:
                 raise InternalError(f"{source.key}: the CRAM header is truncated") from None
-            want = min(size, want * 4)
+            if want >= top:
+                raise InternalError(
+                    f"{source.key}: the CRAM header is larger than max_header_bytes ({cap})"
+                ) from None
+            want = min(top, want * 4)
 
 
-def parse_header(data: bytes) -> tuple[tuple[int, int], ContainerHeader, bytes]:
-    """File definition and header container: (version, container header, SAM header text)."""
+def parse_header(
+    data: bytes, limit: Optional[int] = None
+) -> tuple[tuple[int, int], ContainerHeader, bytes]:
+    """File definition and header container: (version, container header, SAM header text).
+    A SAM header block inflating to more than `limit` bytes is refused."""
     if len(data) < FILE_DEFINITION_SIZE:
         raise Truncated
     if data[:4] != b"CRAM":
@@ -257,14 +287,19 @@ def parse_header(data: bytes) -> tuple[tuple[int, int], ContainerHeader, bytes]:
     container = parse_container_header(data, pos, major, pos)
     if container.n_blocks < 1:
         raise ValueError("the header container has no blocks")
-    _method, _ctype, raw, _end = parse_block(data, container.data_start, major)
+    _method, _ctype, raw, _end = parse_block(data, container.data_start, major, limit)
     return (major, minor), container, sam_header_text(raw)
 
 
-def load_cram(source: Source) -> CramFile:
+def load_cram(source: Source, limits: Limits = DEFAULT_LIMITS) -> CramFile:
     size = source.storage.size(source.key)
+    limit = limits.max_header_bytes
     try:
-        version, container, text = _grow(source, size, parse_header)
+        # the header container's first block holds the SAM header: reading the limit and a
+        # little more (definition, container header, block header) decides it
+        version, container, text = _grow(
+            source, size, lambda data: parse_header(data, limit), limit + HEADER_SLACK
+        )
     except ValueError as exc:
         raise InternalError(f"{source.key}: {exc}") from None
     if container.end > size:
@@ -292,9 +327,13 @@ class CramHandler:
     format = Format.CRAM
     extensions = (".cram",)
 
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits  # max_header_bytes, max_index_bytes
+
     def open(self, source: Source) -> CramFile:
         """The parsed header (no index needed: whole-file and header tickets work without)."""
-        return source.cached("cram", lambda: load_cram(source))
+        limits = self.limits
+        return load_or_refuse(source, "cram", lambda: load_cram(source, limits))
 
     def reference_names(self, source: Source) -> list[str]:
         """The @SQ names in header order (a name's position is its CRAM reference ID)."""
@@ -308,9 +347,18 @@ class CramHandler:
         index_key = source.find(index_candidates(source.key))
         if index_key is None:
             raise missing_index(source.key)
-        return index_key, source.cached(
-            "crai", lambda: Crai.parse(source.read_all(index_key), index_key), index_key
-        )
+        cram = self.open(source)
+        limit = self.limits.max_index_bytes
+
+        def load() -> Crai:
+            size = source.storage.size(index_key)
+            if size > limit:
+                raise InternalError(f"{index_key} is larger than max_index_bytes ({limit})")
+            crai = Crai.parse(source.storage.read(index_key, 0, size), index_key, limit)
+            crai.check_bounds(index_key, cram.header_end, cram.data_end)
+            return crai
+
+        return index_key, load_or_refuse(source, "crai", load, index_key)
 
     def pieces(self, source: Source, query: Query) -> list[Piece]:
         cram = self.open(source)
@@ -323,7 +371,8 @@ class CramHandler:
         elif query.exact:
             body = self._exact_body(source, cram, query)
         else:
-            ranges = self._container_ranges(cram, self.index(source), query)
+            index_key, crai = self._index(source)
+            ranges = self._container_ranges(cram, crai, query, source, index_key)
             body = [ByteRange(s, e, Class.BODY) for s, e in ranges]
         body = [p for p in body if not isinstance(p, ByteRange) or p.end > p.start]
         return header + body + [Inline(cram.eof, Class.BODY)]
@@ -350,18 +399,30 @@ class CramHandler:
         placed = [s for s in spans if s[0] != UNMAPPED]
         selection = Selection.of(placed, unplaced=len(placed) < len(spans))
         index_key, crai = self._index(source)
+        used: set[int] = set()
+        for ref_id, beg, end in selection.spans():  # the containers exact_body reads
+            used |= crai.containers(ref_id, beg, end)
+        verify_containers(source, cram, crai, index_key, used)
         return exact_body(source, cram, crai, index_key, selection)
 
     def _container_ranges(
-        self, cram: CramFile, crai: Crai, query: Query
+        self,
+        cram: CramFile,
+        crai: Crai,
+        query: Query,
+        source: Optional[Source] = None,
+        index_key: str = "index",
     ) -> list[tuple[int, int]]:
-        """Whole containers overlapping any region, in file order, merged, each byte once."""
+        """Whole containers overlapping any region, in file order, merged, each byte once
+        (given the source, each container is first checked against its CRAI lines)."""
         offsets: set[int] = set()
         for ref_id, beg, end in self._spans(cram, query):
             if ref_id == UNMAPPED:
                 offsets |= crai.containers(UNMAPPED, 0, MAX_COORDINATE)
             elif end > beg:
                 offsets |= crai.containers(ref_id, beg, end)
+        if source is not None:
+            verify_containers(source, cram, crai, index_key, offsets)
         ranges: list[tuple[int, int]] = []
         for offset in sorted(offsets):
             start = max(offset, cram.header_end)
@@ -373,3 +434,62 @@ class CramHandler:
             else:
                 ranges.append((start, end))
         return ranges
+
+
+# --------------------------------------------------------------------------- index checks
+
+#: bytes read at a container offset for its header (read more when its landmarks need it)
+CONTAINER_HEAD_READ = 1024
+#: container ref_seq_id of a multi-reference container (CRAMv3 section 7)
+MULTI_REF_CONTAINER = -2
+
+
+def verify_containers(
+    source: Source, cram: CramFile, crai: Crai, index_key: str, offsets: Iterable[int]
+) -> None:
+    """Refuse a CRAI whose container offsets, among `offsets` (those a ticket uses), do not
+    hold a container header that agrees with the CRAI's lines there (a shifted or foreign
+    CRAI would hand out bytes no decoder can read). Each container is checked once per
+    cached CRAI."""
+    for offset in sorted(offsets):
+        if offset in crai.verified:
+            continue
+        problem = container_problem(source, cram, crai, offset)
+        if problem is not None:
+            raise InternalError(f"{index_key} does not match {source.key}: {problem}")
+        crai.verified.add(offset)
+
+
+def container_problem(source: Source, cram: CramFile, crai: Crai, offset: int) -> Optional[str]:
+    """What is wrong with the container at `offset` by its CRAI lines, or None: its header
+    must parse, end by the next indexed container, hold each line's reference (or be a
+    multi-reference container), and have each line's slice offset among its landmarks, its
+    slice inside it and its start inside its span."""
+    stop = crai.next_container(offset, cram.data_end)
+    want = min(stop, offset + CONTAINER_HEAD_READ)
+    while True:
+        data = source.read(offset, want)
+        try:
+            head = parse_container_header(data, 0, cram.version[0], offset)
+            break
+        except Truncated:
+            if want >= stop:
+                return f"no container header at offset {offset}"
+            want = min(stop, offset + 4 * (want - offset))
+        except ValueError:
+            return f"no container header at offset {offset}"
+    if head.end > stop:
+        return f"the container at {offset} ends at {head.end}, past the next one ({stop})"
+    for line in crai.slices.get(offset, ()):
+        if head.ref_seq_id != MULTI_REF_CONTAINER and line.ref != head.ref_seq_id:
+            return (
+                f"the container at {offset} holds reference {head.ref_seq_id}, "
+                f"the index says {line.ref}"
+            )
+        if line.offset not in head.landmarks:
+            return f"no slice at {line.offset} in the container at {offset}"
+        if line.offset + line.size > head.length:
+            return f"a slice runs past the end of the container at {offset}"
+        if head.ref_seq_id >= 0 and not head.start <= line.start <= head.start + head.span:
+            return f"a slice start ({line.start}) outside the container at {offset}"
+    return None

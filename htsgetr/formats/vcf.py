@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .. import _records
-from ..index.binning import parse_binning_index
+from ..index.binning import (
+    check_binning_index,
+    check_no_tabix,
+    check_tabix,
+    load_binning_index,
+)
 from ..protocol import Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .bam import index_candidates
@@ -71,12 +76,27 @@ def _load(
     index_key: str,
     header_length: Callable[[bytes], Optional[int]],
     is_bcf: bool,
+    limits: bgzf.Limits = bgzf.DEFAULT_LIMITS,
 ) -> VariantFile:
-    prefix, length = bgzf.read_prefix(source.storage, source.key, header_length)
+    """Header, layout and index; a bad header, or an index that is corrupt, too large or
+    not this file's, is an `InternalError` naming it (see index/binning.py)."""
+    prefix, length = bgzf.read_prefix(
+        source.storage, source.key, header_length, limits.max_header_bytes
+    )
     text = prefix.data[:length]
     layout = load_layout(source, prefix, length)
-    index, index_size = parse_binning_index(source.read_all(index_key), index_key)
+    kinds = ("CSI",) if is_bcf else ("TBI", "CSI")
+    index, index_size = load_binning_index(source.storage, index_key, kinds, limits.max_index_bytes)
     contigs = header_contigs(text)
+    if is_bcf:
+        # bcftools indexes every contig of the header (htslib's bcf_index: nids)
+        check_no_tabix(index, index_key)
+        n_refs: Optional[int] = len(contigs)
+    else:
+        # tabix lists the contigs it saw, which the header need not declare
+        check_tabix(index, index_key, source.key, contigs)
+        n_refs = None
+    check_binning_index(index, index_key, source.key, prefix, length, layout.data_end, n_refs)
     if is_bcf:
         ref_ids = dict(contigs)
     else:
@@ -94,6 +114,9 @@ class _VariantHandler:
     _index_exts: tuple[str, ...]
     _header_length: Callable[[bytes], Optional[int]]
 
+    def __init__(self, limits: bgzf.Limits = bgzf.DEFAULT_LIMITS) -> None:
+        self.limits = limits  # max_header_bytes, max_index_bytes
+
     def open(self, source: Source) -> VariantFile:
         ext = self.extensions[0]
         index_key = source.find(index_candidates(source.key, ext, self._index_exts))
@@ -101,9 +124,11 @@ class _VariantHandler:
             raise missing_index(source.key)
         is_bcf = self.format is Format.BCF
         header_length = self._header_length
-        return source.cached(
+        limits = self.limits
+        return bgzf.load_or_refuse(
+            source,
             self.format.value,
-            lambda: _load(source, index_key, header_length, is_bcf),
+            lambda: _load(source, index_key, header_length, is_bcf, limits),
             index_key,
         )
 

@@ -8,10 +8,11 @@ container header) and slice size. Tickets need only the containers, never the sl
 
 from __future__ import annotations
 
-import zlib
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from typing import Optional
 
+from ..formats.bgzf import TooLarge, inflate
 from ..protocol import InternalError
 
 UNMAPPED = -1
@@ -19,18 +20,25 @@ UNMAPPED = -1
 MULTI_REF = -2
 
 
-def _gunzip_or_plain(data: bytes) -> bytes:
-    """CRAI files are gzip-compressed (possibly multi-member); accept plain text too."""
+def _gunzip_or_plain(data: bytes, limit: Optional[int] = None, name: str = "index") -> bytes:
+    """CRAI files are gzip-compressed (possibly multi-member); accept plain text too. More
+    than `limit` bytes of text (config max_index_bytes) is refused while inflating."""
     if data[:2] != b"\x1f\x8b":
+        if limit is not None and len(data) > limit:
+            raise TooLarge(f"{name} is more than {limit} bytes")
         return data
-    out = []
-    while data[:2] == b"\x1f\x8b":
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out.append(d.decompress(data))
-        if not d.eof:
-            raise ValueError("truncated gzip stream")
-        data = d.unused_data
-    return b"".join(out)
+    return bytes(inflate(data, limit, name))
+
+
+@dataclass(frozen=True)
+class Slice:
+    """One CRAI line, as written: what the container at `container` must agree with."""
+
+    ref: int
+    start: int  # 1-based alignment start
+    container: int  # container offset
+    offset: int  # slice offset, from the end of the container header (a landmark)
+    size: int  # slice size
 
 
 @dataclass
@@ -69,15 +77,27 @@ class Crai:
 
     refs: dict[int, _RefEntries]
     container_offsets: list[int]  # sorted, distinct
+    #: the lines of each container, to check against the container header (cram.py)
+    slices: dict[int, list[Slice]] = field(default_factory=dict)
+    #: containers whose header was found to agree with their lines (a ticket checks the
+    #: ones it uses once; the parsed CRAI is cached per version of the CRAM and CRAI)
+    verified: set[int] = field(default_factory=set, compare=False, repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        """For the cache budget: about 300 bytes of Python objects per line."""
+        return 4096 + 300 * sum(len(v) for v in self.slices.values())
 
     @classmethod
-    def parse(cls, data: bytes, name: str = "index") -> Crai:
+    def parse(cls, data: bytes, name: str = "index", limit: Optional[int] = None) -> Crai:
         try:
-            text = _gunzip_or_plain(data)
-        except (ValueError, zlib.error) as exc:
+            text = _gunzip_or_plain(data, limit, name)
+        except TooLarge:
+            raise InternalError(f"{name} is larger than max_index_bytes ({limit})") from None
+        except ValueError as exc:
             raise InternalError(f"{name} is corrupt: {exc}") from None
         refs: dict[int, _RefEntries] = {}
-        offsets: set[int] = set()
+        slices: dict[int, list[Slice]] = {}
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -85,11 +105,11 @@ class Crai:
             try:
                 if len(fields) != 6:
                     raise ValueError
-                ref, aln_start, span, coff, _soff, _ssize = (int(f) for f in fields)
+                ref, aln_start, span, coff, soff, ssize = (int(f) for f in fields)
             except ValueError:
                 raise InternalError(f"{name} is not a CRAI index (line {lineno})") from None
-            if coff < 0:
-                raise InternalError(f"{name}: negative container offset (line {lineno})")
+            if coff < 0 or soff < 0 or ssize < 0 or ref < MULTI_REF:
+                raise InternalError(f"{name} is corrupt: a negative field (line {lineno})")
             entries = refs.setdefault(ref, _RefEntries())
             # 1-based start; be generous by one base on both sides (placed unmapped reads
             # and zero spans), since an extra container costs little and a missing one is wrong
@@ -97,10 +117,21 @@ class Crai:
             entries.starts.append(max(0, beg - 1))
             entries.ends.append(beg + max(span, 1) + 1)
             entries.offsets.append(coff)
-            offsets.add(coff)
+            slices.setdefault(coff, []).append(Slice(ref, aln_start, coff, soff, ssize))
         for entries in refs.values():
             entries.finish()
-        return cls(refs, sorted(offsets))
+        return cls(refs, sorted(slices), slices)
+
+    def check_bounds(self, name: str, header_end: int, data_end: int) -> None:
+        """Every container offset lies among the CRAM's data containers: after its header
+        container, before its EOF container."""
+        offsets = self.container_offsets
+        if offsets and (offsets[0] < header_end or offsets[-1] >= data_end):
+            bad = offsets[0] if offsets[0] < header_end else offsets[-1]
+            raise InternalError(
+                f"{name} does not index this CRAM: a container offset ({bad}) lies outside "
+                f"its data containers ({header_end} to {data_end})"
+            )
 
     def containers(self, ref_id: int, beg: int, end: int) -> set[int]:
         """Offsets of the containers holding records of `ref_id` that may overlap [beg, end)."""
