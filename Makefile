@@ -46,6 +46,7 @@ lint: deps build
 
 bench: deps build
 	$(PY) bench/run.py
+	$(PY) bench/slow_clients.py
 
 example-data: $(VENV)/.installed
 	$(PY) -m htsgetr.examples example-data

@@ -218,7 +218,8 @@ def bench_load(data: Path, tmp: Path) -> None:
         return
     port_a, port_b = 18235, 18236
     ours = _serve([sys.executable, "-m", "htsgetr", "serve", "--data-dir", str(data),
-                   "--port", str(port_a), "--workers", "2", "--threads", "4"],
+                   "--port", str(port_a), "--workers", "2", "--threads", "4",
+                   "--set", "ticket_server.worker_class='gthread'"],  # as the bare app
                   f"http://127.0.0.1:{port_a}/service-info")
     bare = _serve([sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "4",
                    "-k", "gthread", "-b", f"127.0.0.1:{port_b}", "--chdir", str(tmp),

@@ -160,9 +160,30 @@ class ServerConfig:
         check=_check_url,
     )
     workers: int = _opt(2, "gunicorn worker processes", min=1)
-    threads: int = _opt(4, "threads per worker (1: sync workers)", min=1)
+    threads: int = _opt(4, "gthread: threads per worker", min=1)
     timeout: int = _opt(60, "seconds a silent worker gets before it is restarted", min=1)
     graceful_timeout: int = _opt(30, "seconds in-flight requests get on reload or stop", min=0)
+    worker_class: str = _opt(
+        "gevent",
+        "gevent: a greenlet per connection, so slow or idle clients cost memory, not "
+        "workers (README: Slow clients) | gthread: `threads` per worker | sync",
+        choices=("gevent", "gthread", "sync"),
+    )
+    worker_connections: int = _opt(1000, "gevent: connections one worker holds at once", min=1)
+    header_timeout: float = _opt(
+        10.0, "seconds a new connection gets to send its request line and headers", min=0.1
+    )
+    body_timeout: float = _opt(
+        30.0, "seconds a request body gets to arrive in full (else 408, connection closed)",
+        min=0.1,
+    )
+    send_timeout: float = _opt(
+        60.0, "seconds a response may stall (the client reads nothing) before it is cut", min=0.1
+    )
+    keepalive: int = _opt(
+        5, "seconds a kept-alive connection may wait for its next request, headers included",
+        min=1,
+    )
     tls_cert: Optional[str] = _opt(None, "PEM certificate (chain): serve HTTPS", path=True)
     tls_key: Optional[str] = _opt(None, "PEM private key of tls_cert", path=True)
     cors_origins: list[str] = _opt(
