@@ -114,8 +114,8 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 # --------------------------------------------------------------------------- attackers
 
-HEADER_HEAD = b"GET /reads/sample?referenceName=chr1 HTTP/1.1\r\nHost: x\r\n"
-BODY_HEAD = (b"POST /reads/sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+HEADER_HEAD = b"GET /reads/sample?referenceName=chr1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+BODY_HEAD = (b"POST /reads/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
              b"Content-Length: 100000\r\n\r\n")
 
 

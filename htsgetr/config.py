@@ -169,7 +169,9 @@ class ServerConfig:
         "workers (README: Slow clients) | gthread: `threads` per worker | sync",
         choices=("gevent", "gthread", "sync"),
     )
-    worker_connections: int = _opt(1000, "gevent: connections one worker holds at once", min=1)
+    worker_connections: int = _opt(
+        10000, "gevent: connections one worker holds at once (~20 KB each while idle)", min=1
+    )
     header_timeout: float = _opt(
         10.0, "seconds a new connection gets to send its request line and headers", min=0.1
     )

@@ -31,7 +31,7 @@ from slow_clients import Attack  # noqa: E402
 HEADER_T, BODY_T, KEEPALIVE = 2, 2, 2
 SLACK = 4.0  # seconds past a deadline that a loaded test machine may need to act on it
 
-LIAR = (b"POST /reads/sample HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+LIAR = (b"POST /reads/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 1000\r\n\r\n{\"format\": ")
 
 
@@ -129,7 +129,7 @@ def _liar(port: int) -> tuple[bytes, float]:
 
 def _slowloris(port: int) -> tuple[bytes, float]:
     """One header byte every 0.25 s, never a blank line."""
-    head = b"GET /reads/sample HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10_000
+    head = b"GET /reads/sample HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: " + b"a" * 10_000
     with socket.create_connection(("127.0.0.1", port)) as s:
         t0 = time.monotonic()
         s.settimeout(0.25)
@@ -155,7 +155,7 @@ def _idle(port: int) -> tuple[bytes, float]:
 def _idle_keepalive(port: int) -> tuple[bytes, float]:
     """One whole request answered on a kept-alive connection, then silence."""
     with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(b"GET /service-info HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.sendall(b"GET /service-info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         s.settimeout(5)
         head = b""
         while b"\r\n\r\n" not in head:
@@ -230,8 +230,8 @@ def test_urllib3_imported_before_gevent_patches_ssl_still_works() -> None:
     code = (
         "import urllib3.util.ssl_ as u\n"
         "from gevent import monkey; monkey.patch_all()\n"
-        "from htsgetr.server import _repair_ssl_names\n"
-        "_repair_ssl_names()\n"
+        "from htsgetr.workers import repair_ssl_names\n"
+        "repair_ssl_names()\n"
         "u.create_urllib3_context()\n"
         "import requests, boto3\n"
         "requests.Session().get_adapter('https://x').init_poolmanager(1, 1)\n"
