@@ -183,7 +183,8 @@ class ServerConfig:
         60.0, "seconds a response may stall (the client reads nothing) before it is cut", min=0.1
     )
     keepalive: int = _opt(
-        5, "seconds a kept-alive connection may wait for its next request, headers included",
+        5,
+        "seconds a kept-alive connection may wait for its next request (gevent: and its headers)",
         min=1,
     )
     tls_cert: Optional[str] = _opt(None, "PEM certificate (chain): serve HTTPS", path=True)
