@@ -654,9 +654,11 @@ def test_server_reload_keeps_old_config_when_new_one_fails(
 def test_server_roles_and_data_bind(tmp_path: Path) -> None:
     from htsgetr.server import HtsgetrServer
 
-    config = load(tmp_path, "[data_server]\nseparate = true\nport = 3333\nthreads = 1\n")
+    config = load(tmp_path, "[data_server]\nseparate = true\nport = 3333\nthreads = 1\n"
+                            "worker_class = 'sync'\n")
     ticket = HtsgetrServer(config)
     assert ticket.role == "ticket" and ticket.spawn_data
+    assert "gevent" in ticket.cfg.worker_class_str.lower()  # the default: slow clients
     data = HtsgetrServer(config, role="data")
     assert data.cfg.bind == ["127.0.0.1:3333"] and data.cfg.worker_class_str == "sync"
 
