@@ -16,7 +16,7 @@ ROLES = ("all", "ticket", "data")
 
 def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = None) -> Flask:
     """The WSGI app. `role` picks the ticket endpoints, the data endpoint, or both."""
-    from .api import auth, data, errors, service_info, tickets
+    from .api import auth, data, errors, fast, service_info, tickets
 
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
@@ -33,4 +33,6 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
     CORS(app, **flask_cors_options(server.cors, server.cors_origins))
     auth.register(app, config, role)
     errors.register(app)
+    if role in ("all", "ticket"):
+        fast.install(app)  # GET tickets without Flask's per-request machinery (api/fast.py)
     return app

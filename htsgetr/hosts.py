@@ -15,8 +15,8 @@ import functools
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from .protocol import InvalidInput
 
@@ -130,6 +130,16 @@ class _Entry:
         return port == self.port
 
 
+#: WSGI environ keys of the headers `origin` reads (`SCHEME_HEADERS` and forwarded's)
+_ENVIRON_HEADERS = tuple(
+    ("HTTP_" + h.upper().replace("-", "_"), h)
+    for h in (*SCHEME_HEADERS, "x-forwarded-host", "x-forwarded-port")
+)
+#: (scheme, Host) answers remembered per policy; cleared when full (random Hosts only cost
+#: the work they would cost uncached)
+MEMO_SIZE = 256
+
+
 @dataclass(frozen=True)
 class HostPolicy:
     """`allowed_hosts` and `trusted_proxies` of one server, parsed."""
@@ -138,6 +148,27 @@ class HostPolicy:
     bind_port: int
     bind_scheme: str
     trusted: tuple[Network, ...]
+    _memo: dict[tuple[str, str], Optional[str]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+
+    def environ_origin(self, environ: Mapping[str, Any]) -> Optional[str]:
+        """`origin` of a WSGI request. Without forwarding headers the answer depends on the
+        scheme and Host alone, and is remembered (a ticket request asks it once)."""
+        headers = {h: environ[k] for k, h in _ENVIRON_HEADERS if k in environ}
+        scheme, host = environ.get("wsgi.url_scheme", "http"), environ.get("HTTP_HOST")
+        if headers or not host:
+            return self.origin(scheme, host, environ.get("REMOTE_ADDR"), headers)
+        memo = self._memo
+        key = (scheme, host)
+        found = memo.get(key, self)
+        if found is not self:
+            return found  # type: ignore[return-value]
+        origin = self.origin(scheme, host, None, headers)  # raises for a Host not allowed
+        if len(memo) >= MEMO_SIZE:
+            memo.clear()
+        memo[key] = origin
+        return origin
 
     def trusts(self, peer: Optional[str]) -> bool:
         if not peer or not self.trusted:

@@ -18,6 +18,7 @@ from flask import Flask, current_app, g, request
 
 from ..auth.gate import AccessControl, Identity, build
 from ..auth.rules import decide, hint
+from ..auth.signing import UrlSigner
 from ..config import Config
 from ..protocol import Query
 
@@ -71,17 +72,28 @@ def authorize(query: Query) -> tuple[Query, Optional[list[Any]]]:
     return decision.query, None
 
 
-def sign(url: str, headers: Optional[Mapping[str, str]], data_base: str) -> str:
+def signer() -> Optional[UrlSigner]:
+    """This app's /data url signer (None: signing is off)."""
+    return _access().signer
+
+
+def sign_url(url_signer: Optional[UrlSigner], url: str, headers: Optional[Mapping[str, str]],
+             data_base: str) -> str:
     """`url` with its signature when it is one of our /data urls and signing is on."""
-    signer = _access().signer
     prefix = data_base + "/data/"
-    if signer is None or not url.startswith(prefix):
+    if url_signer is None or not url.startswith(prefix):
         return url
     path = unquote(url[len(prefix):].split("?", 1)[0])
-    query = signer.sign(path, (headers or {}).get("Range", ""))
+    query = url_signer.sign(path, (headers or {}).get("Range", ""))
     return url + ("&" if "?" in url else "?") + query
 
 
+def sign(url: str, headers: Optional[Mapping[str, str]], data_base: str) -> str:
+    """`sign_url` with this app's signer."""
+    return sign_url(signer(), url, headers, data_base)
+
+
 def register(app: Flask, config: Config, role: str) -> None:
-    app.extensions[EXTENSION] = build(config, role)
-    app.before_request(_before)
+    access = app.extensions[EXTENSION] = build(config, role)
+    if access.ticket is not None or access.data is not None or access.signer is not None:
+        app.before_request(_before)  # with auth off it has nothing to check: not called

@@ -4,33 +4,98 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 from flask import Blueprint, Response, current_app, g, request
+from flask.sansio.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 
+from ..auth.signing import UrlSigner
+from ..config import Config
 from ..engine import Htsget
-from ..hosts import host_policy
+from ..hosts import HostPolicy, host_policy
 from ..protocol import (
     CONTENT_TYPE,
     Endpoint,
     InvalidInput,
     PayloadTooLarge,
+    Ticket,
     check_post_content_type,
     parse_get,
     parse_post,
 )
-from .auth import authorize, sign
+from .auth import authorize, sign_url, signer
 
 bp = Blueprint("tickets", __name__)
 _ENDPOINTS = frozenset(e.value for e in Endpoint)
 log = logging.getLogger("htsgetr")
 
 
+#: app.extensions key of the app's `Site`
+SITE = "htsgetr.site"
+
+
+@dataclass(frozen=True)
+class Site:
+    """What every ticket request of one app shares, computed once when the blueprint is
+    registered: the configured /data base url, and the Host policy that may replace it."""
+
+    data_url: str  # config.data_url(): what the engine's /data urls start with
+    policy: Optional[HostPolicy]  # None: base_url or a separate data server decides
+
+    @classmethod
+    def of(cls, config: Config) -> Site:
+        server = config.ticket_server
+        if server.base_url or config.data_server.separate:
+            return cls(config.data_url(), None)
+        policy = host_policy(
+            tuple(server.allowed_hosts) if server.allowed_hosts is not None else None,
+            server.host,
+            server.port,
+            bool(server.tls_cert),
+            tuple(server.trusted_proxies),
+        )
+        return cls(config.data_url(), policy)
+
+    def origin(self, environ: Mapping[str, Any]) -> Optional[str]:
+        """`scheme://host[:port]` this request's ticket urls may name (see `hosts`); None
+        when the configuration decides or no Host was sent. InvalidInput (400) for a Host
+        outside `allowed_hosts`."""
+        return None if self.policy is None else self.policy.environ_origin(environ)
+
+
+def ticket_json(ticket: Ticket, site: Site, origin: Optional[str],
+                url_signer: Optional[UrlSigner], allowed: Optional[list[Any]] = None) -> str:
+    """The ticket's JSON text: /data urls on the address the client reached us at (when no
+    base URL is configured: the bind's default is wrong for a client in a container, behind
+    a port mapping, on another machine; the Host it sent works for it, when `allowed_hosts`
+    lets it), signed when signing is on."""
+    body = ticket.to_json()
+    base = site.data_url
+    if origin is not None and origin != base:
+        default, here = base + "/data/", origin + "/data/"
+        for block in body["htsget"]["urls"]:
+            if block["url"].startswith(default):
+                block["url"] = here + block["url"][len(default):]
+        base = origin
+    if url_signer is not None:
+        for block in body["htsget"]["urls"]:
+            block["url"] = sign_url(url_signer, block["url"], block.get("headers"), base)
+    if allowed is not None:
+        body["htsget"]["allowed"] = allowed
+    return json.dumps(body)
+
+
+@bp.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    state.app.extensions[SITE] = Site.of(state.app.extensions["htsgetr"].config)
+
+
 @bp.before_request
 def _check_host() -> None:
     """A Host that ticket urls may not name is refused before any work (400)."""
-    _request_origin(_engine())
+    _request_origin()
 
 
 @bp.after_app_request
@@ -81,59 +146,18 @@ def ticket_view(endpoint: Endpoint, id: str) -> Response:
     else:
         query = parse_get(endpoint, id, request.args)
     query, allowed = authorize(query)
-    ticket = engine.ticket(query).to_json()
-    data_base = _use_request_address(ticket, engine)
-    for block in ticket["htsget"]["urls"]:
-        block["url"] = sign(block["url"], block.get("headers"), data_base)
-    if allowed is not None:
-        ticket["htsget"]["allowed"] = allowed
-    return Response(json.dumps(ticket), content_type=CONTENT_TYPE)
+    site: Site = current_app.extensions[SITE]
+    text = ticket_json(engine.ticket(query), site, _request_origin(), signer(), allowed)
+    return Response(text, content_type=CONTENT_TYPE)
 
 
-def _use_request_address(body: dict[str, Any], engine: Htsget) -> str:
-    """With no base URL configured, /data urls name the address the client reached us at.
-    Returns the base url of our /data urls in the ticket.
-
-    The default base URL comes from the bind (http://127.0.0.1:8080), which is wrong for a
-    client anywhere else: in a container, behind a port mapping, on another machine. The
-    Host header the client sent is the address that works for it, when `allowed_hosts`
-    lets it (see `hosts`).
-    """
-    config = engine.config
-    if config.ticket_server.base_url or config.data_server.separate:
-        return config.data_url()
-    default = config.data_url() + "/data/"
-    origin = _request_origin(engine)
-    here = f"{origin}/data/" if origin else default
-    if here == default:
-        return config.data_url()
-    for block in body["htsget"]["urls"]:
-        if block["url"].startswith(default):
-            block["url"] = here + block["url"][len(default):]
-    return here[: -len("/data/")]
-
-
-def _request_origin(engine: Htsget) -> Optional[str]:
-    """`scheme://host[:port]` of this request as ticket urls may name it; None when the
-    configuration decides (base_url, a separate data server) or no Host was sent. 400
-    InvalidInput for a Host outside `allowed_hosts`. Computed once per request."""
+def _request_origin() -> Optional[str]:
+    """`Site.origin` of this request, computed once per request."""
     if "htsget_origin" in g:
         origin: Optional[str] = g.htsget_origin
         return origin
-    config, server = engine.config, engine.config.ticket_server
-    origin = None
-    if not (server.base_url or config.data_server.separate):
-        policy = host_policy(
-            tuple(server.allowed_hosts) if server.allowed_hosts is not None else None,
-            server.host,
-            server.port,
-            bool(server.tls_cert),
-            tuple(server.trusted_proxies),
-        )
-        origin = policy.origin(
-            request.scheme, request.environ.get("HTTP_HOST"), request.remote_addr,
-            dict(request.headers),
-        )
+    site: Site = current_app.extensions[SITE]
+    origin = site.origin(request.environ)
     g.htsget_origin = origin
     return origin
 

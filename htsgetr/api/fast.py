@@ -1,0 +1,163 @@
+"""The GET ticket request without Flask's per-request machinery, byte for byte as Flask
+answers it.
+
+A ticket under load costs little in the engine (a cached index, a few block reads); what
+Flask does around it — a request context, URL adapter and routing, the before/after hooks
+(auth, Host, CORS, Cache-Control), a `Response` object — cost several times a bare Flask
+view (bench/run.py: load with random regions). `FastTickets` sits in front of the Flask app
+as WSGI middleware (`app.wsgi_app`), answers the common request itself with the same
+functions the Flask view calls (`Site.origin`, `parse_get`, `Htsget.ticket`, `ticket_json`,
+`error_response`), and hands everything else to Flask unchanged:
+
+- anything but GET /reads|variants|sequences/<id> with an ordinary ASCII id and query;
+- a CORS request (an `Origin` header): flask-cors answers it;
+- a ticket server with its own auth gate (tokens, restrictions);
+- an app whose hooks, routes or request signals are not exactly the ones this module
+  knows: whatever is added later (metrics, another hook, a route under /reads) turns the
+  shortcut off rather than being bypassed. Checked when the app serves its first request,
+  which Flask itself serves (after it, Flask refuses new hooks);
+- errors other than htsget's own (a bug): Flask answers them (and logs them).
+
+The headers the app's after-request hooks add to a ticket response without an `Origin`
+(CORS, Cache-Control) do not depend on the request: they are taken once from the hooks
+themselves. tests/test_fast_path.py compares both paths' status, headers and body.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable, Optional
+
+from flask import Flask, Response, signals
+
+from ..protocol import CONTENT_TYPE, Endpoint, HtsgetError, parse_get
+from . import auth, data, tickets
+from .errors import error_response
+
+log = logging.getLogger("htsgetr")
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+ENDPOINTS = {e.value: e for e in Endpoint}
+#: request signals that, connected, need Flask's own dispatch (someone listens)
+_SIGNALS = (signals.request_started, signals.request_finished, signals.got_request_exception,
+            signals.request_tearing_down, signals.appcontext_pushed, signals.appcontext_popped,
+            signals.appcontext_tearing_down)
+_STATUS_200 = "200 OK"
+
+
+class FastTickets:
+    """WSGI middleware for `app.wsgi_app` (see the module docstring)."""
+
+    def __init__(self, app: Flask, flask_wsgi: WsgiApp) -> None:
+        self.app = app
+        self.flask = flask_wsgi
+        self.enabled: Optional[bool] = None  # decided at the first request
+        self.hook_headers: list[tuple[str, str]] = []
+        self.parse_qsl: Any = None
+        self.served = 0  # answered here (tests, curiosity)
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if not self.enabled:
+            if self.enabled is None:  # Flask serves the first request, then no hook is added
+                try:
+                    return self.flask(environ, start_response)
+                finally:
+                    self.enabled = self._check()
+            return self.flask(environ, start_response)
+        if environ["REQUEST_METHOD"] != "GET" or "HTTP_ORIGIN" in environ:
+            return self.flask(environ, start_response)
+        path: str = environ.get("PATH_INFO", "")
+        cut = path.find("/", 1)
+        endpoint = ENDPOINTS.get(path[1:cut]) if cut > 0 else None
+        id = path[cut + 1:]
+        query_string: str = environ.get("QUERY_STRING", "")
+        if (endpoint is None or not id or id == "service-info" or id[-1] == "/"
+                or "//" in id or not path.isascii() or not path.isprintable()
+                or not query_string.isascii()
+                or "HTTP_ACCESS_CONTROL_REQUEST_PRIVATE_NETWORK" in environ
+                or any(s.receivers for s in _SIGNALS)):
+            return self.flask(environ, start_response)
+        extensions = self.app.extensions
+        if extensions[auth.EXTENSION].ticket is not None:
+            return self.flask(environ, start_response)
+        args: dict[str, str] = {}
+        for key, value in self.parse_qsl(query_string, keep_blank_values=True,
+                                         errors="werkzeug.url_quote"):
+            args.setdefault(key, value)  # the first value, as request.args.get
+        site: tickets.Site = extensions[tickets.SITE]
+        try:
+            origin = site.origin(environ)  # tickets._check_host
+            query = parse_get(endpoint, id, args)
+            ticket = extensions["htsgetr"].ticket(query)
+            body = tickets.ticket_json(ticket, site, origin, extensions[auth.EXTENSION].signer)
+        except HtsgetError as err:
+            if err.status >= 500:  # logged, as Flask's handler logs it
+                log.error("%s: %s", err.error, err.message)
+            self.served += 1
+            return self._send(error_response(err), environ, start_response)
+        except Exception:  # a bug: Flask answers it the way it answers every other
+            return self.flask(environ, start_response)
+        payload = body.encode()
+        self.served += 1
+        start_response(_STATUS_200, [("Content-Type", CONTENT_TYPE),
+                                     ("Content-Length", str(len(payload))), *self.hook_headers])
+        return [payload]
+
+    def _send(self, resp: Response, environ: dict[str, Any],
+              start_response: StartResponse) -> Iterable[bytes]:
+        for name, value in self.hook_headers:
+            resp.headers[name] = value
+        return resp(environ, start_response)
+
+    # ------------------------------------------------------------------ the guard
+
+    def _check(self) -> bool:
+        """True when the app is exactly what this shortcut stands in for."""
+        from urllib.parse import parse_qsl
+
+        import flask_cors.extension
+
+        app = self.app
+        if "tickets" not in app.blueprints or app.config.get("SERVER_NAME") \
+                or app.config.get("TRUSTED_HOSTS") or app.url_map.merge_slashes:
+            return False
+        for rule in app.url_map.iter_rules():
+            head = rule.rule.split("/", 2)[1]
+            if head in ENDPOINTS and (rule.rule, rule.endpoint) not in {
+                (f"/{head}/<path:id>", f"tickets.{head}_ticket"),
+                (f"/{head}/service-info", f"service_info.{head}"),
+            }:
+                return False
+        before = {k: v for k, v in app.before_request_funcs.items() if v}
+        allowed_before: dict[Any, list[Any]] = {"tickets": [tickets._check_host]}
+        if before.get(None):
+            allowed_before[None] = [auth._before]
+        if before != allowed_before:
+            return False
+        after = [f for f in app.after_request_funcs.get(None, []) if not (
+            f is tickets._no_store or f is data._no_store
+            or (getattr(f, "__module__", "") == flask_cors.extension.__name__
+                and getattr(f, "__name__", "") == "cors_after_request"))]
+        if after or any(v for k, v in app.after_request_funcs.items() if k is not None):
+            return False
+        if any(v for v in app.url_value_preprocessors.values()) or any(
+                v for v in app.teardown_request_funcs.values()):
+            return False
+        # the headers the after-request hooks add to a ticket answer without an Origin
+        with app.test_request_context("/reads/x", method="GET"):
+            resp = Response("{}", content_type=CONTENT_TYPE)
+            before_hooks = list(resp.headers.items())
+            resp = app.process_response(resp)
+            after_hooks = list(resp.headers.items())
+        if after_hooks[: len(before_hooks)] != before_hooks or resp.status_code != 200:
+            return False
+        self.hook_headers = after_hooks[len(before_hooks):]
+        self.parse_qsl = parse_qsl
+        return True
+
+
+def install(app: Flask) -> None:
+    """Put `FastTickets` in front of the app's Flask dispatch."""
+    app.wsgi_app = FastTickets(app, app.wsgi_app)  # type: ignore[method-assign]

@@ -1,0 +1,243 @@
+"""api/fast.py: GET tickets answered without Flask's machinery are byte for byte Flask's answers
+(status, every header in order, body), and whatever the shortcut does not know goes to Flask."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from htsgetr.api import auth, fast
+from htsgetr.app import create_app
+from htsgetr.config import Config, for_data_dir, load_config
+
+RESTRICTIONS = {"version": 1, "htsgetAuth": [
+    {"location": {"prefix": "sample"}, "rules": [{"referenceName": "chr1"}]}]}
+
+# (path with query, extra headers)
+REQUESTS: list[tuple[str, dict[str, str]]] = [
+    ("/reads/sample", {}),
+    ("/reads/sample?referenceName=chr1&start=1000&end=20000", {}),
+    ("/reads/sample?referenceName=chr1&start=1000&end=20000&referenceName=chr2", {}),
+    ("/reads/sample?referenceName=chr2&start=0&end=1", {}),
+    ("/reads/sample?referenceName=*", {}),
+    ("/reads/sample?referenceName=chrEmpty", {}),
+    ("/reads/sample?class=header", {}),
+    ("/reads/sample?class=header&referenceName=chr1", {}),  # 400
+    ("/reads/sample?referenceName=chr1&start=20&end=10", {}),  # 400 InvalidRange
+    ("/reads/sample?start=20", {}),  # 400
+    ("/reads/sample?referenceName=chr1&start=-1", {}),
+    ("/reads/sample?referenceName=chr1&start=00010&end=+20", {}),
+    ("/reads/sample?format=CRAM", {}),  # 404
+    ("/reads/sample?format=VCF", {}),  # 400
+    ("/reads/sample?encryptionScheme=c4gh&referenceName=chr3", {}),
+    ("/reads/sample?fields=QNAME&tags=RG&notags=XX", {}),
+    ("/reads/sample?referenceName=chr1&start=1&end=2&%FF=%FE", {}),
+    ("/reads/sample?referenceName=%63hr1&start=1&end=200", {}),
+    ("/reads/sample?referenceName=chr%FF1", {}),
+    ("/reads/sample?referenceName=", {}),
+    ("/reads/sample?&&=&a", {}),
+    ("/reads/nested/deep/other?referenceName=chr1&start=5&end=90000", {}),
+    ("/reads/nested%2Fdeep%2Fother", {}),
+    ("/reads/missing", {}),  # 404
+    ("/reads/../sample", {}),
+    ("/reads/a//b", {}),
+    ("/reads/sample/", {}),
+    ("/reads/", {}),
+    ("/reads/service-info", {}),
+    ("/reads/s%C3%A4mple", {}),
+    ("/reads/sample%0A", {}),
+    ("/reads/csi?referenceName=chr1&start=100&end=200000", {}),
+    ("/variants/calls?referenceName=1&start=1000&end=50000", {}),
+    ("/variants/calls?format=BCF&referenceName=2", {}),
+    ("/variants/calls?format=BAM", {}),
+    ("/variants/calls_csi?referenceName=X", {}),
+    ("/sequences/sample", {}),
+    ("/reads/bighdr?referenceName=chr1&start=100&end=5000", {}),
+    ("/reads/sample?referenceName=chr1", {"Host": "localhost:8080"}),
+    ("/reads/sample?referenceName=chr1", {"Host": "127.0.0.1:8080"}),
+    ("/reads/sample?referenceName=chr1", {"Host": "LOCALHOST."}),
+    ("/reads/sample?referenceName=chr1", {"Host": "evil.example"}),  # 400
+    ("/reads/sample?referenceName=chr1", {"Host": "bad host"}),
+    ("/reads/sample?referenceName=chr1", {"Host": "[::1]:8080"}),
+    ("/reads/sample?referenceName=chr1", {"X-Forwarded-Proto": "https"}),
+    ("/reads/sample?referenceName=chr1", {"X-Forwarded-Host": "public.example",
+                                          "X-Forwarded-Port": "443"}),
+    ("/reads/sample?referenceName=chr1", {"Forwarded": 'proto=https;host="p.example:9"'}),
+    ("/reads/sample?referenceName=chr1", {"Origin": "https://igv.example"}),  # Flask's
+    ("/reads/sample?referenceName=chr1", {"Authorization": "Bearer x"}),
+    ("/reads/sample?referenceName=chr1", {"Access-Control-Request-Private-Network": "true",
+                                          "Origin": "https://igv.example"}),
+]
+
+
+def _answer(app: Flask, path: str, headers: dict[str, str], method: str = "GET"
+            ) -> tuple[str, list[tuple[str, str]], bytes]:
+    resp = app.test_client().open(path, method=method, headers=headers)
+    return resp.status, list(resp.headers.items()), resp.get_data()
+
+
+def _pair(config: Config) -> tuple[Flask, Flask]:
+    """An app with the shortcut, and the same app answering through Flask only."""
+    ours, ref = create_app(config), create_app(config)
+    assert isinstance(ours.wsgi_app, fast.FastTickets)
+    ref.wsgi_app = ref.wsgi_app.flask  # type: ignore[attr-defined,method-assign]
+    for app in (ours, ref):
+        signer = app.extensions[auth.EXTENSION].signer
+        if signer is not None:
+            signer._clock = lambda: 1_700_000_000.0
+        app.test_client().get("/service-info")  # Flask serves the first request
+    return ours, ref
+
+
+def _compare(ours: Flask, ref: Flask, requests: list[tuple[str, dict[str, str]]]) -> int:
+    shortcut = ours.wsgi_app
+    assert isinstance(shortcut, fast.FastTickets)
+    assert shortcut.enabled, "the shortcut should be on for this app"
+    before = shortcut.served
+    for path, headers in requests:
+        for method in ("GET", "HEAD", "POST", "OPTIONS"):
+            got, want = _answer(ours, path, headers, method), _answer(ref, path, headers, method)
+            assert got == want, (method, path, headers)
+    served: int = shortcut.served - before
+    return served
+
+
+@pytest.fixture(scope="module")
+def signing_config(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    d = tmp_path_factory.mktemp("fastcfg")
+    (d / "restrictions.json").write_text(json.dumps(RESTRICTIONS))
+    (d / "config.toml").write_text(f"""
+[[locations]]
+root = "{data_dir}"
+[data_server.auth.authorization]
+kind = "static"
+path = "{d / 'restrictions.json'}"
+[data_server.auth.data_urls]
+secret = "s3cret"
+""")
+    return load_config(str(d / "config.toml"), env={})
+
+
+def test_same_answers(data_dir: Path) -> None:
+    ours, ref = _pair(for_data_dir(str(data_dir)))
+    served = _compare(ours, ref, REQUESTS)
+    assert served >= len(REQUESTS) - 15  # the GETs it knows; the rest went to Flask
+
+
+@pytest.mark.parametrize("server", [
+    {"base_url": "https://public.example/htsget"},
+    {"allowed_hosts": ["*"]},
+    {"allowed_hosts": ["*.example", "localhost:*"], "trusted_proxies": ["127.0.0.1"]},
+    {"trusted_proxies": ["0.0.0.0/0"], "cors_origins": ["https://igv.example"]},
+])
+def test_same_answers_per_server_config(data_dir: Path, server: dict[str, Any]) -> None:
+    ours, ref = _pair(for_data_dir(str(data_dir), **server))
+    assert _compare(ours, ref, REQUESTS) > 20
+
+
+def test_same_answers_with_signed_data_urls(signing_config: Config) -> None:
+    ours, ref = _pair(signing_config)
+    assert ours.extensions[auth.EXTENSION].signer is not None
+    assert ours.extensions[auth.EXTENSION].ticket is None
+    assert _compare(ours, ref, REQUESTS) > 20
+    body = ours.test_client().get("/reads/sample?referenceName=chr1").get_json()
+    assert any("&sig=" in u["url"] or "?exp=" in u["url"] for u in body["htsget"]["urls"])
+
+
+def test_separate_data_server(data_dir: Path) -> None:
+    config = for_data_dir(str(data_dir))
+    config.data_server.separate = True
+    ours, ref = _pair(config)
+    assert _compare(ours, ref, REQUESTS[:12]) > 5
+
+
+def test_ticket_gate_goes_to_flask(data_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "r.json").write_text(json.dumps(RESTRICTIONS))
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'[[locations]]\nroot = "{data_dir}"\n[auth.authorization]\n'
+                    f'kind = "static"\npath = "{tmp_path / "r.json"}"\n')
+    ours, ref = _pair(load_config(str(toml), env={}))
+    assert _compare(ours, ref, REQUESTS[:10]) == 0
+
+
+def test_an_unknown_hook_turns_it_off(data_dir: Path) -> None:
+    app = create_app(for_data_dir(str(data_dir)))
+    seen = []
+    app.before_request(lambda: seen.append(1))
+    app.test_client().get("/reads/sample")
+    app.test_client().get("/reads/sample")
+    assert app.wsgi_app.enabled is False  # type: ignore[attr-defined]
+    assert seen == [1, 1]
+
+
+def test_a_new_route_under_reads_turns_it_off(data_dir: Path) -> None:
+    app = create_app(for_data_dir(str(data_dir)))
+    app.add_url_rule("/reads/<path:id>/extra", "extra", lambda id: "extra")
+    app.test_client().get("/service-info")
+    assert app.wsgi_app.enabled is False  # type: ignore[attr-defined]
+
+
+def test_signals_send_requests_to_flask(data_dir: Path) -> None:
+    from flask import request_started
+
+    app = create_app(for_data_dir(str(data_dir)))
+    app.test_client().get("/service-info")
+    seen: list[str] = []
+
+    def listen(sender: Any, **kw: Any) -> None:
+        seen.append("started")
+
+    request_started.connect(listen, app)
+    try:
+        assert app.test_client().get("/reads/sample").status_code == 200
+    finally:
+        request_started.disconnect(listen, app)
+    assert seen == ["started"]
+
+
+def test_flask_refuses_hooks_after_the_first_request(data_dir: Path) -> None:
+    """What makes deciding once safe: a hook added later would be bypassed, but Flask refuses
+    it after the first request, which Flask serves."""
+    app = create_app(for_data_dir(str(data_dir)))
+    app.test_client().get("/reads/sample")
+    with pytest.raises(AssertionError):
+        app.before_request(lambda: None)
+
+
+def test_engine_bug_answered_by_flask(data_dir: Path, caplog: pytest.LogCaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(for_data_dir(str(data_dir)))
+    app.test_client().get("/service-info")
+    engine = app.extensions["htsgetr"]
+
+    def broken(query: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "ticket", broken)
+    with caplog.at_level(logging.ERROR, logger="htsgetr"):
+        resp = app.test_client().get("/reads/sample")
+    assert resp.status_code == 500
+    assert resp.get_json() == {"htsget": {"error": "InternalError",
+                                          "message": "internal server error"}}
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert sum("unhandled error" in r.message for r in caplog.records) == 1
+
+
+def test_many_random_regions(data_dir: Path) -> None:
+    import random
+
+    ours, ref = _pair(for_data_dir(str(data_dir)))
+    rng = random.Random(7)
+    requests: list[tuple[str, dict[str, str]]] = []
+    for _ in range(150):
+        ref_name, length = rng.choice([("chr1", 250_000), ("chr2", 120_000), ("chr3", 90_000)])
+        start = rng.randrange(0, length)
+        end = start + rng.randint(0, 30_000)
+        requests.append((f"/reads/{rng.choice(['sample', 'csi'])}?referenceName={ref_name}"
+                         f"&start={start}&end={end}", {}))
+    assert _compare(ours, ref, requests) == len(requests)
