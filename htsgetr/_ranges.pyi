@@ -57,6 +57,13 @@ class BinningIndex:
 
         Raises IndexError for a ref_id outside [0, n_ref).
         """
+    def bounds(self, ref_id: int, beg: int, end: int) -> tuple[int, int]:
+        """htslib's (min_off, max_off) for the 0-based half-open [beg, end) of ref_id, as
+        hts_itr_query computes them: no record before min_off overlaps the region (linear
+        index / bin loffset, with the unmapped-read adjustment), and every record at or
+        after max_off (the first chunk of the nearest bin right of end) starts at or after
+        end; max_off is 2**64 - 1 when there is no such bin. (0, 2**64 - 1) for a
+        reference without bins or an empty region. Raises IndexError like query."""
     def ref_meta(self, ref_id: int) -> tuple[int, int, int, int] | None:
         """(unmapped_beg_voffset, unmapped_end_voffset, n_mapped, n_unmapped) from the
         reference's pseudo-bin, or None when it has none."""

@@ -594,6 +594,37 @@ cdef class BinningIndex:
             return []
         return self._query(self._ref(ref_id), beg, end)
 
+    def bounds(self, ref_id, beg, end):
+        """htslib's (min_off, max_off) for [beg, end): no record before min_off overlaps
+        the region, none at or after max_off starts before its end (all-ones: none)."""
+        cdef _RefData r
+        cdef int64_t b
+        cdef Py_ssize_t k
+        cdef uint64_t lo = 0, hi = 0xffffffffffffffffu
+        self._check_ref(ref_id)
+        beg = max(beg, 0)
+        end = min(end, self._max_coord)
+        r = self._ref(ref_id)
+        if r.n_bins == 0 or beg >= end:
+            return lo, hi
+        lo = self._min_off(r, beg)
+        # hts_itr_query: the first chunk of the nearest bin to the right of end, moving up
+        # to the parent at a first child (falling off the right goes up to bin 0: none)
+        b = _bin_first(self.depth) + ((end - 1) >> self.min_shift) + 1
+        if b >= self._n_bins:
+            b = 0
+        while True:
+            while b % 8 == 1:
+                b = _bin_parent(b)
+            if b == 0:
+                break
+            k = _find_bin(r.bins, r.n_bins, b)
+            if k >= 0 and r.bins[k].n_chunk > 0:
+                hi = htsr_le64(self._buf + r.bins[k].chunk_pos)
+                break
+            b += 1
+        return lo, hi
+
     def ref_meta(self, ref_id):
         """(unmapped_beg, unmapped_end, n_mapped, n_unmapped) from the pseudo-bin, or None."""
         cdef _RefData r

@@ -1,15 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Walk BAM, BCF and VCF records in uncompressed data and find those a region overlaps, in C.
 
-Trimming a region's index chunks to the records that overlap it means looking at every record
-from a 16 kbp window's start to the region (thousands at 30x coverage); in Python that cost
-milliseconds per ticket. Overlap is decided as htslib decides it: BAM [pos, pos + reference
-length of the CIGAR, at least 1); BCF [POS, POS + rlen); VCF [POS-1, POS-1 + len(REF)), or to
-INFO/END when present.
+Every BAM, VCF and BCF region ticket holds exactly the records htslib's region query returns
+(formats/exact.py), so every record from the linear index's offset to the region's end may
+be looked at (thousands at 30x coverage); in Python that cost milliseconds per ticket.
 
-``runs`` serves record-exact tickets (authorization rules): it reports the runs of
-consecutive overlapping records, with overlap exactly as htslib 1.24 decides it (see the
-section below), and leaves nothing out or in that htslib's region query would not.
+``runs`` reports the runs of consecutive overlapping records, with overlap exactly as
+htslib 1.24 decides it (see the section below); ``head`` reads where one record starts.
 
 ``tests/records_twin.py`` is a plain-Python twin; the tests cross-check the two.
 """
@@ -48,168 +45,14 @@ cdef inline uint16_t _u16(const unsigned char *p) noexcept nogil:
     return x
 
 
-cdef inline int64_t _parse_int(const unsigned char *p, Py_ssize_t n, bint *ok) noexcept nogil:
-    """Decimal digits (optional sign) filling all n bytes."""
-    cdef int64_t v = 0
-    cdef Py_ssize_t i = 0
-    cdef bint neg = False
-    ok[0] = False
-    if n > 0 and (p[0] == 43 or p[0] == 45):  # + -
-        neg = p[0] == 45
-        i = 1
-    if i >= n or n - i > 18:
-        return 0
-    while i < n:
-        if p[i] < 48 or p[i] > 57:
-            return 0
-        v = v * 10 + (p[i] - 48)
-        i += 1
-    ok[0] = True
-    return -v if neg else v
-
-
-cdef int _vcf_record(const unsigned char *p, Py_ssize_t n, const unsigned char *name,
-                     Py_ssize_t name_len, bint *same_ref, int64_t *beg, int64_t *end) noexcept nogil:
-    """Parse one VCF line (without its newline). Returns 0 if it is not a record."""
-    cdef Py_ssize_t starts[9]
-    cdef Py_ssize_t ends[9]
-    cdef Py_ssize_t i = 0, f = 0, k
-    cdef bint ok
-    cdef int64_t v
-    starts[0] = 0
-    while i < n and f < 8:
-        if p[i] == 9:  # tab
-            ends[f] = i
-            f += 1
-            starts[f] = i + 1
-        i += 1
-    ends[f] = n
-    f += 1
-    if f < 4:
-        return 0
-    beg[0] = _parse_int(p + starts[1], ends[1] - starts[1], &ok) - 1
-    if not ok:
-        return 0
-    v = ends[3] - starts[3]
-    end[0] = beg[0] + (v if v > 1 else 1)
-    if f > 7:
-        k = starts[7]
-        while k < ends[7]:
-            # an item starts here: is it END=?
-            if ends[7] - k >= 4 and memcmp(p + k, b"END=", 4) == 0:
-                i = k + 4
-                while i < ends[7] and p[i] != 59:  # ';'
-                    i += 1
-                v = _parse_int(p + k + 4, i - k - 4, &ok)
-                if ok:
-                    end[0] = v if v > beg[0] + 1 else beg[0] + 1
-                break
-            while k < ends[7] and p[k] != 59:
-                k += 1
-            k += 1
-    same_ref[0] = (ends[0] == name_len and memcmp(p, name, name_len) == 0)
-    return 1
-
-
-def scan(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
-         int64_t ref_id, bytes ref_name, int64_t beg, int64_t end, bint open_end):
-    """Walk records from `pos` while they start before `limit` (-1: the chunk goes on past
-    the data given).
-
-    Returns (outcome, pos, first, last): `pos` where the walk stopped (a record start), `first`
-    the start of the first record overlapping [beg, end) on the reference (ref_id for BAM/BCF,
-    ref_name for VCF) and `last` the end of the last one, both -1 when none was seen.
-    """
-    cdef Py_ssize_t n = buf.shape[0]
-    cdef const unsigned char *p
-    cdef Py_ssize_t first = -1, last = -1, nxt, l_name, n_cigar, j
-    cdef int64_t rbeg, rend, rlen
-    cdef int32_t rec_ref
-    cdef uint32_t op, flag
-    cdef bint same
-    cdef const unsigned char *name = ref_name
-    cdef Py_ssize_t name_len = len(ref_name)
-    cdef const unsigned char *nl
-    cdef int outcome = C_NEED_MORE
-    if limit >= 0 and pos >= limit:
-        return C_LIMIT, pos, first, last
-    if pos >= n:
-        return C_NEED_MORE, pos, first, last
-    p = &buf[0]
-    with nogil:
-        while True:
-            if limit >= 0 and pos >= limit:
-                outcome = C_LIMIT
-                break
-            if pos >= n:
-                outcome = C_NEED_MORE
-                break
-            if kind == KIND_BAM:
-                if pos + 36 > n:
-                    outcome = C_NEED_MORE
-                    break
-                nxt = pos + 4 + <Py_ssize_t>_u32(p + pos)
-                if nxt > n:
-                    outcome = C_NEED_MORE
-                    break
-                rec_ref = _i32(p + pos + 4)
-                rbeg = _i32(p + pos + 8)
-                l_name = p[pos + 12]
-                n_cigar = _u16(p + pos + 16)
-                flag = _u16(p + pos + 18)
-                rlen = 0
-                if n_cigar and not (flag & 4) and pos + 36 + l_name + 4 * n_cigar <= nxt:
-                    for j in range(n_cigar):
-                        op = _u32(p + pos + 36 + l_name + 4 * j)
-                        if (op & 0xF) in (0, 2, 3, 7, 8):
-                            rlen += op >> 4
-                rend = rbeg + (rlen if rlen > 0 else 1)
-                same = rec_ref == ref_id
-            elif kind == KIND_BCF:
-                if pos + 20 > n:
-                    outcome = C_NEED_MORE
-                    break
-                nxt = pos + 8 + <Py_ssize_t>_u32(p + pos) + <Py_ssize_t>_u32(p + pos + 4)
-                if nxt > n:
-                    outcome = C_NEED_MORE
-                    break
-                rec_ref = _i32(p + pos + 8)
-                rbeg = _i32(p + pos + 12)
-                rlen = _i32(p + pos + 16)
-                rend = rbeg + (rlen if rlen > 0 else 1)
-                same = rec_ref == ref_id
-            else:
-                nl = <const unsigned char *>memchr(p + pos, 10, n - pos)
-                if nl == NULL:
-                    outcome = C_NEED_MORE
-                    break
-                nxt = (nl - p) + 1
-                if not _vcf_record(p + pos, nxt - 1 - pos, name, name_len, &same, &rbeg, &rend):
-                    pos = nxt
-                    continue
-            if same and rbeg >= end:
-                outcome = C_PAST
-                break
-            if same and rend > beg:
-                if first < 0:
-                    first = pos
-                    if open_end:
-                        last = nxt
-                        outcome = C_OPEN_END
-                        break
-                last = nxt
-            pos = nxt
-    return outcome, pos, first, last
-
-
 # --------------------------------------------------------------------------- exact runs
 #
-# Restricted tickets (authorization rules) must hold exactly the records htslib's region
-# query returns, so `runs` decides overlap as htslib 1.24 itself does, which differs from
-# `scan` in places that only matter at the record level: a BCF record spans
-# [POS, POS + rlen) with no one-base minimum, and a VCF line is measured by tabix's own
-# rules (tbx_parse1): REF length, INFO/END (strtoll, base 0; ignored when <= POS-1),
-# SVLEN of <DEL>/<DUP>/<CNV>/<INV> alleles, FORMAT/LEN of gVCF <*>/<NON_REF> blocks.
+# Tickets must hold exactly the records htslib's region query returns, so `runs` decides
+# overlap as htslib 1.24 itself does: a BAM record spans [pos, pos + reference length of
+# its CIGAR), at least one base; a BCF record [POS, POS + rlen) with no one-base minimum;
+# a VCF line is measured by tabix's own rules (tbx_parse1): REF length, INFO/END (strtoll,
+# base 0; ignored when <= POS-1), SVLEN of <DEL>/<DUP>/<CNV>/<INV> alleles, FORMAT/LEN of
+# gVCF <*>/<NON_REF> blocks.
 
 from libc.stdlib cimport strtoll
 
@@ -396,15 +239,17 @@ def runs(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
     """Walk records from `pos` while they start before `limit` (-1: the chunk goes on past
     the data given) and report maximal runs of consecutive records overlapping [beg, end).
 
-    Returns (outcome, pos, runs): `runs` a list of (start, end) buffer positions, a run's end
-    being the start of the record after it; `pos` where the walk stopped (a record start).
+    Returns (outcome, pos, runs, odd): `runs` a list of (start, end) buffer positions, a
+    run's end being the start of the record after it; `pos` where the walk stopped (a record
+    start); `odd` the number of VCF lines walked that tabix does not read as records ('#'
+    lines, which htslib skips; blank or unparsable ones, where it fails), never in a run.
     PAST: a record of another reference, or starting at or after `end` (htslib stops there
     too). OPEN_END (only when `open_end`): the record at `pos` starts after `beg`, so it and
     every later record of the reference overlap [beg, end).
     """
     cdef Py_ssize_t n = buf.shape[0]
     cdef const unsigned char *p = NULL
-    cdef Py_ssize_t nxt, l_name, n_cigar, j, run_start = -1
+    cdef Py_ssize_t nxt, l_name, n_cigar, j, run_start = -1, odd = 0
     cdef int64_t rbeg = 0, rend = 0, rlen
     cdef int32_t rec_ref
     cdef uint32_t op, flag
@@ -460,6 +305,8 @@ def runs(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
             if nxt < 0 or nxt > n:
                 outcome = C_NEED_MORE
                 break
+            if not record:
+                odd += 1
             if record and (not same or rbeg >= end):
                 outcome = C_PAST
                 break
@@ -476,4 +323,55 @@ def runs(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
             pos = nxt
     if run_start >= 0:
         found.append((run_start, pos))
-    return outcome, pos, found
+    return outcome, pos, found, odd
+
+
+def head(const unsigned char[:] buf, Py_ssize_t pos, int kind, int64_t ref_id,
+         bytes ref_name):
+    """Where the record at `pos` starts: (state, beg). State -1: `buf` ends before that is
+    known (BAM needs 36 bytes, BCF 20, VCF the line up to its third field); 0: not a record
+    (a '#' line, a POS tabix cannot read) or a record of another reference; 1: a record of
+    the reference (ref_id for BAM/BCF, ref_name for VCF), starting at 0-based `beg`."""
+    cdef Py_ssize_t n = buf.shape[0], i, tab1 = -1, tab2 = -1
+    cdef const unsigned char *p
+    cdef const unsigned char *name = ref_name
+    cdef Py_ssize_t name_len = len(ref_name)
+    cdef int64_t rbeg
+    cdef bint ok
+    if pos >= n:
+        return -1, 0
+    p = &buf[0] + pos
+    n -= pos
+    if kind == KIND_BAM:
+        if n < 36:
+            return -1, 0
+        return (1 if _i32(p + 4) == ref_id else 0), _i32(p + 8)
+    if kind == KIND_BCF:
+        if n < 20:
+            return -1, 0
+        return (1 if _i32(p + 8) == ref_id else 0), _i32(p + 12)
+    if p[0] == 35:  # '#'
+        return 0, 0
+    i = 0
+    while i < n and p[i] != 10:
+        if p[i] == 9:
+            if tab1 < 0:
+                tab1 = i
+            else:
+                tab2 = i
+                break
+        i += 1
+    if tab2 < 0 and i >= n:
+        return -1, 0  # the second field may go on
+    if tab1 < 0:
+        return 0, 0
+    if tab2 < 0:
+        tab2 = i  # the line ends after POS
+        if tab2 > tab1 + 1 and p[tab2 - 1] == 13:  # bgzf_getline drops a trailing '\r'
+            tab2 -= 1
+    rbeg = _c_strtoll(p + tab1 + 1, tab2 - tab1 - 1, 0, &ok) - 1
+    if not ok:
+        return 0, 0
+    if rbeg < 0:
+        rbeg = 0
+    return (1 if tab1 == name_len and memcmp(p, name, name_len) == 0 else 0), rbeg

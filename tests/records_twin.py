@@ -1,8 +1,9 @@
 """Plain-Python twin of htsgetr._records: record walks over uncompressed BAM, BCF, VCF data.
 
 A parser reads one record at `pos` and returns `(next_pos, ref, beg, end)` — 0-based
-half-open, `ref` an ID (BAM/BCF) or name (VCF) — or None when the record runs past the data
-it was given. `scan` walks records exactly as the C version does; tests cross-check them.
+half-open, `ref` an ID (BAM/BCF) or name (VCF), None for a line tabix does not read as a
+record — or None when the record runs past the data it was given. `runs` and `head` walk
+records exactly as the C versions do; tests cross-check them.
 """
 
 from __future__ import annotations
@@ -39,87 +40,13 @@ def parse_bam(data: bytes, pos: int) -> Parsed:
     return nxt, ref, beg, beg + max(rlen, 1)
 
 
-def parse_bcf(data: bytes, pos: int) -> Parsed:
-    """One BCF record: CHROM, 0-based POS and rlen from its shared part."""
-    if pos + 20 > len(data):
-        return None
-    l_shared, l_indiv, chrom, beg, rlen = _BCF_CORE.unpack_from(data, pos)
-    nxt = pos + 8 + l_shared + l_indiv
-    if nxt > len(data):
-        return None
-    return nxt, chrom, beg, beg + max(rlen, 1)
-
-
-def _int(text: bytes) -> Optional[int]:
-    """Decimal digits with an optional sign, as the C parser accepts them."""
-    digits = text[1:] if text[:1] in (b"+", b"-") else text
-    if not digits or len(digits) > 18 or not digits.isdigit():
-        return None
-    return -int(digits) if text[:1] == b"-" else int(digits)
-
-
-def parse_vcf(data: bytes, pos: int) -> Parsed:
-    """One VCF line: [POS-1, POS-1+len(REF)), or to INFO/END when present (as tabix does)."""
-    nl = data.find(b"\n", pos)
-    if nl < 0:
-        return None
-    fields = data[pos:nl].split(b"\t", 8)
-    if len(fields) < 4:
-        return nl + 1, b"", -1, -1  # not a record line (blank): overlaps nothing
-    pos_value = _int(fields[1])
-    if pos_value is None:
-        return nl + 1, b"", -1, -1
-    beg = pos_value - 1
-    end = beg + max(len(fields[3]), 1)
-    if len(fields) > 7:
-        for item in fields[7].split(b";"):
-            if item.startswith(b"END="):
-                value = _int(item[4:])
-                if value is not None:
-                    end = max(value, beg + 1)
-                break
-    return nl + 1, fields[0], beg, end
-
-
 NEED_MORE, PAST, LIMIT, OPEN_END = 0, 1, 2, 3
-
-
-def scan(
-    buf: bytes,
-    pos: int,
-    limit: int,
-    parse: RecordParser,
-    ref: RefKey,
-    beg: int,
-    end: int,
-    open_end: bool,
-) -> tuple[int, int, int, int]:
-    """The same walk as `htsgetr._records.scan`, one record at a time in Python."""
-    first = last = -1
-    while True:
-        if 0 <= limit <= pos:
-            return LIMIT, pos, first, last
-        if pos >= len(buf):
-            return NEED_MORE, pos, first, last
-        rec = parse(buf, pos)
-        if rec is None:
-            return NEED_MORE, pos, first, last
-        nxt, rec_ref, rec_beg, rec_end = rec
-        if rec_ref == ref and rec_beg >= end:
-            return PAST, pos, first, last
-        if rec_ref == ref and rec_end > beg:
-            if first < 0:
-                first = pos
-                if open_end:
-                    return OPEN_END, pos, first, nxt
-            last = nxt
-        pos = nxt
 
 
 # --------------------------------------------------------------------------- exact runs
 #
-# `htsgetr._records.runs` measures records as htslib 1.24 does (tbx_parse1, bcf_readrec);
-# these parsers return ref None for a line tabix would not read as a record.
+# `htsgetr._records.runs` measures records as htslib 1.24 does (bam_endpos, tbx_parse1,
+# bcf_readrec); these parsers return ref None for a line tabix would not read as a record.
 
 ExactParsed = Optional[tuple[int, Optional[RefKey], int, int]]
 ExactParser = Callable[[bytes, int], ExactParsed]
@@ -266,10 +193,10 @@ def runs(
     beg: int,
     end: int,
     open_end: bool,
-) -> tuple[int, int, list[tuple[int, int]]]:
+) -> tuple[int, int, list[tuple[int, int]], int]:
     """The same walk as `htsgetr._records.runs`, one record at a time in Python."""
     found: list[tuple[int, int]] = []
-    run_start = -1
+    run_start, odd = -1, 0
     while True:
         if 0 <= limit <= pos:
             outcome = LIMIT
@@ -279,6 +206,8 @@ def runs(
             outcome = NEED_MORE
             break
         nxt, rec_ref, rec_beg, rec_end = rec
+        if rec_ref is None:
+            odd += 1
         if rec_ref is not None and (rec_ref != ref or rec_beg >= end):
             outcome = PAST
             break
@@ -294,4 +223,30 @@ def runs(
         pos = nxt
     if run_start >= 0:
         found.append((run_start, pos))
-    return outcome, pos, found
+    return outcome, pos, found, odd
+
+
+def head(buf: bytes, pos: int, parse: ExactParser, ref: RefKey) -> tuple[int, int]:
+    """What `htsgetr._records.head` says of the record at `pos`: (state, beg), state -1
+    when `buf` is too short to tell, 0 for no record or another reference, 1 for `ref`."""
+    if isinstance(ref, int):
+        need = 36 if parse is parse_bam else 20
+        if pos + need > len(buf):
+            return -1, 0
+        at = 4 if parse is parse_bam else 8
+        rec_ref, beg = struct.unpack_from("<ii", buf, pos + at)
+        return int(rec_ref == ref), beg
+    line = buf[pos:]
+    if line[:1] == b"#":
+        return 0, 0
+    nl = line.find(b"\n")
+    fields = (line if nl < 0 else line[:nl]).split(b"\t", 2)
+    if len(fields) < 3 and nl < 0:
+        return -1, 0  # POS may go on
+    if len(fields) < 2:
+        return 0, 0
+    value = fields[1][:-1] if len(fields) == 2 and fields[1].endswith(b"\r") else fields[1]
+    beg, ok = strtoll(value, 0)
+    if not ok:
+        return 0, 0
+    return int(fields[0] == ref), max(beg - 1, 0)

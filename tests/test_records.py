@@ -40,61 +40,41 @@ def streams(tmp_path_factory: pytest.TempPathFactory) -> None:
     # add lines the parser must pass over or read specially
     body += (b"X\t150000\tsv\tN\t<DEL>\t.\tPASS\tSVTYPE=DEL;END=150900\n"
              b"X\tnotanumber\t.\tA\tG\t.\t.\t.\n" + b"X\t150950\t.\tACGT\tA\t.\t.\tEND=x\n")
-    STREAMS["VCF"] = (body, _starts(body, twin.parse_vcf), [b"1", b"2", b"X", b"empty"],
-                      twin.parse_vcf, _records.VCF)
+    STREAMS["VCF"] = (body, _starts(body, twin.parse_vcf_exact), [b"1", b"2", b"X", b"empty"],
+                      twin.parse_vcf_exact, _records.VCF)
     bcf = d / "r.bcf"
     subprocess.run(["bcftools", "view", "-Ob", "-o", str(bcf), str(vcf_path)], check=True)
     raw = gunzip(bcf.read_bytes())
     body = raw[bcf_header_length(raw):]
-    STREAMS["BCF"] = (body, _starts(body, twin.parse_bcf), [0, 1, 2, 3], twin.parse_bcf,
-                      _records.BCF)
-
-
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(["BAM", "VCF", "BCF"]), data=st.data())
-def test_scan_matches_twin(kind: str, data: st.DataObject) -> None:
-    body, starts, refs, parse, ckind = STREAMS[kind]
-    n = len(starts) - 1
-    i = data.draw(st.one_of(st.integers(0, n), st.integers(max(0, n - 6), n)))
-    pos = starts[i]
-    cut = data.draw(st.one_of(st.just(len(body)), st.integers(pos, len(body))))
-    buf = body[:cut]  # the buffer may end inside a record
-    limit = data.draw(st.one_of(st.just(-1), st.sampled_from(starts[i:])))
-    # regions placed at record edges, where overlap rules (END=, CIGAR, unmapped) decide
-    j = data.draw(st.integers(max(0, i - 3), min(n - 1, i + 40)))
-    _, rec_ref, rec_beg, rec_end = parse(body, starts[j])
-    ref = data.draw(st.one_of(st.just(rec_ref), st.sampled_from(refs)))
-    edge = data.draw(st.sampled_from([rec_beg, rec_end, rec_beg + 1, rec_end - 1]))
-    beg = max(0, data.draw(st.one_of(st.integers(0, 320_000), st.integers(edge - 2, edge + 2))))
-    end = data.draw(st.one_of(st.integers(beg, beg + 3), st.integers(beg, 330_000)))
-    open_end = data.draw(st.booleans())
-    ref_id = ref if isinstance(ref, int) else -1
-    ref_name = ref if isinstance(ref, bytes) else b""
-    got = _records.scan(buf, pos, limit, ckind, ref_id, ref_name, beg, end, open_end)
-    want = twin.scan(buf, pos, limit, parse, ref, beg, end, open_end)
-    assert got == want
+    STREAMS["BCF"] = (body, _starts(body, twin.parse_bcf_exact), [0, 1, 2, 3],
+                      twin.parse_bcf_exact, _records.BCF)
 
 
 def test_overlap_rules() -> None:
     """The VCF record with INFO/END spans to END; a bad END keeps the REF span."""
     body = STREAMS["VCF"][0]
     sv = body.index(b"X\t150000\tsv")
-    out = _records.scan(body, sv, -1, _records.VCF, -1, b"X", 150_800, 150_801, False)
-    assert out[2] == sv  # first overlapping record is the <DEL> ending at 150900
+    nxt = body.index(b"\n", sv) + 1
+    out = _records.runs(body, sv, -1, _records.VCF, -1, b"X", 150_800, 150_801, False)
+    assert out[2][:1] == [(sv, nxt)]  # the <DEL> ending at 150900 overlaps
     bad = body.index(b"X\t150950")
-    out = _records.scan(body, bad, -1, _records.VCF, -1, b"X", 150_953, 150_960, False)
-    assert out[2] == -1  # REF span [150949, 150953) does not reach 150953
-    out = _records.scan(body, bad, -1, _records.VCF, -1, b"X", 150_952, 150_960, False)
-    assert out[2] == bad
-    assert _records.scan(b"", 0, -1, _records.BAM, 0, b"", 0, 10, False)[0] == _records.NEED_MORE
+    out = _records.runs(body, bad, -1, _records.VCF, -1, b"X", 150_953, 150_960, False)
+    assert out[2] == []  # REF span [150949, 150953) does not reach 150953
+    out = _records.runs(body, bad, -1, _records.VCF, -1, b"X", 150_952, 150_960, False)
+    assert out[2] == [(bad, len(body))]
+    assert _records.runs(b"", 0, -1, _records.BAM, 0, b"", 0, 10, False)[0] == \
+        _records.NEED_MORE
+    # the line whose POS tabix cannot read is walked over, and counted
+    odd = body.index(b"X\tnotanumber")
+    assert _records.runs(body, odd, -1, _records.VCF, -1, b"X", 0, 1, False)[3] == 1
 
 
 def test_outcomes(tmp_path: Path) -> None:
     body, starts, _, _, ckind = STREAMS["BAM"]
-    assert _records.scan(body, 0, 0, ckind, 0, b"", 0, 10, False)[0] == _records.LIMIT
-    assert _records.scan(body[:10], 0, -1, ckind, 0, b"", 0, 10, False)[0] == _records.NEED_MORE
-    outcome, pos, first, last = _records.scan(body, 0, -1, ckind, 0, b"", 0, 1, False)
-    assert outcome == _records.PAST and pos in starts
+    assert _records.runs(body, 0, 0, ckind, 0, b"", 0, 10, False)[0] == _records.LIMIT
+    assert _records.runs(body[:10], 0, -1, ckind, 0, b"", 0, 10, False)[0] == _records.NEED_MORE
+    outcome, pos, _, odd = _records.runs(body, 0, -1, ckind, 0, b"", 0, 1, False)
+    assert outcome == _records.PAST and pos in starts and odd == 0
 
 
 def test_placed_unmapped_read_covers_one_base() -> None:
@@ -107,10 +87,11 @@ def test_placed_unmapped_read_covers_one_base() -> None:
                 and struct.unpack_from("<i", body, p + 4)[0] >= 0]
     assert unmapped
     for p in unmapped[:20]:
-        _, ref, beg, end = parse(body, p)
+        nxt, ref, beg, end = parse(body, p)
         assert end == beg + 1
-        out = _records.scan(body, p, -1, ckind, ref, b"", beg, beg + 1, False)
-        assert out[2] == p
+        out = _records.runs(body, p, nxt, ckind, ref, b"", beg, beg + 1, False)
+        assert out[2] == [(p, nxt)]
+        assert _records.runs(body, p, nxt, ckind, ref, b"", beg + 1, beg + 2, False)[2] == []
 
 
 # --------------------------------------------------------------------------- exact runs
@@ -164,7 +145,7 @@ def test_tabix_spans(line: bytes, span: object) -> None:
     assert (None if got is None else got[1:]) == span
     if span is None:
         out = _records.runs(line + b"\n", 0, -1, _records.VCF, -1, b"X", 0, 1 << 40, False)
-        assert out == (_records.NEED_MORE, len(line) + 1, [])
+        assert out == (_records.NEED_MORE, len(line) + 1, [], 1)
         return
     assert isinstance(span, tuple)
     beg, end = span
@@ -172,7 +153,7 @@ def test_tabix_spans(line: bytes, span: object) -> None:
     for lo, hi in [(end - 1, end), (end, end + 1), (beg - 1, beg), (beg, beg + 1), (beg, end)]:
         if lo < 0 or hi <= lo:
             continue
-        _, _, runs = _records.runs(buf, 0, -1, _records.VCF, -1, b"X", lo, hi, False)
+        _, _, runs, _ = _records.runs(buf, 0, -1, _records.VCF, -1, b"X", lo, hi, False)
         overlaps = end > lo and beg < hi
         assert runs == ([(0, len(buf))] if overlaps else []), (lo, hi)
 
@@ -204,6 +185,37 @@ def test_runs_match_twin(kind: str, data: st.DataObject) -> None:
     got = _records.runs(buf, pos, limit, ckind, ref_id, ref_name, beg, end, open_end)
     want = twin.runs(buf, pos, limit, parse, ref, beg, end, open_end)
     assert got == want
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["BAM", "VCFX", "BCFX"]), data=st.data())
+def test_head_matches_twin(kind: str, data: st.DataObject) -> None:
+    """`_records.head` (the record heads a skip probes) against the twin, on buffers cut
+    anywhere inside the record, and against the record's own parse."""
+    body, starts, refs, parse, ckind = STREAMS[kind]
+    i = data.draw(st.integers(0, len(starts) - 2))
+    pos = starts[i]
+    cut = data.draw(st.one_of(st.just(len(body)), st.integers(pos, min(len(body), pos + 60))))
+    ref = data.draw(st.sampled_from(refs))
+    ref_id = ref if isinstance(ref, int) else -1
+    ref_name = ref if isinstance(ref, bytes) else b""
+    got = _records.head(body[:cut], pos, ckind, ref_id, ref_name)
+    assert got == twin.head(body[:cut], pos, parse, ref)
+    whole = _records.head(body, pos, ckind, ref_id, ref_name)
+    _, rec_ref, rec_beg, _ = parse(body, pos)
+    if rec_ref is None:
+        assert whole[0] == 0
+    else:
+        assert whole == (int(rec_ref == ref), rec_beg)
+
+
+def test_head_corner_cases() -> None:
+    for line, want in [(b"X\t100\n", (1, 99)), (b"X\t100\r\n", (1, 99)), (b"X\t0x10\t", (1, 15)),
+                       (b"Y\t100\t", (0, 99)), (b"#X\t100\t", (0, 0)), (b"X\tabc\t", (0, 0)),
+                       (b"X\n", (0, 0)), (b"X\t10", (-1, 0)), (b"X", (-1, 0)), (b"", (-1, 0)),
+                       (b"X\t-4\t", (1, 0))]:
+        assert _records.head(line, 0, _records.VCF, -1, b"X") == want, line
+        assert twin.head(line, 0, twin.parse_vcf_exact, b"X") == want, line
 
 
 def test_tabix_spans_against_htslib(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from ..index.binning import check_binning_index, check_no_tabix, load_binning_in
 from ..protocol import UNPLACED, Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .base import Piece, Source, missing_index
-from .blocks import TRIM_MAX_REGIONS, IndexedFile, assemble, load_layout
+from .blocks import IndexedFile, assemble, load_layout
+from .exact import region_runs, unplaced_chunks
 
 
 def bam_header_length(data: bytes) -> Optional[int]:
@@ -107,27 +108,20 @@ class BamHandler:
         return list(self.open(source).ref_ids)
 
     def pieces(self, source: Source, query: Query) -> list[Piece]:
-        """Header, the regions' records, EOF. With `query.exact` (restricted tickets) the body
-        holds exactly the records htslib returns for the regions, each once."""
+        """Header, the regions' records, EOF: exactly the records htslib returns for the
+        regions, each once, in file order (formats/exact.py; `query.exact` changes nothing)."""
         bam = self.open(source)
         if query.klass is Class.HEADER or query.regions is None:
             return assemble(source, bam.layout, None, query.klass is Class.HEADER)
         chunks: list[tuple[int, int]] = []
-        regions = merge_regions(query.regions)
-        trim = len(regions) <= TRIM_MAX_REGIONS
-        for region in regions:
+        for region in merge_regions(query.regions):
             if region.reference_name == UNPLACED:
-                start = max(bam.index.last_end(), bam.layout.header_end)
-                chunks.append((start, bam.layout.data_end << 16))
+                chunks.extend(unplaced_chunks(bam))
                 continue
             ref_id = bam.ref_ids.get(region.reference_name)
             if ref_id is None:
                 raise NotFound(f"reference {region.reference_name!r} is not in {query.id}")
             if ref_id >= bam.index.n_ref:
                 continue  # the index lists no data for trailing references
-            if query.exact:
-                found = bam.exact_chunks(source, ref_id, region, _records.BAM, ref_id)
-            else:
-                found = bam.region_chunks(source, ref_id, region, _records.BAM, ref_id, trim)
-            chunks.extend(found)
+            chunks.extend(region_runs(source, bam, ref_id, region, _records.BAM, ref_id))
         return assemble(source, bam.layout, chunks, False)

@@ -22,7 +22,8 @@ from ..protocol import Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .bam import index_candidates
 from .base import Piece, Source, missing_index
-from .blocks import TRIM_MAX_REGIONS, IndexedFile, assemble, load_layout
+from .blocks import IndexedFile, assemble, load_layout
+from .exact import region_runs
 
 _CONTIG = re.compile(rb"^##contig=<(.*)>\s*$", re.MULTILINE)
 _ID = re.compile(rb"(?:^|,)ID=([^,>]+)")
@@ -138,29 +139,23 @@ class _VariantHandler:
         return list(self.open(source).names)
 
     def pieces(self, source: Source, query: Query) -> list[Piece]:
-        """Header, the regions' records, EOF. With `query.exact` (restricted tickets) the body
-        holds exactly the records htslib returns for the regions, each once."""
+        """Header, the regions' records, EOF: exactly the records htslib returns for the
+        regions, each once, in file order (formats/exact.py; `query.exact` changes nothing)."""
         vf = self.open(source)
         if query.klass is Class.HEADER or query.regions is None:
             return assemble(source, vf.layout, None, query.klass is Class.HEADER)
         chunks: list[tuple[int, int]] = []
-        regions = merge_regions(query.regions)
-        trim = len(regions) <= TRIM_MAX_REGIONS
-        for region in regions:
+        is_bcf = self.format is Format.BCF
+        kind = _records.BCF if is_bcf else _records.VCF
+        for region in merge_regions(query.regions):
             name = region.reference_name
             if name not in vf.header_names:
                 raise NotFound(f"reference {name!r} is not in {query.id}")
             ref_id = vf.ref_ids.get(name)
             if ref_id is None or ref_id >= vf.index.n_ref:
                 continue  # declared in the header, but no records
-            is_bcf = self.format is Format.BCF
-            kind = _records.BCF if is_bcf else _records.VCF
             target_ref = ref_id if is_bcf else name.encode()
-            if query.exact:
-                found = vf.exact_chunks(source, ref_id, region, kind, target_ref)
-            else:
-                found = vf.region_chunks(source, ref_id, region, kind, target_ref, trim)
-            chunks.extend(found)
+            chunks.extend(region_runs(source, vf, ref_id, region, kind, target_ref))
         return assemble(source, vf.layout, chunks, False)
 
 
