@@ -31,6 +31,9 @@ from htsgetr.config import for_data_dir  # noqa: E402
 from htsgetr.engine import Htsget  # noqa: E402
 from htsgetr.protocol import Endpoint, parse_get  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from deep_data import make_deep15_bam, make_deep_vcf  # noqa: E402
+
 # GRCh38 primary assembly lengths (chr1..22, X, Y, M)
 GRCH38 = [248956422, 242193529, 198295559, 190214555, 181538259, 170805979, 159345973,
           145138636, 138394717, 133797422, 135086622, 133275309, 114364328, 107043718,
@@ -284,13 +287,154 @@ def bench_data(data: Path, tmp: Path) -> None:
             _stop(p)
 
 
+def _raw_blocks(path: Path, skip: int = 10, count: int = 300) -> list[bytes]:
+    """`count` whole BGZF blocks of `path` after its first `skip` (past the header)."""
+    from htsgetr.formats import bgzf
+
+    data, out, pos = path.read_bytes()[: 40 << 20], [], 0
+    while pos < len(data) and len(out) < skip + count:
+        size = bgzf.block_size(data[pos : pos + 64])
+        out.append(data[pos : pos + size])
+        pos += size
+    return out[skip:]
+
+
+def _cpu_best(fn: Callable[[], object], rounds: int = 5) -> float:
+    """Least CPU seconds of `rounds` calls (CPU time: other load on the machine matters less)."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+def bench_codecs(data: Path) -> None:
+    """MB/s (uncompressed) inflating whole BGZF blocks (CRC32 and ISIZE checked) and deflating
+    re-cut edges (random block prefixes and suffixes), per library installed."""
+    import struct
+    import zlib
+
+    from htsgetr.formats import bgzf
+
+    libs: list[tuple[str, Callable[[bytes, int], bytes], Callable[[bytes], int],
+                     Callable[..., bytes], int]] = [
+        ("zlib", lambda d, n: zlib.decompress(d, -15, n), zlib.crc32,
+         lambda d, lvl: zlib.compress(d, lvl, -15), 6)]
+    try:
+        from isal import isal_zlib
+
+        libs.append(("isal", lambda d, n: isal_zlib.decompress(d, -15, n), isal_zlib.crc32,
+                     lambda d, lvl: isal_zlib.compress(d, lvl, -15), 1))
+    except ImportError:
+        pass
+    try:
+        import deflate
+
+        libs.append(("deflate (libdeflate)", deflate.deflate_decompress, deflate.crc32,
+                     deflate.deflate_compress, 1))
+    except ImportError:
+        pass
+    print(f"codecs (bgzf.py uses: {bgzf.codec()}; CPU time, best of 5)")
+    for name in ("deep15.bam", "deep15.vcf.gz"):
+        blocks = _raw_blocks(data / name)
+        payloads = []
+        for b in blocks:
+            xlen = struct.unpack_from("<H", b, 10)[0]
+            crc, isize = struct.unpack_from("<II", b, len(b) - 8)
+            payloads.append((b[12 + xlen : -8], crc, isize))
+        plain = [bgzf.decompress_block(b) for b in blocks]
+        total = sum(map(len, plain))
+        rng = random.Random(5)
+        edges = [p[: rng.randrange(1, len(p))] if i % 2 else p[rng.randrange(len(p) - 1):]
+                 for i, p in enumerate(plain) if len(p) > 2]
+        edge_total = sum(map(len, edges))
+        for lib, inflate, crc32, deflate_raw, level in libs:
+            def inflate_all(inflate: Callable[[bytes, int], bytes] = inflate,
+                            crc32: Callable[[bytes], int] = crc32,
+                            payloads: list[tuple[bytes, int, int]] = payloads) -> None:
+                for payload, crc, isize in payloads:
+                    out = inflate(payload, isize)
+                    if len(out) != isize or crc32(out) != crc:
+                        raise AssertionError("inflate mismatch")
+
+            t_in = _cpu_best(inflate_all)
+            sizes: list[int] = []
+
+            def deflate_all(deflate_raw: Callable[..., bytes] = deflate_raw, level: int = level,
+                            sizes: list[int] = sizes, edges: list[bytes] = edges) -> None:
+                sizes[:] = [len(deflate_raw(e, level)) for e in edges]
+
+            t_out = _cpu_best(deflate_all)
+            print(f"  {name:14} {lib:21} inflate {total / t_in / 1e6:6.0f} MB/s "
+                  f"({t_in / len(blocks) * 1e6:5.0f} us/block)   deflate level {level} "
+                  f"{edge_total / t_out / 1e6:5.0f} MB/s ({t_out / len(edges) * 1e6:5.0f} "
+                  f"us/edge, ratio {edge_total / sum(sizes):4.2f})")
+
+
+def _stats_us(times: list[float]) -> str:
+    times = sorted(times)
+    p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
+    return (f"mean {statistics.mean(times) * 1e6:7.0f} us   p50 {p50 * 1e6:7.0f} us   "
+            f"p99 {p99 * 1e6:7.0f} us")
+
+
+def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
+    """`Htsget.ticket()` in-process: random 1-20 kbp regions on the deep BAM and VCF (distinct
+    regions: the block cache, not a cache of tickets, is what helps), the same small region
+    again (warm), and what the per-worker block cache holds after."""
+    import pysam
+
+    engine = Htsget(for_data_dir(str(data)))
+    print(f"in-process tickets, {n} random 1-20 kbp regions (block_cache_bytes = "
+          f"{engine.config.block_cache_bytes >> 20} MiB)")
+    for endpoint, name in ((Endpoint.READS, "deep15"), (Endpoint.VARIANTS, "deep15")):
+        rng = random.Random(11)
+        queries = []
+        for _ in range(n):
+            s = rng.randrange(0, 9_900_000)
+            e = s + rng.randint(1000, 20000)
+            queries.append(parse_get(endpoint, name, {
+                "referenceName": "chrD", "start": str(s), "end": str(e)}))
+        engine.ticket(queries[0])
+        times = []
+        cpu0 = time.process_time()
+        for q in queries:
+            t0 = time.perf_counter()
+            engine.ticket(q)
+            times.append(time.perf_counter() - t0)
+        cpu = (time.process_time() - cpu0) / n
+        kind = "BAM" if endpoint is Endpoint.READS else "VCF"
+        print(f"  {kind} random regions   {_stats_us(times)}   CPU mean {cpu * 1e6:7.0f} us")
+    small = parse_get(Endpoint.READS, "genome", {
+        "referenceName": "chr7", "start": "5000000", "end": "5001000"})
+    engine.ticket(small)
+    times = []
+    for _ in range(2000):
+        t0 = time.perf_counter()
+        engine.ticket(small)
+        times.append(time.perf_counter() - t0)
+    with pysam.AlignmentFile(str(data / "genome.bam")) as f:
+        next(f.fetch("chr7", 5_000_000, 5_001_000), None)
+        t_ref = timeit(lambda: next(f.fetch("chr7", 5_000_000, 5_001_000), None), 2000)
+    print(f"  warm small region  {_stats_us(times)}   (goal <= 60 us; htslib warm fetch "
+          f"{t_ref * 1e6:.0f} us)")
+    blocks = engine.cache.blocks
+    print(f"  block cache: {len(blocks)} entries, {blocks.nbytes >> 20} MiB, "
+          f"hits {blocks.hits}, misses {blocks.misses}")
+
+
 def main() -> int:
     cache = ROOT / "build" / "bench-data"
     cache.mkdir(parents=True, exist_ok=True)
     print("generating benchmark data (once) ...", flush=True)
     make_big_bam(cache)
     make_deep_bam(cache)
+    make_deep15_bam(cache)
+    make_deep_vcf(cache)
     with tempfile.TemporaryDirectory() as tmp:
+        bench_codecs(cache)
+        bench_tickets_inprocess(cache)
         bench_index(cache)
         bench_deep(cache)
         bench_http(cache, Path(tmp))

@@ -18,12 +18,79 @@ def weight(value: Any) -> int:
     return int(getattr(value, "nbytes", 4096))
 
 
-class LRUCache:
-    """Bounded by entry count and by total `weight` (a 30x human BAI alone is ~9 MB)."""
+#: bytes an entry of the block cache costs besides its value (key tuple, dict slot, object)
+ENTRY_OVERHEAD = 160
 
-    def __init__(self, max_entries: int = 256, max_bytes: int = 512 << 20) -> None:
+
+class BlockCache:
+    """Inflated BGZF blocks and re-cut (compressed) block edges, bounded by bytes only.
+
+    One per worker process (beside the parsed-index `LRUCache`, config `block_cache_bytes`),
+    shared by every file: keys begin with a token unique to one version of one file, so a
+    changed file never meets its old blocks, which age out. Lookups are a dict hit under a
+    lock; values are computed outside it (two threads may both inflate one block once).
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> Any:
+        """The value kept for `key` (now the most recent), or None."""
+        with self._lock:
+            hit = self._data.get(key)
+            if hit is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return hit[0]
+
+    def put(self, key: Hashable, value: Any, nbytes: int) -> None:
+        """Keep `value` (weighing `nbytes` plus the entry's overhead), dropping the least
+        recently used entries past the budget; a value larger than the budget is not kept."""
+        size = nbytes + ENTRY_OVERHEAD
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._data[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._data.popitem(last=False)
+                self._bytes -= dropped
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class LRUCache:
+    """Bounded by entry count and by total `weight` (a 30x human BAI alone is ~9 MB).
+
+    `blocks` is the worker's `BlockCache` (`block_bytes`: config `block_cache_bytes`).
+    """
+
+    def __init__(
+        self, max_entries: int = 256, max_bytes: int = 512 << 20, block_bytes: int = 64 << 20
+    ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.blocks = BlockCache(block_bytes)
         self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -60,6 +127,7 @@ class LRUCache:
         with self._lock:
             self._data.clear()
             self._bytes = 0
+        self.blocks.clear()
 
     def __len__(self) -> int:
         return len(self._data)

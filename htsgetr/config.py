@@ -295,6 +295,9 @@ class Config:
     )
     cache_entries: int = _opt(256, "parsed indexes/headers kept per worker", min=0)
     cache_bytes: int = _opt(512 << 20, "memory those may hold per worker, bytes", min=0)
+    block_cache_bytes: int = _opt(
+        64 << 20, "inflated BGZF blocks and re-cut block edges kept per worker, bytes", min=0
+    )
     md5_max_bytes: int = _opt(
         1 << 30, "whole-file md5 is computed for local files up to this", min=0
     )

@@ -60,7 +60,7 @@ class Htsget:
     def __init__(self, config: Config, resolver: Optional[Resolver] = None) -> None:
         self.config = config
         self.resolver = resolver or Resolver(config)
-        self.cache = LRUCache(config.cache_entries, config.cache_bytes)
+        self.cache = LRUCache(config.cache_entries, config.cache_bytes, config.block_cache_bytes)
         self.handlers = default_handlers()
 
     def locate(self, id: str, fmt: Format) -> Source:

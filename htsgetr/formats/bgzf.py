@@ -28,6 +28,27 @@ MAX_BLOCK_PAYLOAD = 0x10000
 #: Bytes fetched per storage read while walking blocks (a few blocks at a time).
 READ_AHEAD = 256 * 1024
 
+try:  # ISA-L: inflates BGZF blocks ~2.5x and deflates re-cut edges ~15x faster than zlib
+    from isal import isal_zlib
+
+    _fast: Any = isal_zlib
+except ImportError:  # pragma: no cover - the pure zlib fallback (tests patch `_fast`)
+    _fast = None
+
+#: compression level of re-cut blocks: ISA-L's level 1 (levels go 0-3; about zlib 6's size on
+#: BAM, ~20% larger on VCF text) when ISA-L is there, else zlib's default 6
+FAST_RECUT_LEVEL = 1
+ZLIB_RECUT_LEVEL = 6
+
+
+def codec() -> str:
+    """The deflate library in use: "isal" (python-isal), else "zlib"."""
+    return "zlib" if _fast is None else "isal"
+
+
+def _errors() -> tuple[type[Exception], ...]:
+    return (zlib.error,) if _fast is None else (zlib.error, _fast.error)
+
 
 def coffset(voffset: int) -> int:
     return voffset >> 16
@@ -98,33 +119,52 @@ def block_size(header: bytes) -> int:
     raise ValueError("BGZF block without a BC subfield")
 
 
-def compress_block(data: bytes, level: int = 6) -> bytes:
-    """Compress `data` into one or more BGZF blocks (never the EOF marker for empty data)."""
+def compress_block(data: Union[bytes, memoryview], level: Optional[int] = None) -> bytes:
+    """Compress `data` into one or more BGZF blocks (never the EOF marker for empty data),
+    with ISA-L when installed, else zlib; `level` defaults to the codec's re-cut level (a
+    zlib level above ISA-L's highest, 3, means 3)."""
+    fast = _fast
+    if level is None:
+        level = ZLIB_RECUT_LEVEL if fast is None else FAST_RECUT_LEVEL
     out = []
     for pos in range(0, len(data), MAX_BLOCK_DATA):
         chunk = data[pos : pos + MAX_BLOCK_DATA]
-        comp = zlib.compressobj(level, zlib.DEFLATED, -15)
-        deflated = comp.compress(chunk) + comp.flush()
+        if fast is not None:
+            deflated = fast.compress(chunk, min(level, 3), -15)
+            crc = fast.crc32(chunk)
+        else:
+            comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+            deflated = comp.compress(chunk) + comp.flush()
+            crc = zlib.crc32(chunk)
         bsize = HEADER_SIZE + len(deflated) + 8
         out.append(
             struct.pack("<4BIBBHBBHH", 0x1F, 0x8B, 8, 4, 0, 0, 0xFF, 6, 66, 67, 2, bsize - 1)
             + deflated
-            + struct.pack("<II", zlib.crc32(chunk) & 0xFFFFFFFF, len(chunk))
+            + struct.pack("<II", crc & 0xFFFFFFFF, len(chunk))
         )
     return b"".join(out)
 
 
-def decompress_block(block: bytes) -> bytes:
-    """The payload of one complete BGZF block (at most 64 KiB, as SAMv1 4.1 requires: a
-    block that inflates to more is refused before it can)."""
+def decompress_block(block: Union[bytes, bytearray, memoryview]) -> bytes:
+    """The payload of one complete BGZF block, checked against the block's CRC32 and ISIZE
+    as htslib checks it; at most 64 KiB, as SAMv1 4.1 requires (a block whose ISIZE says more
+    is refused before inflating, and inflating stops one byte past ISIZE)."""
+    size = len(block)
     xlen = struct.unpack_from("<H", block, 10)[0]
-    d = zlib.decompressobj(-15)
-    try:
-        data = d.decompress(block[12 + xlen : -8], MAX_BLOCK_PAYLOAD + 1)
-    except zlib.error as exc:
-        raise ValueError(f"corrupt BGZF block: {exc}") from None
-    if len(data) > MAX_BLOCK_PAYLOAD:
+    if size < 12 + xlen + 8:
+        raise ValueError("truncated BGZF block")
+    crc, isize = struct.unpack_from("<II", block, size - 8)
+    if isize > MAX_BLOCK_PAYLOAD:
         raise ValueError(f"corrupt BGZF block: inflates to more than {MAX_BLOCK_PAYLOAD} bytes")
+    z: Any = zlib if _fast is None else _fast
+    try:
+        data = z.decompressobj(-15).decompress(memoryview(block)[12 + xlen : size - 8], isize + 1)
+    except _errors() as exc:
+        raise ValueError(f"corrupt BGZF block: {exc}") from None
+    if len(data) != isize:
+        raise ValueError(f"corrupt BGZF block: inflates to {len(data)} bytes, ISIZE is {isize}")
+    if z.crc32(data) != crc:
+        raise ValueError("corrupt BGZF block: CRC32 mismatch")
     return data
 
 
@@ -147,9 +187,10 @@ def inflate(
     out = bytearray()
     view = memoryview(data)
     pos, size = 0, len(data)
+    z: Any = zlib if _fast is None else _fast
     try:
         while pos < size:
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            d = z.decompressobj(16 + zlib.MAX_WBITS)
             while not d.eof:
                 if pos >= size:
                     raise ValueError("truncated gzip stream")
@@ -164,7 +205,7 @@ def inflate(
                     if d.eof or not pending:
                         break
             pos -= len(d.unused_data)  # the next member starts right after this one
-    except zlib.error as exc:
+    except _errors() as exc:
         raise ValueError(f"corrupt gzip stream: {exc}") from None
     return out
 

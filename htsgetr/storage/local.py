@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
+import threading
 import time
+import weakref
+from collections import OrderedDict
 from typing import Optional
 from urllib.parse import quote
 
@@ -14,6 +18,11 @@ from .base import range_header
 
 PATH_TTL = 2.0
 PATH_CACHE = 4096
+#: open files kept per storage and process (least recently used closed past it)
+OPEN_FILES = 64
+#: seconds an open file is trusted to be the file at its path: past that, a read checks the
+#: path's (mtime, size, inode) again (`version`/`size` check it at every call)
+HANDLE_TTL = 1.0
 
 #: errno values that mean "no such file here": a name too long for the file system, a
 #: symlink loop, a file where a directory should be (and the reverse).
@@ -62,6 +71,151 @@ def mount_path(mount: str, key: str) -> str:
     return f"{BARE_ALIAS}/{key}" if key.startswith("~") else key
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one version of a file from another: mtime, size, inode, device."""
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)  # a FIFO planted under the root cannot hang us
+
+
+class _Handle:
+    """An open file, closed once evicted and no read is using it."""
+
+    __slots__ = ("file", "fd", "identity", "checked", "users", "evicted")
+
+    def __init__(self, file: io.FileIO, identity: tuple[int, int, int, int], now: float) -> None:
+        self.file, self.fd, self.identity, self.checked = file, file.fileno(), identity, now
+        self.users, self.evicted = 0, False
+
+
+class OpenFiles:
+    """A bounded LRU of open files (per storage, per process), thread-safe: reads use
+    `os.pread` on a kept descriptor instead of opening the file each time. A descriptor is
+    used only while its file is still the one at its path: `check` (every stat) and reads
+    past `HANDLE_TTL` compare (mtime, size, inode, device) and reopen when they changed; an
+    evicted descriptor is closed once its last read is done, never under a reader."""
+
+    def __init__(self, capacity: int = OPEN_FILES) -> None:
+        self.capacity = capacity
+        self._files: OrderedDict[str, _Handle] = OrderedDict()
+        self._lock = threading.Lock()
+        _ALL_OPEN_FILES.add(self)
+
+    def read(self, path: str, start: int, end: int) -> bytes:
+        handle = self._acquire(path)
+        try:
+            want = max(0, end - start)
+            # no buffer larger than the file (as it was opened) for a read past its end
+            first = min(want, max(0, handle.identity[1] - start))
+            data = os.pread(handle.fd, first, start) if first else b""
+            if len(data) < want:  # the file's end, a short read, or a file grown since
+                parts, got = [data], len(data)
+                while got < want:
+                    more = os.pread(handle.fd, min(want - got, 1 << 20), start + got)
+                    if not more:
+                        break
+                    parts.append(more)
+                    got += len(more)
+                data = b"".join(parts)
+            return data
+        finally:
+            self._release(handle)
+
+    def check(self, path: str, st: os.stat_result) -> None:
+        """The file at `path` was just stat'ed: drop its open file if that is not it now."""
+        with self._lock:
+            handle = self._files.get(path)
+            if handle is None:
+                return
+            if handle.identity == _identity(st):
+                handle.checked = time.monotonic()
+                return
+            self._evict(path)
+
+    def _acquire(self, path: str) -> _Handle:
+        now = time.monotonic()
+        with self._lock:
+            handle = self._files.get(path)
+            if handle is not None and now - handle.checked <= HANDLE_TTL:
+                self._files.move_to_end(path)
+                handle.users += 1
+                return handle
+        if handle is not None:  # stale: is it still the file at the path?
+            try:
+                same = _identity(os.stat(path)) == handle.identity
+            except OSError:
+                same = False
+            with self._lock:
+                if self._files.get(path) is handle:
+                    if same:
+                        handle.checked = now
+                        self._files.move_to_end(path)
+                        handle.users += 1
+                        return handle
+                    self._evict(path)
+        # builtins.open, not os.open: one place where opening fails, for every caller
+        file = open(path, "rb", buffering=0, opener=_open_nonblocking)
+        try:
+            st = os.fstat(file.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
+        except BaseException:
+            file.close()
+            raise
+        handle = _Handle(file, _identity(st), now)
+        with self._lock:
+            old = self._files.get(path)
+            if old is not None:
+                self._evict(path)
+            self._files[path] = handle
+            handle.users += 1
+            while len(self._files) > self.capacity:
+                self._evict(next(iter(self._files)))
+        return handle
+
+    def _release(self, handle: _Handle) -> None:
+        with self._lock:
+            handle.users -= 1
+            if handle.evicted and handle.users == 0:
+                handle.file.close()
+
+    def _evict(self, path: str) -> None:
+        """Forget `path`'s open file, closing it unless a read uses it (lock held)."""
+        handle = self._files.pop(path)
+        handle.evicted = True
+        if handle.users == 0:
+            handle.file.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            for path in list(self._files):
+                self._evict(path)
+
+    def _after_fork(self) -> None:
+        """In a forked child: its own lock, and descriptors of its own from the next read."""
+        self._lock = threading.Lock()
+        for handle in self._files.values():
+            handle.file.close()
+        self._files = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+_ALL_OPEN_FILES: weakref.WeakSet[OpenFiles] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for files in list(_ALL_OPEN_FILES):
+        files._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 class LocalStorage:
     """Files below `root`; `block_url` points at `<data_url>/data/[<mount>/]<key>` with a
     Range header."""
@@ -72,6 +226,7 @@ class LocalStorage:
         self.mount = mount
         self.name = f"file:{self.root}"
         self._paths: dict[str, tuple[str, float]] = {}
+        self.files = OpenFiles()
 
     def check(self) -> None:
         """ValueError unless the root is a directory we can list (checked at start)."""
@@ -113,12 +268,14 @@ class LocalStorage:
             return False
 
     def _stat(self, key: str) -> os.stat_result:
+        path = self.path(key)
         try:
-            st = os.stat(self.path(key))
+            st = os.stat(path)
         except (OSError, ValueError) as err:
             raise os_error(key, err) from None
         if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"no such object: {key!r}")
+        self.files.check(path, st)
         return st
 
     def size(self, key: str) -> int:
@@ -129,11 +286,11 @@ class LocalStorage:
         return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
 
     def read(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of `key` (fewer at the end of the file), by `os.pread` on a
+        kept open file (`OpenFiles`)."""
         try:
-            with open(self.path(key), "rb") as f:
-                f.seek(start)
-                return f.read(max(0, end - start))
-        except (OSError, ValueError) as err:
+            return self.files.read(self.path(key), start, end)
+        except (OSError, ValueError, OverflowError) as err:
             raise os_error(key, err) from None
 
     def block_url(self, key: str, start: int, end: int) -> tuple[str, Optional[dict[str, str]]]:
