@@ -9,25 +9,33 @@ or cut in half.
 
 from __future__ import annotations
 
+import itertools
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 from .._ranges import BinningIndex, merge_ranges
 from ..protocol import Class, InternalError
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
 
-#: decompressed blocks kept per file for re-cutting chunk ends
-BLOCK_CACHE = 16
+#: block ends a layout remembers (beside those of the blocks in the worker's block cache);
+#: past that many the table starts again, so a layout's memory stays bounded
+BLOCK_ENDS = 4096
+#: a BGZF block's compressed size at most (SAMv1 4.1: BSIZE - 1 fits 16 bits)
+_MAX_BSIZE = 0x10000
+#: per-process tokens naming one layout (one version of one file) in the block cache
+_layout_tokens = itertools.count()
 
 
 @dataclass
 class BgzfLayout:
-    """Where the header ends and how to find block ends, for one version of one file."""
+    """Where the header ends and how to find block ends, for one version of one file.
+
+    Inflated blocks and re-cut block edges go to the worker's `BlockCache`
+    (`source.cache.blocks`, bounded by `block_cache_bytes`) under this layout's token.
+    """
 
     size: int
     header_end: int  # virtual offset of the first byte after the header
@@ -36,13 +44,17 @@ class BgzfLayout:
     eof_present: bool
     gzi: Optional[bgzf.Gzi] = None
     _block_ends: dict[int, int] = field(default_factory=dict)
-    _blocks: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)  # gthread workers share it
+    _token: int = field(default_factory=lambda: next(_layout_tokens))
+    # the block read last: (offset, end, compressed bytes), so that `block_end` and then
+    # `block_data` on one block read it once (a tuple: threads replace it whole)
+    _raw: Optional[tuple[int, int, Union[bytes, memoryview]]] = None
+    _header_recut: Optional[bytes] = None
 
     @property
     def nbytes(self) -> int:
-        """Memory this layout may hold: its header block and a full block cache."""
-        return len(self.header_block) + BLOCK_CACHE * 0x10000
+        """Memory this layout may hold: its header block, that block's re-cut and a full
+        table of block ends (blocks themselves are in the block cache, counted there)."""
+        return 2 * len(self.header_block) + self.header_block_size + BLOCK_ENDS * 100
 
     @property
     def data_end(self) -> int:
@@ -51,36 +63,75 @@ class BgzfLayout:
 
     def block_end(self, source: Source, coff: int) -> int:
         """End of the block starting at `coff`: from the GZI, else from its header (cached)."""
-        if coff in self._block_ends:
-            return self._block_ends[coff]
-        end = self.gzi.block_end(coff) if self.gzi else None
+        end = self._block_ends.get(coff)
         if end is None:
-            head = source.read(coff, coff + bgzf.HEADER_SIZE + 64)
+            hit = source.cache.blocks.get((self._token, coff))
+            end = hit[1] if hit is not None else self._fetch(source, coff)[0]
+        return end
+
+    def _fetch(self, source: Source, coff: int) -> tuple[int, Union[bytes, memoryview]]:
+        """End and compressed bytes of the block at `coff` (no bytes when its header is
+        corrupt: its end is then the data's end, to send rather than cut short), in one read:
+        of the block when its end is known (GZI, an earlier look), else of the most a block
+        can take, its header then telling where it ends (one round trip on remote storage)."""
+        raw = self._raw
+        if raw is not None and raw[0] == coff:
+            return raw[1], raw[2]
+        end = self._block_ends.get(coff)
+        if end is None and self.gzi is not None:
+            end = self.gzi.block_end(coff)
+        data: Union[bytes, memoryview]
+        if end is not None:
+            end = min(end, self.size)
+            data = source.read(coff, end)
+        else:
+            data = source.read(coff, min(coff + _MAX_BSIZE, self.size))
             try:
-                end = coff + bgzf.block_size(head)
+                end = min(coff + bgzf.block_size(data), self.size)
+                data = memoryview(data)[: end - coff]
             except (ValueError, struct.error):
-                end = self.data_end  # a corrupt block: send to the end rather than cut short
-        self._block_ends[coff] = min(end, self.size)
-        return self._block_ends[coff]
+                end, data = self.data_end, b""
+        if len(self._block_ends) >= BLOCK_ENDS:
+            self._block_ends.clear()
+        self._block_ends[coff] = end
+        self._raw = (coff, end, data)
+        return end, data
 
     def block_data(self, source: Source, coff: int) -> bytes:
-        """Uncompressed data of the block at `coff` (a few recent blocks are kept)."""
+        """Uncompressed data of the block at `coff` (kept in the worker's block cache)."""
         if coff == bgzf.coffset(self.header_end) and self.header_block:
             return self.header_block
-        with self._lock:
-            if coff in self._blocks:
-                self._blocks.move_to_end(coff)
-                return self._blocks[coff]
-        raw = source.read(coff, self.block_end(source, coff))
+        blocks = source.cache.blocks
+        key = (self._token, coff)
+        hit = blocks.get(key)
+        if hit is not None:
+            return hit[0]
+        end, raw = self._fetch(source, coff)
         try:
             data = bgzf.decompress_block(raw)
         except (ValueError, struct.error) as exc:
             raise InternalError(f"{source.key}: corrupt BGZF block at {coff}: {exc}") from None
-        with self._lock:
-            self._blocks[coff] = data
-            while len(self._blocks) > BLOCK_CACHE:
-                self._blocks.popitem(last=False)
+        blocks.put(key, (data, end), len(data))
         return data
+
+    def recut(self, source: Source, coff: int, ustart: int, uend: Optional[int] = None) -> bytes:
+        """Bytes [ustart, uend) of the block at `coff` compressed as BGZF block(s) of their own
+        (b"" for none), kept in the block cache: a popular region's edges are deflated once."""
+        blocks = source.cache.blocks
+        key = (self._token, coff, ustart, uend)
+        hit = blocks.get(key)
+        if hit is None:
+            hit = bgzf.compress_block(memoryview(self.block_data(source, coff))[ustart:uend])
+            blocks.put(key, hit, len(hit))
+        return hit
+
+    def header_recut(self) -> bytes:
+        """The header's part of the block where it ends, compressed as a block of its own."""
+        if self._header_recut is None:
+            self._header_recut = bgzf.compress_block(
+                self.header_block[: bgzf.uoffset(self.header_end)]
+            )
+        return self._header_recut
 
 
 def load_layout(source: Source, prefix: bgzf.Prefix, header_len: int) -> BgzfLayout:
@@ -125,7 +176,7 @@ def header_pieces(layout: BgzfLayout) -> list[Piece]:
     if coff > 0:
         pieces.append(ByteRange(0, coff, Class.HEADER))
     if uoff:
-        pieces.append(Inline(bgzf.compress_block(layout.header_block[:uoff]), Class.HEADER))
+        pieces.append(Inline(layout.header_recut(), Class.HEADER))
     return pieces
 
 
@@ -140,20 +191,21 @@ def chunk_pieces(source: Source, layout: BgzfLayout, vbeg: int, vend: int) -> li
     cb, ub = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
     ce, ue = bgzf.coffset(vend), bgzf.uoffset(vend)
     if cb == ce:
-        data = layout.block_data(source, cb)[ub:ue]
-        return [Inline(bgzf.compress_block(data), Class.BODY)] if data else []
+        data = layout.recut(source, cb, ub, ue)
+        return [Inline(data, Class.BODY)] if data else []
     pieces: list[Piece] = []
     start = cb
     if ub:
-        head = layout.block_data(source, cb)[ub:]
+        head = layout.recut(source, cb, ub)
         if head:
-            pieces.append(Inline(bgzf.compress_block(head), Class.BODY))
+            pieces.append(Inline(head, Class.BODY))
         start = layout.block_end(source, cb)
     if ce > start:
         pieces.append(ByteRange(start, ce, Class.BODY))
     if ue:
-        tail = layout.block_data(source, ce)[:ue]
-        pieces.append(Inline(bgzf.compress_block(tail), Class.BODY))
+        tail = layout.recut(source, ce, 0, ue)
+        if tail:
+            pieces.append(Inline(tail, Class.BODY))
     return pieces
 
 
