@@ -13,7 +13,7 @@ from typing import Optional
 from .cache import LRUCache
 from .config import Config
 from .formats.bam import BamHandler
-from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source
+from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source, companions
 from .formats.cram import CramHandler
 from .formats.fasta import FastaHandler, FastqHandler
 from .formats.vcf import BcfHandler, VcfHandler
@@ -29,6 +29,7 @@ from .protocol import (
     Region,
     Ticket,
 )
+from .storage.base import batched, stat_many
 from .storage.local import LocalStorage, safe_key
 from .storage.resolver import Resolver
 
@@ -69,6 +70,9 @@ class Htsget:
             raise NotFound(f"no {fmt.value} file for ID {id!r}")
         handler = self.handler(fmt)
         for match in self.resolver.matches(id, fmt):
+            if batched(match.storage):  # remote: the file and its companions in one ask
+                keys = [match.key + ext for ext in handler.extensions]
+                stat_many(match.storage, companions(handler, [k for k in keys if safe_key(k)]))
             for ext in handler.extensions:
                 key = match.key + ext
                 if safe_key(key) is not None and match.storage.exists(key):
@@ -88,6 +92,9 @@ class Htsget:
         handler = self.handler(query.format)
         if query.allowed is not None and query.klass is not Class.HEADER:
             query = restricted(query, handler, source)
+        prefetch = getattr(handler, "prefetch", None)
+        if prefetch is not None and source.batched:  # remote: what pieces() reads, at once
+            prefetch(source, query)
         pieces = handler.pieces(source, query)
         ticket = Ticket(query.format, [self._block(source, p) for p in pieces])
         if query.regions is None and query.klass is None:

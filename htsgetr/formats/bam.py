@@ -72,6 +72,7 @@ def index_candidates(key: str, ext: str, primary: tuple[str, ...]) -> list[str]:
 def load_bam(source: Source, index_key: str, limits: bgzf.Limits = bgzf.DEFAULT_LIMITS) -> BamFile:
     """Header, layout and index of one BAM; a bad header, or an index that is corrupt, too
     large or not this file's, is an `InternalError` naming it (see index/binning.py)."""
+    bgzf.prefetch_open(source, index_key, limits)  # remote: all of the below in one batch
     prefix, length = bgzf.read_prefix(
         source.storage, source.key, bam_header_length, limits.max_header_bytes
     )
@@ -94,6 +95,10 @@ class BamHandler:
     def __init__(self, limits: bgzf.Limits = bgzf.DEFAULT_LIMITS) -> None:
         self.limits = limits  # max_header_bytes, max_index_bytes
 
+    def sidecars(self, key: str) -> list[str]:
+        """Files that go with `key`, asked about with it (one listing on S3)."""
+        return index_candidates(key, ".bam", ("bai",)) + [key + ".gzi"]
+
     def open(self, source: Source) -> BamFile:
         index_key = source.find(index_candidates(source.key, ".bam", ("bai",)))
         if index_key is None:
@@ -102,6 +107,13 @@ class BamHandler:
         return bgzf.load_or_refuse(
             source, "bam", lambda: load_bam(source, index_key, limits), index_key
         )
+
+    def prefetch(self, source: Source, query: Query) -> None:
+        """Remote storage: the blocks `pieces` will read, in one parallel batch."""
+        if query.regions and query.klass is not Class.HEADER:
+            bam = self.open(source)
+            source.prefetch(bgzf.edge_reads(bam.layout, bam.index, query.regions,
+                                            bam.ref_ids.get))
 
     def reference_names(self, source: Source) -> list[str]:
         """Reference names in header order: what a rule naming no reference expands to."""

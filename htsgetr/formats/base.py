@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, TypeVar, Union
 
 from ..cache import LRUCache
 from ..protocol import Class, Format, NotFound, Query
-from ..storage.base import Storage
+from ..storage.base import Storage, batched, prefetch, stat_many
 
 T = TypeVar("T")
 
@@ -49,11 +49,46 @@ class Source:
         return self._versions[key]
 
     def find(self, candidates: Iterable[str]) -> Optional[str]:
-        """The first candidate key (e.g. index names) that exists in the same storage."""
+        """The first candidate key (e.g. index names) that exists in the same storage (a
+        remote one is asked about all of them at once, if `Htsget.locate` did not already)."""
+        if batched(self.storage):
+            keys = list(candidates)
+            found = stat_many(self.storage, keys)
+            return next((key for key in keys if found.get(key) is not None), None)
         for candidate in candidates:
             if self.storage.exists(candidate):
                 return candidate
         return None
+
+    @property
+    def batched(self) -> bool:
+        """Whether reading ahead pays: a remote storage answering many reads at once."""
+        return batched(self.storage)
+
+    def prefetch(self, ranges: Iterable[tuple[int, int]], key: Optional[str] = None) -> None:
+        """Fetch byte ranges of the file (or of `key`) in one parallel batch, kept for the
+        reads that follow; nothing unless the storage is `batched`."""
+        if self.batched:
+            prefetch(self.storage, [(key or self.key, a, b) for a, b in ranges if b > a])
+
+    def prefetch_open(self, head: int, tail: int, whole: Sequence[tuple[Optional[str], int]]
+                      ) -> None:
+        """What opening a file reads, in one parallel batch on a remote storage: its first
+        `head` bytes (header), its last `tail` bytes (EOF marker) and each `(key, limit)` of
+        `whole` that exists and is at most `limit` bytes (index, .gzi, .md5). Sizes come from
+        what `Htsget.locate` learnt, so nothing waits for anything else."""
+        if not self.batched:
+            return
+        size = self.storage.size(self.key)
+        reads = [(self.key, 0, min(size, head))]
+        if size > head:
+            reads.append((self.key, max(0, size - tail), size))
+        found = stat_many(self.storage, [key for key, _ in whole if key])
+        for key, limit in whole:
+            meta = found.get(key) if key else None
+            if key and meta is not None and 0 < meta.size <= limit:
+                reads.append((key, 0, meta.size))
+        prefetch(self.storage, reads)
 
     def cached(self, kind: str, load: Callable[[], T], *extra_keys: str) -> T:
         """Parse once per process per version of the file (and of `extra_keys`, e.g. indexes)."""
@@ -85,6 +120,19 @@ class FormatHandler(Protocol):
         ...
 
     def pieces(self, source: Source, query: Query) -> list[Piece]: ...
+
+
+#: optional handler method `sidecars(key) -> list[str]`: the companions (index candidates,
+#: .gzi) of a data file, asked about with the file itself (one listing on S3)
+def companions(handler: object, keys: Sequence[str]) -> list[str]:
+    """The data keys, each followed by its handler's sidecars and its `.md5`."""
+    sidecars: Optional[Callable[[str], list[str]]] = getattr(handler, "sidecars", None)
+    out: list[str] = []
+    for key in keys:
+        out.append(key)
+        out.extend(sidecars(key) if sidecars is not None else ())
+        out.append(key + ".md5")
+    return out
 
 
 def missing_index(key: str) -> NotFound:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import struct
 import zlib
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
-from ..protocol import InternalError
+from ..protocol import MAX_COORDINATE, UNPLACED, InternalError, Region, merge_regions
 from ..storage.base import Storage
 from .base import Source
 
@@ -101,6 +102,81 @@ def load_or_refuse(source: Source, kind: str, load: Callable[[], T], *extra_keys
     if isinstance(value, Refused):
         raise InternalError(value.message)
     return value
+
+
+def prefetch_open(source: Source, index_key: Optional[str], limits: Limits) -> None:
+    """On a remote storage, what loading a BGZF file reads, in one parallel batch: the
+    header's first blocks (`read_prefix`'s first read), the EOF block, the whole index, the
+    .gzi and the .md5 (see `Source.prefetch_open`)."""
+    source.prefetch_open(
+        READ_AHEAD,
+        len(EOF_MARKER),
+        [(index_key, limits.max_index_bytes), (source.key + ".gzi", limits.max_index_bytes),
+         (source.key + ".md5", 4096)],
+    )
+
+
+#: `edge_reads`: compressed bytes read ahead per ticket at most, and the widest chunk read
+#: ahead whole (wider ones: their first and last EDGE_SPAN / 2 bytes)
+EDGE_BUDGET = 8 << 20
+EDGE_SPAN = 1 << 20
+#: a block's compressed size at most (SAMv1 4.1: BSIZE fits 16 bits)
+MAX_BLOCK_SIZE = 0x10000
+
+
+def edge_reads(
+    layout: Any, index: Any, regions: Iterable[Region], ref_id: Callable[[str], Optional[int]]
+) -> list[tuple[int, int]]:
+    """Byte ranges a region ticket will read from a BGZF file (`layout` a BgzfLayout,
+    `index` its BinningIndex), so a remote storage fetches them in one parallel batch
+    instead of one block walk step at a time: the block where each index chunk starts and
+    the one where it ends (re-cut edges) and, for bounded regions (trimmed to their records
+    by a walk through the chunk), the chunk itself, within EDGE_SPAN / EDGE_BUDGET."""
+    edges: list[tuple[int, int]] = []
+    spans: list[tuple[int, int]] = []
+    header_end = layout.header_end
+    for region in merge_regions(tuple(regions)):
+        if region.reference_name == UNPLACED:
+            start = coffset(max(index.last_end(), header_end))
+            edges.append((start, start + MAX_BLOCK_SIZE))
+            continue
+        rid = ref_id(region.reference_name)
+        if rid is None or not 0 <= rid < index.n_ref:
+            continue
+        beg = region.start or 0
+        end = MAX_COORDINATE if region.end is None else region.end
+        bounded = region.start is not None or region.end is not None
+        for vbeg, vend in index.query(rid, beg, end):
+            vbeg = max(vbeg, header_end)
+            if vend <= vbeg:
+                continue
+            a, b = coffset(vbeg), min(coffset(vend), layout.size)
+            edges += [(a, a + MAX_BLOCK_SIZE), (b, b + MAX_BLOCK_SIZE)]
+            if bounded and b - a > MAX_BLOCK_SIZE:
+                if b - a <= EDGE_SPAN:
+                    spans.append((a, b))
+                else:
+                    spans += [(a, a + EDGE_SPAN // 2), (b - EDGE_SPAN // 2, b)]
+    out = _merged(edges)
+    total = sum(b - a for a, b in out)
+    if total > EDGE_BUDGET:
+        return []  # a wide query: its walk reads ahead by itself
+    for span in spans:
+        total += span[1] - span[0]
+        if total > EDGE_BUDGET:
+            break
+        out.append(span)
+    return [(a, min(b, layout.size)) for a, b in _merged(out) if a < layout.size]
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def block_size(header: bytes) -> int:

@@ -29,7 +29,7 @@ from ..protocol import (
     Query,
 )
 from .base import ByteRange, Inline, Piece, Source, missing_index
-from .bgzf import DEFAULT_LIMITS, Limits, load_or_refuse
+from .bgzf import DEFAULT_LIMITS, EDGE_BUDGET, EDGE_SPAN, Limits, load_or_refuse
 
 T = TypeVar("T")
 
@@ -293,6 +293,10 @@ def parse_header(
 
 def load_cram(source: Source, limits: Limits = DEFAULT_LIMITS) -> CramFile:
     size = source.storage.size(source.key)
+    # remote: header, EOF container, CRAI and .md5 in one batch (the CRAI is loaded next)
+    source.prefetch_open(4 * INITIAL_READ, len(EOF_CONTAINER_V3), [
+        (source.find(index_candidates(source.key)), limits.max_index_bytes),
+        (source.key + ".md5", 4096)])
     limit = limits.max_header_bytes
     try:
         # the header container's first block holds the SAM header: reading the limit and a
@@ -330,10 +334,38 @@ class CramHandler:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits  # max_header_bytes, max_index_bytes
 
+    def sidecars(self, key: str) -> list[str]:
+        """Files that go with `key`, asked about with it (one listing on S3)."""
+        return index_candidates(key)
+
     def open(self, source: Source) -> CramFile:
         """The parsed header (no index needed: whole-file and header tickets work without)."""
         limits = self.limits
         return load_or_refuse(source, "cram", lambda: load_cram(source, limits))
+
+    def prefetch(self, source: Source, query: Query) -> None:
+        """Remote storage, in one parallel batch: the container heads `verify_containers`
+        reads, and the first and last container of each bounded region (re-encoded)."""
+        if not query.regions or query.klass is Class.HEADER:
+            return
+        cram = self.open(source)
+        try:
+            spans = list(self._spans(cram, query))
+            crai = self._index(source)[1]
+        except (NotFound, InternalError):
+            return  # pieces() says so
+        reads: list[tuple[int, int]] = []
+        for ref_id, beg, end in spans:
+            offsets = sorted(crai.containers(ref_id, beg, end))
+            edges = {offsets[0], offsets[-1]} if offsets and ref_id != UNMAPPED else set()
+            for offset in offsets:
+                stop = min(crai.next_container(offset, cram.data_end), cram.data_end)
+                if offset in edges and stop - offset <= EDGE_SPAN:
+                    reads.append((offset, stop))
+                elif offset not in crai.verified:
+                    reads.append((offset, min(stop, offset + CONTAINER_HEAD_READ)))
+        if sum(b - a for a, b in reads) <= EDGE_BUDGET:
+            source.prefetch(reads)
 
     def reference_names(self, source: Source) -> list[str]:
         """The @SQ names in header order (a name's position is its CRAM reference ID)."""

@@ -81,6 +81,7 @@ def _load(
 ) -> VariantFile:
     """Header, layout and index; a bad header, or an index that is corrupt, too large or
     not this file's, is an `InternalError` naming it (see index/binning.py)."""
+    bgzf.prefetch_open(source, index_key, limits)  # remote: all of the below in one batch
     prefix, length = bgzf.read_prefix(
         source.storage, source.key, header_length, limits.max_header_bytes
     )
@@ -118,6 +119,10 @@ class _VariantHandler:
     def __init__(self, limits: bgzf.Limits = bgzf.DEFAULT_LIMITS) -> None:
         self.limits = limits  # max_header_bytes, max_index_bytes
 
+    def sidecars(self, key: str) -> list[str]:
+        """Files that go with `key`, asked about with it (one listing on S3)."""
+        return index_candidates(key, self.extensions[0], self._index_exts) + [key + ".gzi"]
+
     def open(self, source: Source) -> VariantFile:
         ext = self.extensions[0]
         index_key = source.find(index_candidates(source.key, ext, self._index_exts))
@@ -132,6 +137,12 @@ class _VariantHandler:
             lambda: _load(source, index_key, header_length, is_bcf, limits),
             index_key,
         )
+
+    def prefetch(self, source: Source, query: Query) -> None:
+        """Remote storage: the blocks `pieces` will read, in one parallel batch."""
+        if query.regions and query.klass is not Class.HEADER:
+            vf = self.open(source)
+            source.prefetch(bgzf.edge_reads(vf.layout, vf.index, query.regions, vf.ref_ids.get))
 
     def reference_names(self, source: Source) -> list[str]:
         """Contig names in header order (BCF: dictionary order), then any the index alone
