@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import replace
 from typing import Optional
+from urllib.parse import quote
 
 from .cache import LRUCache
 from .config import Config
 from .formats.bam import BamHandler
 from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source, companions
 from .formats.cram import CramHandler
+from .formats.cram_reference import References
+from .formats.derived import Derived, Part, bound_inline, derived_path, parse_derived, version_tag
 from .formats.fasta import FastaHandler, FastqHandler
 from .formats.vcf import BcfHandler, VcfHandler
 from .protocol import (
@@ -30,17 +34,20 @@ from .protocol import (
     Ticket,
 )
 from .storage.base import batched, stat_many
-from .storage.local import LocalStorage, safe_key
-from .storage.resolver import Resolver
+from .storage.local import LocalStorage, mount_path, safe_key, visible
+from .storage.resolver import Resolver, stem_pattern
 
 RESERVED_IDS = frozenset({"service-info"})
+#: characters a url may grow by after the engine: "?exp=...&sig=..." and a longer host
+URL_MARGIN = 128
 
 
-def default_handlers() -> dict[Format, FormatHandler]:
+def default_handlers(config: Optional[Config] = None) -> dict[Format, FormatHandler]:
     """One handler per format; each knows its file extensions, index and byte layout."""
+    references = References(tuple(config.cram_reference_path)) if config else None
     return {
         Format.BAM: BamHandler(),
-        Format.CRAM: CramHandler(),
+        Format.CRAM: CramHandler(references=references),
         Format.VCF: VcfHandler(),
         Format.BCF: BcfHandler(),
         Format.FASTA: FastaHandler(),
@@ -62,7 +69,7 @@ class Htsget:
         self.config = config
         self.resolver = resolver or Resolver(config)
         self.cache = LRUCache(config.cache_entries, config.cache_bytes, config.block_cache_bytes)
-        self.handlers = default_handlers()
+        self.handlers = default_handlers(config)
 
     def locate(self, id: str, fmt: Format) -> Source:
         """The data file for `id` in `fmt`: the first location holding one of its extensions."""
@@ -96,16 +103,67 @@ class Htsget:
         if prefetch is not None and source.batched:  # remote: what pieces() reads, at once
             prefetch(source, query)
         pieces = handler.pieces(source, query)
-        ticket = Ticket(query.format, [self._block(source, p) for p in pieces])
+        parts = bound_inline(
+            pieces, self.config.max_inline_bytes, lambda p: self._entry_chars(source, p)
+        )
+        ticket = Ticket(query.format, [self._block(source, p) for p in parts])
         if query.regions is None and query.klass is None:
             ticket.md5 = self._md5(source, pieces)
         return ticket
 
-    def _block(self, source: Source, piece: Piece) -> Block:
+    def _block(self, source: Source, piece: Part) -> Block:
         if isinstance(piece, Inline):
             return Block(data_uri(piece.data), None, piece.klass)
+        if isinstance(piece, Derived):
+            path = derived_path(
+                mount_path(_mount(source), source.key), source.version(), piece.recut
+            )
+            url = f"{self.config.data_url()}/data/{quote(path, safe='/:,;*')}"
+            return Block(url, None, piece.klass)
         url, headers = source.storage.block_url(source.key, piece.start, piece.end)
         return Block(url, headers, piece.klass)
+
+    def _entry_chars(self, source: Source, part: Part) -> int:
+        """JSON characters of a non-inline ticket entry, with room for a signature and
+        another host (what api/tickets.py may add)."""
+        return len(json.dumps(self._block(source, part).to_json())) + URL_MARGIN
+
+    def derived(self, path: str) -> bytes:
+        """The bytes of a derived block: `path` below /data/ as `_block` wrote it. NotFound
+        for anything else, or when the file changed since (ask for a new ticket)."""
+        ref = parse_derived(path)
+        source = self._derived_source(ref.data_path) if ref is not None else None
+        if ref is None or source is None:
+            raise NotFound(f"no such object: {path!r}")
+        if version_tag(source.version()) != ref.tag:
+            raise NotFound(f"{source.key!r} has changed since the ticket: ask for a new one")
+        handler = self.handler(Format.CRAM)
+        if not isinstance(handler, CramHandler):
+            raise NotFound(f"no such object: {path!r}")
+        return handler.derived(source, ref)
+
+    def _derived_source(self, data_path: str) -> Optional[Source]:
+        """The CRAM file a ticket of some location could name, by its path below /data/.
+        Unlike its bytes (`Resolver.data_object`), the re-cuts of a file whose tickets point
+        elsewhere (S3 presigned, url redirect) are served here too."""
+        extensions = {Format.CRAM: self.handler(Format.CRAM).extensions}
+        storage, key = self.resolver.mount_for(data_path)
+        if storage is None or not key.endswith(extensions[Format.CRAM]):
+            return None
+        if self.resolver.data_object(data_path, extensions) is not None:
+            return Source(storage, key, self.cache)
+        location = next(loc for _, loc, st in self.resolver.rules if st is storage)
+        if location.backend == "file" or location.mode == "proxy":
+            return None  # refused by data_object
+        if location.formats and "CRAM" not in {f.upper() for f in location.formats}:
+            return None
+        if safe_key(key) != key or not visible(key):
+            return None
+        stems = [key[: -len(ext)] for ext in extensions[Format.CRAM] if key.endswith(ext)]
+        pattern = stem_pattern(location)
+        if not any(pattern.fullmatch(stem) for stem in stems):
+            return None
+        return Source(storage, key, self.cache)
 
     def _md5(self, source: Source, pieces: list[Piece]) -> Optional[str]:
         """The md5 of a whole-file payload: the stored file's digest when the payload is the
@@ -159,6 +217,11 @@ def restricted(query: Query, handler: FormatHandler, source: Source) -> Query:
             if end is None or start < end:
                 out.append(Region(region.reference_name, start or None, end))
     return replace(query, regions=tuple(dict.fromkeys(out)), allowed=None, exact=True)
+
+
+def _mount(source: Source) -> str:
+    """The /data mount segment of the file's storage ("" for the bare one)."""
+    return str(getattr(source.storage, "mount", ""))
 
 
 def _is_whole_file(source: Source, pieces: list[Piece]) -> bool:

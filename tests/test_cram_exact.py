@@ -1,5 +1,6 @@
-"""Record-exact CRAM tickets (`Query.exact`, authorization rules): the reassembled stream
-holds exactly the records htslib's region queries return, each once, in file order.
+"""Record-exact CRAM tickets: the reassembled stream holds exactly the records htslib's
+region queries return, each once, in file order — for every region query, and under
+authorization rules (`Query.exact`), which differ only where a container cannot be decoded.
 
 Generated CRAMs (3.0, 3.1, 2.1; reference-based, embedded reference, no reference; small
 containers, several slices per container, multi-reference slices) from generated BAMs with
@@ -7,11 +8,13 @@ varied CIGARs, placed unmapped reads, mates, MD/NM and typed tags; plus the htsn
 where ../shared/data is present. Every check compares the WHOLE ordered list of records with
 pysam's `fetch` on the original, so an extra record fails as surely as a missing one.
 
-Reference-based CRAMs: the server never looks a reference up (it drops @SQ M5/UR before
-decoding, so neither EBI, REF_PATH/REF_CACHE nor the UR path — which exists here — is used),
-and htslib cannot decode such a container without it: a region that needs a boundary
-container of such a file is refused with 403 PermissionDenied; one that needs only whole
-containers is served.
+Reference-based CRAMs: the server looks a reference up only in the configured
+`cram_reference_path` directories (the FASTA the @SQ UR names there, or M5-named sequences;
+never EBI, the environment's REF_PATH/REF_CACHE, or a UR path outside them — which exists
+here). With the reference found, they are exact like the others. Without it, htslib cannot
+decode such a container: a boundary container is sent whole for an ordinary query (wider,
+still valid), and a restricted query that needs one is refused with 403 PermissionDenied;
+regions that need only whole containers are served either way.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ import array
 import base64
 import collections
 import gzip
+import hashlib
+import logging
+import os
 import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -33,7 +40,7 @@ import pysam
 import pytest
 from conftest import make_bam, shared
 
-from htsgetr.config import for_data_dir
+from htsgetr.config import Config, LocationConfig, for_data_dir
 from htsgetr.engine import Htsget
 from htsgetr.formats import cram_recode
 from htsgetr.formats.cram import (
@@ -335,7 +342,11 @@ def payload_of(engine: Htsget, q: Query, root: Path) -> tuple[bytes, list[dict]]
             assert url.startswith("data:;base64,")
             parts.append(base64.b64decode(url[len("data:;base64,") :]))
             continue
-        path = root / unquote(urlparse(url).path.split("/data/", 1)[1])
+        key = unquote(urlparse(url).path.split("/data/", 1)[1])
+        if "headers" not in block:  # a derived block: what /data computes
+            parts.append(engine.derived(key))
+            continue
+        path = root / key
         first, last = (int(x) for x in block["headers"]["Range"].split("=")[1].split("-"))
         with open(path, "rb") as f:
             f.seek(first)
@@ -536,24 +547,49 @@ def test_empty_regions_header_and_eof(
     assert payload == data[:header_end] + eof
 
 
+def check_wider(payload: bytes, original: Original, expected: list[str], tmp: Path
+                ) -> list[str]:
+    """A valid CRAM (header first, one EOF container) holding every expected record and
+    maybe neighbours of whole containers: each record once, in file order."""
+    data = original.path.read_bytes()
+    version, head, _ = parse_header(data)
+    eof = EOF_CONTAINER_V3 if version[0] >= 3 else EOF_CONTAINER_V2
+    assert payload[: head.end] == data[: head.end]
+    assert payload.endswith(eof) and not payload[: -len(eof)].endswith(eof)
+    with pysam.AlignmentFile(str(_write(tmp, payload)), "rc",
+                             reference_filename=original.reference) as f:
+        got = [key(r) for r in f.fetch(until_eof=True)]
+    assert not collections.Counter(expected) - collections.Counter(got), "records missing"
+    position = {k: i for i, k in enumerate(original.keys)}
+    order = [position[k] for k in got]
+    assert order == sorted(set(order)), "a record twice, or out of file order"
+    return got
+
+
 @pytest.mark.parametrize("name", ["ref30", "ref31"])
-def test_reference_based_cram(
+def test_reference_based_cram_without_its_reference(
     exact_dir: Path, engine: Htsget, originals: dict[str, Original], name: str,
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Whole containers only: served (and decoded by the client with its reference). A
-    boundary container: htslib cannot decode it without the reference, which the server
-    never looks up (the file's UR names an existing path here): 403, never sent whole."""
+    """No reference directory configured (the file's UR names an existing path, never
+    used): whole containers are served (the client decodes them with its reference); a
+    boundary container cannot be decoded here, so an ordinary query gets it whole (wider,
+    logged), and a restricted one is refused with 403, never sent whole."""
     original = originals[name]
     for regions in [(Region("chr1"),), (Region("chr2", 0, 1_000_000), Region("*")),
                     (Region("chr3"), Region("chr1"))]:
-        payload, urls = payload_of(engine, query(name, regions), exact_dir)
-        assert not any(u["url"].startswith("data:") for u in urls[1:-1])
-        check(payload, urls, original, original.expected(regions), tmp_path)
+        for exact in (True, False):
+            payload, urls = payload_of(engine, query(name, regions, exact), exact_dir)
+            assert not any(u["url"].startswith("data:") for u in urls[1:-1])
+            check(payload, urls, original, original.expected(regions), tmp_path)
     rng = random.Random(name)
-    refused = 0
+    refused = wider = 0
     for _ in range(12):
         regions = random_regions(rng, original.lengths, ["chr1", "chr2", "chr3"])
+        expected = original.expected(regions)
+        payload, urls = payload_of(engine, query(name, regions, exact=False), exact_dir)
+        assert not any(u["url"].startswith("data:") for u in urls[1:-1])
+        wider += check_wider(payload, original, expected, tmp_path) != expected
         try:
             payload, urls = payload_of(engine, query(name, regions), exact_dir)
         except PermissionDenied as exc:
@@ -562,10 +598,99 @@ def test_reference_based_cram(
             assert "reference" in exc.message
             refused += 1
             continue
-        check(payload, urls, original, original.expected(regions), tmp_path)
-    assert refused >= 6
+        check(payload, urls, original, expected, tmp_path)
+    assert refused >= 6 and wider >= 6
     with pytest.raises(PermissionDenied):
         engine.ticket(query(name, (Region("chr1", 20_000, 20_100),)))
+    with caplog.at_level(logging.INFO, logger="htsgetr"):
+        engine.ticket(query(name, (Region("chr1", 20_000, 20_100),), exact=False))
+    assert any("sent whole" in r.getMessage() for r in caplog.records)
+
+
+def reference_dirs(exact_dir: Path) -> dict[str, Path]:
+    """Reference directories of each kind the server looks in: the directory the UR names
+    (with ref.fa), another holding a copy of it under the same name, htslib's REF_CACHE
+    layout of its sequences by M5, and one whose ref.fa has the same names but other bases."""
+    out = {"ur-path": exact_dir, "ur-name": exact_dir / "refs-by-name",
+           "m5": exact_dir / "refs-m5", "wrong": exact_dir / "refs-wrong"}
+    if out["m5"].exists():
+        return out
+    out["ur-name"].mkdir()
+    for suffix in ("", ".fai"):
+        shutil.copy(exact_dir / f"ref.fa{suffix}", out["ur-name"] / f"ref.fa{suffix}")
+    fasta = pysam.FastaFile(str(exact_dir / "ref.fa"))
+    rng = random.Random(3)
+    with open(out["wrong"].mkdir() or out["wrong"] / "ref.fa", "w") as wrong:
+        for name in fasta.references:
+            seq = fasta.fetch(name).upper()
+            m5 = hashlib.md5(seq.encode()).hexdigest()
+            where = out["m5"] / m5[:2] / m5[2:4]
+            where.mkdir(parents=True, exist_ok=True)
+            (where / m5[4:]).write_text(seq)
+            other = "".join(rng.choice("ACGT") for _ in seq)
+            wrong.write(f">{name}\n{other}\n")
+    pysam.faidx(str(out["wrong"] / "ref.fa"))
+    return out
+
+
+@pytest.mark.parametrize("how", ["ur-path", "ur-name", "m5"])
+@pytest.mark.parametrize("name", ["ref30", "ref31"])
+def test_reference_based_cram_with_its_reference(
+    exact_dir: Path, originals: dict[str, Original], name: str, how: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the reference in a configured directory (as the UR names it, by the UR's file
+    name, or by M5), boundary containers are decoded with it and re-encoded without one:
+    exact, restricted or not, POST-like region sets and `*` included; the environment's
+    REF_PATH / REF_CACHE are as they were afterwards."""
+    monkeypatch.setenv("REF_PATH", "/nonexistent/%s")
+    monkeypatch.delenv("REF_CACHE", raising=False)
+    directory = reference_dirs(exact_dir)[how]
+    engine = Htsget(Config(locations=[LocationConfig(root=str(exact_dir))],
+                           cram_reference_path=[str(directory)]))
+    original = originals[name]
+    rng = random.Random(f"{name}-{how}")
+    inline = 0
+    for i in range(14):
+        regions = random_regions(rng, original.lengths, ["chr1", "chr2", "chr3"])
+        payload, urls = payload_of(engine, query(name, regions, exact=i % 2 == 0), exact_dir)
+        inline += sum(1 for u in urls[1:-1] if u["url"].startswith("data:"))
+        check(payload, urls, original, original.expected(regions), tmp_path)
+    assert inline > 5
+    assert os.environ["REF_PATH"] == "/nonexistent/%s" and "REF_CACHE" not in os.environ
+    # the re-encoded containers need no reference: read behind a header naming none
+    regions = (Region("chr1", 20_000, 20_100),)
+    _, urls = payload_of(engine, query(name, regions), exact_dir)
+    pieces = [base64.b64decode(u["url"][len("data:;base64,"):]) for u in urls[1:-1]]
+    version, _, text = parse_header(original.path.read_bytes())
+    head = cram_recode.file_head(version, cram_recode.without_reference_tags(text))
+    assert inline_only(head + b"".join(pieces) + EOF_CONTAINER_V3) == original.expected(regions)
+
+
+def inline_only(payload: bytes) -> list[str]:
+    """The records of a CRAM read with no reference at all."""
+    with tempfile.NamedTemporaryFile(suffix=".cram") as f:
+        f.write(payload)
+        f.flush()
+        with pysam.AlignmentFile(f.name, "rc") as reader:
+            return [key(r) for r in reader.fetch(until_eof=True)]
+
+
+def test_a_wrong_reference_is_never_used(
+    exact_dir: Path, originals: dict[str, Original], tmp_path: Path
+) -> None:
+    """A FASTA with the right name and sequence names but other bases: htslib's slice MD5
+    check refuses it, so the container is refused (restricted) or sent whole, never
+    decoded into other bases."""
+    engine = Htsget(Config(locations=[LocationConfig(root=str(exact_dir))],
+                           cram_reference_path=[str(reference_dirs(exact_dir)["wrong"])]))
+    original = originals["ref31"]
+    regions = (Region("chr1", 20_000, 20_100),)
+    with pytest.raises(PermissionDenied, match="reference"):
+        engine.ticket(query("ref31", regions))
+    payload, urls = payload_of(engine, query("ref31", regions, exact=False), exact_dir)
+    assert not any(u["url"].startswith("data:") for u in urls[1:-1])
+    assert check_wider(payload, original, original.expected(regions), tmp_path)
 
 
 # --------------------------------------------------------------------------- re-encoding
@@ -649,8 +774,10 @@ def test_without_pysam_refused(
     monkeypatch.setitem(sys.modules, "pysam", None)  # import pysam -> ImportError
     with pytest.raises(PermissionDenied, match="pysam is not installed"):
         engine.ticket(query("nor30", (Region("chr1", 20_000, 20_100),)))
-    # whole containers need no pysam
+    # whole containers need no pysam; an ordinary query gets its boundary containers whole
     assert engine.ticket(query("nor30", (Region("chr1"),)))
+    urls = engine.ticket(query("nor30", (Region("chr1", 20_000, 20_100),), exact=False)).blocks
+    assert [b.url.startswith("data:") for b in urls] == [False] * (len(urls) - 1) + [True]
 
 
 # --------------------------------------------------------------------------- the checks
@@ -679,19 +806,17 @@ def test_a_leak_or_a_loss_fails_the_check(
             check(payload, urls, original, expected, tmp_path)
 
 
-def test_not_exact_unchanged(
+def test_unrestricted_tickets_are_exact_too(
     exact_dir: Path, engine: Htsget, originals: dict[str, Original], tmp_path: Path
 ) -> None:
-    """exact=False: whole containers as byte ranges (neighbouring records included)."""
+    """exact=False (no authorization rule): the same exact records; the whole file is the
+    file, byte for byte; names come in header order; unknown references are NotFound."""
     original = originals["nor30"]
     regions = (Region("chr1", 20_000, 21_000),)
-    expected = original.expected(regions)
     payload, urls = payload_of(engine, query("nor30", regions, exact=False), exact_dir)
-    assert [u["url"].startswith("data:") for u in urls] == [False] * (len(urls) - 1) + [True]
-    with pysam.AlignmentFile(str(_write(tmp_path, payload)), "rc") as f:
-        got = [key(r) for r in f.fetch(until_eof=True)]
-    assert set(expected) < set(got)
-    # the whole file is the file, exact or not, and names come in header order
+    assert any(u["url"].startswith("data:") for u in urls[1:-1])
+    check(payload, urls, original, original.expected(regions), tmp_path)
+    assert payload == payload_of(engine, query("nor30", regions), exact_dir)[0]
     whole, _ = payload_of(engine, Query(Endpoint.READS, "nor30", Format.CRAM), exact_dir)
     assert whole == original.path.read_bytes()
     source = engine.locate("nor30", Format.CRAM)
@@ -711,15 +836,17 @@ def test_allowed_through_the_engine(
     check(payload, urls, original, original.expected(allowed), tmp_path)
 
 
-def test_timing_exact_vs_not(capsys: pytest.CaptureFixture[str]) -> None:
-    """Not an assertion on speed: the figure for the report (`pytest -s`)."""
+def test_timing_first_and_cached(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not an assertion on speed: the figure for the report (`pytest -s`): a 10 kbp region
+    of the htsnexus CRAM (10,000-record containers), its boundary containers re-encoded
+    first, then from the cache."""
     path = shared("cram", f"{HTSNEXUS}.cram")
     engine = Htsget(for_data_dir(str(path.parent)))
     regions = (Region("11", 5_010_000, 5_020_000),)
     times = {}
-    for label, exact in [("not exact", False), ("exact, first", True), ("exact, cached", True)]:
+    for label in ("first", "cached", "restricted, cached"):
         t0 = time.perf_counter()
-        engine.ticket(query(HTSNEXUS, regions, exact=exact))
+        engine.ticket(query(HTSNEXUS, regions, exact=label.startswith("restricted")))
         times[label] = (time.perf_counter() - t0) * 1000
     with capsys.disabled():
         print(" ".join(f"{k}: {v:.1f} ms;" for k, v in times.items()))

@@ -9,11 +9,13 @@ htsget JSON, no traceback text. `make test` runs a few hundred examples per test
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import socket
+import threading
 from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import quote
@@ -280,8 +282,8 @@ def test_file_system_names(named_client, named_root: Path, parts: list[str]) -> 
     url = quote(id, safe="/")
     resp = named_client.get(f"/reads/{url}?referenceName=chr1")
     check(resp)
-    if "\n" in id:  # Flask's <path:...> does not match a newline: no route, 404
-        assert resp.status_code == 404
+    if "\n" in id:  # Flask's <path:...> matches a newline only as the first character
+        assert resp.status_code in (400, 404)
         return
     if _has_control(id):
         assert resp.status_code == 400
@@ -304,12 +306,20 @@ def test_file_system_names(named_client, named_root: Path, parts: list[str]) -> 
 
 @pytest.fixture(scope="module")
 def raw_server(data_dir: Path) -> Iterator[Server]:
-    """A server of its own, so that its log can be checked for tracebacks at the end."""
+    """A server of its own, so that its log can be checked for tracebacks at the end. Its
+    output is drained as it comes: a pipe nobody reads fills after ~700 access-log lines
+    and blocks the server (the long profile sends thousands of requests)."""
     port = free_port()
     srv = Server(["--data-dir", str(data_dir), "--port", str(port), "--workers", "1"], port)
+    lines: list[bytes] = []
+    assert srv.proc.stdout is not None
+    drain = threading.Thread(target=lambda: lines.extend(srv.proc.stdout), daemon=True)
+    drain.start()
     srv.start()
     yield srv
-    log = srv.stop()
+    rest = srv.stop()  # whatever the drain had not read yet
+    drain.join(10)
+    log = b"".join(lines).decode("utf-8", "replace") + rest
     assert "Traceback" not in log and "unhandled error" not in log, log[-4000:]
 
 
@@ -320,6 +330,29 @@ wire_text = st.text(st.characters(max_codepoint=0xFF, exclude_characters="\r\n\x
 
 def _wire(value: Optional[str]) -> Optional[bytes]:
     return None if value is None else value.encode("latin-1", "replace")
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    """Send `request`, half-close (a short body is seen as one, not waited for), read to EOF.
+    A server that answers and closes before reading all of it (a 415 before the body, a
+    413) makes TCP reset the connection: what arrived before counts."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        try:
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+        except OSError as err:
+            if err.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        except ConnectionResetError:
+            pass
+    return out
 
 
 @fuzz(60)
@@ -351,15 +384,11 @@ def test_raw_http_never_500(raw_server: Server, method: str, path: str, host: Op
         lines.append(b"Content-Length: " + (_wire(length) or b""))
     lines.append(b"Connection: close")
     request = b"\r\n".join(lines) + b"\r\n\r\n" + (body if method == "POST" else b"")
-    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=20) as s:
-        s.sendall(request)
-        s.shutdown(socket.SHUT_WR)  # a short body is seen as one, not waited for
-        out = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            out += chunk
+    out = _exchange(raw_server.port, request)
+    # the server still answers a plain request at once: nothing above wedged a worker
+    with socket.create_connection(("127.0.0.1", raw_server.port), timeout=10) as s:
+        s.sendall(b"GET /reads/sample HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert s.recv(12) == b"HTTP/1.1 200"
     assume(out)  # gunicorn may close without an answer on some broken requests
     head, _, payload = out.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])

@@ -304,6 +304,9 @@ def test_werkzeug_statuses_keep_htsget_names(data_dir: Path) -> None:
     ("referenceName=chr1&start=%C2%B2", 400, "InvalidInput"),  # superscript two
     ("referenceName=chr1%00", 400, "InvalidInput"),
     ("referenceName=chr1%0A", 400, "InvalidInput"),
+    ("referenceName=%ff%fe", 404, "NotFound"),  # invalid UTF-8: no such reference
+    ("referenceName=chr1&start=%ff", 400, "InvalidInput"),
+    ("referenceName=chr1&format=%ff", 400, "UnsupportedFormat"),
 ])
 def test_get_numbers_and_names(client, query: str, status: int, error: str) -> None:
     assert_error(client.get(f"/reads/sample?{query}"), status, error)

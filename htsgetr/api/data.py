@@ -13,6 +13,7 @@ from typing import IO, Iterable, Iterator, Optional
 
 from flask import Blueprint, Response, current_app, request
 
+from ..formats.derived import is_derived
 from ..protocol import NotFound
 from ..storage.local import LocalStorage
 
@@ -76,6 +77,23 @@ def _file_body(path: str, start: int, length: int) -> Iterable[bytes]:
     return _limited(f, length)
 
 
+def _derived(payload: bytes) -> Response:
+    """A derived block (formats/derived.py): bytes the engine re-cut, with Range support."""
+    size = len(payload)
+    rng = parse_range(request.headers.get("Range"), size)
+    headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+    if rng == (-1, -1):
+        headers["Content-Range"] = f"bytes */{size}"
+        return Response(b"", status=416, headers=headers)
+    start, end = rng if rng else (0, size)
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    body = b"" if request.method == "HEAD" else payload[start:end]
+    resp = Response(body, status=206 if rng else 200, headers=headers)
+    resp.headers["Content-Length"] = str(end - start)
+    return resp
+
+
 @bp.after_app_request
 def _no_store(resp: Response) -> Response:
     """Never kept by a shared cache: the object behind a url can change or be withdrawn, and
@@ -90,6 +108,8 @@ def data(path: str) -> Response:
     """Only what a ticket can name (`Resolver.data_object`): anything else, existing or not,
     is the same 404."""
     engine = current_app.extensions["htsgetr"]
+    if is_derived(path):
+        return _derived(engine.derived(path))
     extensions = {fmt: handler.extensions for fmt, handler in engine.handlers.items()}
     found = engine.resolver.data_object(path, extensions)
     if found is None:

@@ -1,12 +1,13 @@
-"""CRAM 3.0 / 3.1 (and 2.1) with a CRAI index: whole-container tickets, no reference needed.
+"""CRAM 3.0 / 3.1 (and 2.1) with a CRAI index: record-exact region tickets.
 
 Layout (CRAMv3 sections 6-9): a 26-byte file definition, the header container (whose first
 block holds the SAM header text), data containers, and an EOF container. The header is the
 file definition plus the header container, whose end is found by parsing the container
-header; a region maps to the whole containers whose CRAI entries overlap it, each running
-from its CRAI offset to the next container's start (or the EOF container). A record-exact
-query (`Query.exact`, authorization rules) re-encodes the containers only partly wanted:
-see cram_recode.py.
+header. A region maps to the containers whose CRAI entries overlap it, each running from its
+CRAI offset to the next container's start (or the EOF container): those the region covers
+are sent as byte ranges, the others re-encoded with only the region's records (see
+cram_recode.py; inline or through /data, derived.py). A container that cannot be decoded
+(its reference is not available) is sent whole, or refused for a restricted query.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from ..protocol import (
 )
 from .base import ByteRange, Inline, Piece, Source, missing_index
 from .bgzf import DEFAULT_LIMITS, EDGE_BUDGET, EDGE_SPAN, Limits, load_or_refuse
+from .cram_reference import NO_REFERENCES, References
+from .derived import DerivedRef
 
 T = TypeVar("T")
 
@@ -331,8 +334,12 @@ class CramHandler:
     format = Format.CRAM
     extensions = (".cram",)
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, limits: Limits = DEFAULT_LIMITS, references: Optional[References] = None
+    ) -> None:
         self.limits = limits  # max_header_bytes, max_index_bytes
+        #: where reference-based containers may find their reference (cram_reference_path)
+        self.references = references or NO_REFERENCES
 
     def sidecars(self, key: str) -> list[str]:
         """Files that go with `key`, asked about with it (one listing on S3)."""
@@ -400,12 +407,8 @@ class CramHandler:
         body: list[Piece]
         if query.regions is None:
             body = [ByteRange(cram.header_end, cram.data_end, Class.BODY)]
-        elif query.exact:
-            body = self._exact_body(source, cram, query)
         else:
-            index_key, crai = self._index(source)
-            ranges = self._container_ranges(cram, crai, query, source, index_key)
-            body = [ByteRange(s, e, Class.BODY) for s, e in ranges]
+            body = self._exact_body(source, cram, query)
         body = [p for p in body if not isinstance(p, ByteRange) or p.end > p.start]
         return header + body + [Inline(cram.eof, Class.BODY)]
 
@@ -422,7 +425,8 @@ class CramHandler:
             yield ref_id, beg, MAX_COORDINATE if region.end is None else region.end
 
     def _exact_body(self, source: Source, cram: CramFile, query: Query) -> list[Piece]:
-        """Exactly the records htslib's region queries return, each once, in file order."""
+        """Exactly the records htslib's region queries return, each once, in file order
+        (where a container cannot be re-encoded: the whole container, unless `query.exact`)."""
         from .cram_recode import Selection, exact_body  # imports this module
 
         spans = list(self._spans(cram, query))  # unknown references: NotFound first
@@ -435,37 +439,19 @@ class CramHandler:
         for ref_id, beg, end in selection.spans():  # the containers exact_body reads
             used |= crai.containers(ref_id, beg, end)
         verify_containers(source, cram, crai, index_key, used)
-        return exact_body(source, cram, crai, index_key, selection)
+        return exact_body(
+            source, cram, crai, index_key, selection, query.exact, self.references
+        )
 
-    def _container_ranges(
-        self,
-        cram: CramFile,
-        crai: Crai,
-        query: Query,
-        source: Optional[Source] = None,
-        index_key: str = "index",
-    ) -> list[tuple[int, int]]:
-        """Whole containers overlapping any region, in file order, merged, each byte once
-        (given the source, each container is first checked against its CRAI lines)."""
-        offsets: set[int] = set()
-        for ref_id, beg, end in self._spans(cram, query):
-            if ref_id == UNMAPPED:
-                offsets |= crai.containers(UNMAPPED, 0, MAX_COORDINATE)
-            elif end > beg:
-                offsets |= crai.containers(ref_id, beg, end)
-        if source is not None:
-            verify_containers(source, cram, crai, index_key, offsets)
-        ranges: list[tuple[int, int]] = []
-        for offset in sorted(offsets):
-            start = max(offset, cram.header_end)
-            end = min(crai.next_container(offset, cram.data_end), cram.data_end)
-            if end <= start:
-                continue
-            if ranges and ranges[-1][1] >= start:
-                ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
-            else:
-                ranges.append((start, end))
-        return ranges
+    def derived(self, source: Source, ref: DerivedRef) -> bytes:
+        """The bytes of a derived block (a re-encoded container a ticket named by url)."""
+        from .cram_recode import derived_recut  # imports this module
+
+        cram = self.open(source)
+        index_key, crai = self._index(source)
+        return derived_recut(
+            source, cram, crai, index_key, ref.start, ref.end, ref.token, self.references
+        )
 
 
 # --------------------------------------------------------------------------- index checks

@@ -1,12 +1,18 @@
-"""Record-exact CRAM bodies (authorization rules): no record outside the wanted intervals.
+"""Record-exact CRAM bodies: every region ticket holds exactly htslib's records, no others.
 
 A container whose CRAI entries all lie inside one wanted interval of their reference holds
 only wanted records (every record lies inside its slice's alignment span, and a record
 inside an interval overlaps it) and is sent as a byte range. Any other container with wanted
 records is re-encoded: its records are decoded with htslib (pysam, imported lazily), the
 overlapping ones kept and written as a CRAM of the file's own version with `no_ref`, and that
-output's data containers are sent inline. A container that cannot be decoded without a
-reference (or without pysam) is refused with 403, never sent whole.
+output's data containers are sent (inline, or as a derived block through /data: derived.py).
+The re-cut depends only on the file's version, the container and the wanted intervals as
+they bear on that container (`Selection.clip`), so it is cached per region edge.
+
+A container that cannot be decoded — a reference-based one whose reference is not found in
+the configured directories (cram_reference.py), or no pysam — is sent whole for an ordinary
+query (wider, still valid; logged), and refused with 403 for a restricted one (`Query.exact`,
+authorization rules): never sent whole there.
 
 "Overlapping" is htslib's region rule: a record on the interval's reference with
 `pos < end` and `endpos > beg`, where `endpos` is `pos` + the CIGAR's reference length, or
@@ -15,17 +21,17 @@ reference (or without pysam) is refused with 403, never sent whole.
 
 from __future__ import annotations
 
+import logging
 import struct
 import tempfile
 import zlib
-from bisect import bisect_right
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from bisect import bisect_left
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..index.crai import MULTI_REF, UNMAPPED, Crai
-from ..protocol import Class, PermissionDenied
-from .base import ByteRange, Inline, Piece, Source
+from ..index.crai import Crai
+from ..protocol import Class, InternalError, NotFound, PermissionDenied
+from .base import ByteRange, Piece, Source
 from .cram import (
     BLOCK_RAW,
     FILE_DEFINITION_SIZE,
@@ -33,123 +39,55 @@ from .cram import (
     Truncated,
     parse_container_header,
     parse_header,
+    verify_containers,
 )
+from .cram_reference import NO_REFERENCES, REFERENCE_TAGS, Decoding, References, strip_tags
+from .cram_selection import ContainerEntries, Selection
+from .derived import Recut
 
 #: content type of the block holding the SAM header (CRAMv3 section 8.1)
 FILE_HEADER = 0
-#: @SQ tags that let htslib fetch a reference (EBI by MD5, a path or URL): never followed
-REFERENCE_TAGS = (b"M5:", b"UR:")
 REFUSED = "this CRAM region cannot be restricted to the record: "
 
-Span = tuple[int, int]
+log = logging.getLogger("htsgetr")
 
-
-# --------------------------------------------------------------------------- selection
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The wanted records: per reference ID, sorted disjoint half-open intervals (an empty
-    one, `[a, a)`, wants the records covering `a`, as htslib does), and the unplaced ones."""
-
-    intervals: dict[int, tuple[Span, ...]]
-    unplaced: bool
-    _ends: dict[int, list[int]] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, spans: Iterable[tuple[int, int, int]], unplaced: bool) -> Selection:
-        """From (reference ID, beg, end) triples, in any order, overlapping or not."""
-        by_ref: dict[int, list[Span]] = {}
-        for ref_id, beg, end in spans:
-            by_ref.setdefault(ref_id, []).append((beg, max(beg, end)))
-        intervals: dict[int, tuple[Span, ...]] = {}
-        for ref_id, items in by_ref.items():
-            items.sort()
-            merged = [items[0]]
-            for beg, end in items[1:]:
-                # touching intervals merge too: a record overlapping either overlaps the
-                # union and vice versa, since a record is never empty
-                if beg <= merged[-1][1]:
-                    merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-                else:
-                    merged.append((beg, end))
-            intervals[ref_id] = tuple(merged)
-        return cls(intervals, unplaced, {r: [e for _, e in v] for r, v in intervals.items()})
-
-    def spans(self) -> list[tuple[int, int, int]]:
-        out = [(r, b, e) for r, items in self.intervals.items() for b, e in items]
-        return out + ([(UNMAPPED, 0, 0)] if self.unplaced else [])
-
-    def wants(self, ref_id: int, pos: int, endpos: int) -> bool:
-        """Does a record on `ref_id` covering `[pos, endpos)` overlap a wanted interval?"""
-        if ref_id < 0:
-            return self.unplaced
-        ends = self._ends.get(ref_id)
-        if ends is None:
-            return False
-        i = bisect_right(ends, pos)  # the first interval ending after pos
-        return i < len(ends) and self.intervals[ref_id][i][0] < endpos
-
-    def covers(self, ref_id: int, beg: int, end: int) -> bool:
-        """Is every record inside `[beg, end)` (a CRAI entry's span) of `ref_id` wanted?"""
-        if ref_id == UNMAPPED:
-            return self.unplaced
-        items = self.intervals.get(ref_id)
-        if ref_id == MULTI_REF or not items or end <= beg:
-            return False
-        i = bisect_right(items, (beg, float("inf"))) - 1
-        return i >= 0 and items[i][0] <= beg and end <= items[i][1]
-
-    def key(self, ref_ids: Iterable[int]) -> str:
-        """What of the selection can matter to a container holding `ref_ids` (cache key)."""
-        refs = sorted(set(ref_ids))
-        if MULTI_REF in refs:
-            refs = sorted(self.intervals)
-        parts = [f"{r}:{self.intervals.get(r, ())}" for r in refs if r >= 0]
-        if UNMAPPED in refs or MULTI_REF in refs:
-            parts.append(f"*:{self.unplaced}")
-        return ";".join(parts)
-
-
-@dataclass
-class ContainerEntries:
-    """The CRAI entries of each container: (reference ID, start, end), 0-based, as widened
-    by one base on each side by `Crai` (a slice inside them is inside the real span too)."""
-
-    entries: dict[int, list[tuple[int, int, int]]]
-
-    @classmethod
-    def of(cls, crai: Crai) -> ContainerEntries:
-        entries: dict[int, list[tuple[int, int, int]]] = {}
-        for ref_id, refs in crai.refs.items():
-            for beg, end, offset in zip(refs.starts, refs.ends, refs.offsets):
-                entries.setdefault(offset, []).append((ref_id, beg, end))
-        return cls(entries)
-
-    @property
-    def nbytes(self) -> int:
-        return 200 * sum(len(v) for v in self.entries.values()) + 4096
+# --------------------------------------------------------------------------- body
 
 
 @dataclass(frozen=True)
 class Recoded:
-    """The data containers holding the wanted records of one container (maybe none)."""
+    """The data containers holding the wanted records of one container (maybe none), or
+    why it cannot be re-encoded (`refused`)."""
 
     data: bytes
+    refused: Optional[str] = None
 
     @property
     def nbytes(self) -> int:
         return len(self.data) + 256
 
 
-# --------------------------------------------------------------------------- body
+class CannotRecode(Exception):
+    """A container this server cannot decode (no reference, no pysam, unreadable)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def exact_body(
-    source: Source, cram: CramFile, crai: Crai, index_key: str, selection: Selection
+    source: Source,
+    cram: CramFile,
+    crai: Crai,
+    index_key: str,
+    selection: Selection,
+    strict: bool = True,
+    references: References = NO_REFERENCES,
 ) -> list[Piece]:
-    """Body pieces holding exactly the selected records, in file order, each once."""
-    by_container = source.cached("crai-containers", lambda: ContainerEntries.of(crai), index_key)
+    """Body pieces holding exactly the selected records, in file order, each once: byte
+    ranges for covered containers, a `Recut` per re-encoded one. A container that cannot
+    be re-encoded is refused (403) when `strict`, else sent whole."""
+    by_container = _entries(source, crai, index_key)
     offsets: set[int] = set()
     for ref_id, beg, end in selection.spans():
         offsets |= crai.containers(ref_id, beg, end)
@@ -160,28 +98,95 @@ def exact_body(
         if end <= start:
             continue
         entries = by_container.entries.get(offset, [])
-        last = pieces[-1] if pieces else None
         if entries and all(selection.covers(*entry) for entry in entries):
-            if isinstance(last, ByteRange) and last.end >= start:
-                pieces[-1] = ByteRange(last.start, max(last.end, end), Class.BODY)
-            else:
-                pieces.append(ByteRange(start, end, Class.BODY))
+            _append_range(pieces, start, end)
             continue
-        kind = f"cram-exact:{start}-{end}:{selection.key(e[0] for e in entries)}"
-        recoded = source.cached(kind, _recoder(source, cram, start, end, selection))
-        if not recoded.data:
+        wanted = selection.clip(entries)
+        if wanted.empty:
             continue
-        if isinstance(last, Inline):  # adjacent re-encoded containers: one inline block
-            pieces[-1] = Inline(last.data + recoded.data, Class.BODY)
-        else:
-            pieces.append(Inline(recoded.data, Class.BODY))
+        refs = {entry[0] for entry in entries}
+        recoded = _recoded(source, cram, start, end, wanted, refs, references)
+        if recoded.refused is not None:
+            if strict:
+                raise PermissionDenied(REFUSED + recoded.refused)
+            log.info(
+                "%s: the CRAM container at %d is sent whole (not re-cut to the region): %s",
+                source.key, start, recoded.refused,
+            )
+            _append_range(pieces, start, end)
+        elif recoded.data:
+            pieces.append(Recut(recoded.data, Class.BODY, start, end, wanted.token()))
     return pieces
 
 
+def derived_recut(
+    source: Source,
+    cram: CramFile,
+    crai: Crai,
+    index_key: str,
+    start: int,
+    end: int,
+    token: str,
+    references: References = NO_REFERENCES,
+) -> bytes:
+    """The bytes of the `Recut` that `exact_body` made for container `[start, end)` and the
+    selection spelled `token`: the same bytes, recomputed (or cached). NotFound unless the
+    container is one the CRAI indexes and `token` the canonical spelling of a selection as
+    clipped to it; InternalError if it cannot be re-encoded (any more)."""
+    offsets = crai.container_offsets
+    i = bisect_left(offsets, start)
+    if i == len(offsets) or offsets[i] != start or start < cram.header_end:
+        raise NotFound("no such CRAM container: ask the ticket endpoint again")
+    if end != min(crai.next_container(start, cram.data_end), cram.data_end):
+        raise NotFound("no such CRAM container: ask the ticket endpoint again")
+    wanted = Selection.parse(token)
+    entries = _entries(source, crai, index_key).entries.get(start, [])
+    if wanted is None or wanted.empty or wanted.clip(entries).token() != token:
+        raise NotFound("no such selection of this CRAM container")
+    verify_containers(source, cram, crai, index_key, {start})
+    refs = {entry[0] for entry in entries}
+    recoded = _recoded(source, cram, start, end, wanted, refs, references)
+    if recoded.refused is not None:
+        raise InternalError(f"this CRAM container cannot be re-encoded: {recoded.refused}")
+    return recoded.data
+
+
+def _entries(source: Source, crai: Crai, index_key: str) -> ContainerEntries:
+    return source.cached("crai-containers", lambda: ContainerEntries.of(crai), index_key)
+
+
+def _append_range(pieces: list[Piece], start: int, end: int) -> None:
+    last = pieces[-1] if pieces else None
+    if isinstance(last, ByteRange) and last.end >= start:
+        pieces[-1] = ByteRange(last.start, max(last.end, end), Class.BODY)
+    else:
+        pieces.append(ByteRange(start, end, Class.BODY))
+
+
+def _recoded(
+    source: Source, cram: CramFile, start: int, end: int, wanted: Selection,
+    refs: set[int], references: References,
+) -> Recoded:
+    """The re-cut of container `[start, end)` (holding references `refs`) for `wanted`
+    (clipped to it), cached per file version, container, selection and configured
+    reference directories."""
+    kind = f"cram-recut:{start}-{end}:{wanted.token()}:{references.fingerprint}"
+    return source.cached(kind, _recoder(source, cram, start, end, wanted, refs, references))
+
+
 def _recoder(
-    source: Source, cram: CramFile, start: int, end: int, selection: Selection
+    source: Source, cram: CramFile, start: int, end: int, wanted: Selection,
+    refs: set[int], references: References,
 ) -> Callable[[], Recoded]:
-    return lambda: Recoded(recode(cram, source.read(start, end), selection))
+    def load() -> Recoded:
+        chunk = source.read(start, end)
+        decoding = references.decoding(cram.header_text, refs)
+        try:
+            return Recoded(recode(cram, chunk, wanted, decoding))
+        except CannotRecode as exc:
+            return Recoded(b"", exc.reason)
+
+    return load
 
 
 # --------------------------------------------------------------------------- re-encoding
@@ -208,12 +213,7 @@ def _crc(data: bytes) -> bytes:
 def without_reference_tags(text: bytes) -> bytes:
     """The SAM header without @SQ M5/UR, so htslib never looks a reference up (EBI's MD5
     service, REF_PATH, or whatever path or URL the file names)."""
-    lines = []
-    for line in text.split(b"\n"):
-        if line.startswith(b"@SQ\t"):
-            line = b"\t".join(f for f in line.split(b"\t") if f[:3] not in REFERENCE_TAGS)
-        lines.append(line)
-    return b"\n".join(lines)
+    return strip_tags(text, REFERENCE_TAGS)
 
 
 def file_head(version: tuple[int, int], text: bytes) -> bytes:
@@ -252,37 +252,45 @@ def endpos(record: Any) -> int:
     return end if end is not None and end > pos else pos + 1
 
 
-def recode(cram: CramFile, chunk: bytes, selection: Selection) -> bytes:
+def recode(cram: CramFile, chunk: bytes, selection: Selection,
+           decoding: Optional[Decoding] = None) -> bytes:
     """Data containers (CRAM of the file's version, `no_ref`) holding the selected records
-    of `chunk` (whole containers of the file), in order; b"" when there are none."""
+    of `chunk` (whole containers of the file), in order; b"" when there are none. Decoded
+    as `decoding` says (default: no reference at all). CannotRecode when htslib cannot
+    decode them, or the re-encoding does not give the same records back."""
     try:
         import pysam
     except ImportError:
-        raise PermissionDenied(REFUSED + "pysam is not installed on this server") from None
+        raise CannotRecode("pysam is not installed on this server") from None
+    if decoding is None:
+        decoding = Decoding(without_reference_tags(cram.header_text), None, None)
     major, minor = cram.version
     eof = cram.eof
     try:
         expected = count_records(chunk, 0, len(chunk), major)
     except ValueError as exc:
-        raise PermissionDenied(REFUSED + f"unreadable container ({exc})") from None
-    head = file_head(cram.version, without_reference_tags(cram.header_text))
+        raise CannotRecode(f"unreadable container ({exc})") from None
+    head = file_head(cram.version, decoding.header_text)
     # anonymous temporary files, handed to pysam as descriptors (given a name, it would look
     # for an index beside it)
-    with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as dst:
+    with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as dst, \
+            decoding.environment():
         src.write(head + chunk + eof)
         src.flush()
         src.seek(0)
         try:
-            with pysam.AlignmentFile(src.fileno(), "rc", check_sq=False) as reader:
+            with pysam.AlignmentFile(
+                src.fileno(), "rc", check_sq=False, reference_filename=decoding.fasta
+            ) as reader:
                 header = reader.header
                 decoded = list(reader.fetch(until_eof=True))
         except (OSError, ValueError) as exc:
-            # e.g. a reference-based container: this server never fetches references
-            raise PermissionDenied(
-                REFUSED + f"its records cannot be decoded without the reference ({exc})"
+            # a reference-based container whose reference is not in a configured directory
+            raise CannotRecode(
+                f"its records cannot be decoded without the reference ({exc})"
             ) from None
         if len(decoded) != expected:
-            raise PermissionDenied(REFUSED + f"decoded {len(decoded)} of its {expected} records")
+            raise CannotRecode(f"decoded {len(decoded)} of its {expected} records")
         kept = [r for r in decoded if selection.wants(r.reference_id, r.reference_start,
                                                           endpos(r))]
         if not kept:
@@ -306,7 +314,7 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection) -> bytes:
             with pysam.AlignmentFile(dst.fileno(), "rc", check_sq=False) as check:
                 again = [r.to_string() for r in check.fetch(until_eof=True)]
         except (OSError, ValueError, Truncated) as exc:
-            raise PermissionDenied(REFUSED + f"re-encoding failed ({exc})") from None
+            raise CannotRecode(f"re-encoding failed ({exc})") from None
         if again != [r.to_string() for r in kept]:
-            raise PermissionDenied(REFUSED + "re-encoding changed its records")
+            raise CannotRecode("re-encoding changed its records")
         return out[start : len(out) - len(eof)]

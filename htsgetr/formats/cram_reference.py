@@ -1,0 +1,150 @@
+"""Reference sequences for decoding reference-based CRAM containers, from trusted places only.
+
+A boundary container is decoded (and re-encoded without a reference, cram_recode.py) by
+htslib. A reference-based container needs the reference it was written against; the server
+uses one only when it is found in a directory of the configuration's `cram_reference_path`:
+
+- the FASTA the file's `@SQ UR:` names, when that path (plain or `file:`) lies inside one of
+  the directories, or, for any UR (a path elsewhere, an ftp/http URL), a file of the same
+  name directly in one of them (`UR:ftp://.../hs37d5.fa.gz` -> `<dir>/hs37d5.fa.gz`); it
+  must be indexed (`.fai`, and `.gzi` when compressed), since htslib would otherwise try to
+  write an index beside it;
+- else the sequences the `@SQ M5:` checksums name, in htslib's REF_CACHE layouts
+  `<dir>/<m5>` or `<dir>/<m5[:2]>/<m5[2:4]>/<m5[4:]>` (what `seq_cache_populate.pl` writes),
+  through htslib's REF_PATH, set to exactly those directories.
+
+Nothing else is ever looked at: the header handed to htslib has no UR, and keeps M5 only
+when directories are configured (htslib's default for M5, EBI's server, is never reached).
+A wrong reference cannot slip through: htslib checks each slice's reference MD5.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+from urllib.parse import unquote, urlsplit
+
+#: @SQ tags that let htslib fetch a reference (EBI by MD5, a path or URL)
+REFERENCE_TAGS = (b"M5:", b"UR:")
+
+#: htslib reads REF_PATH / REF_CACHE from the process environment at decode time: decodes that
+#: rely on them hold this lock (same values in every thread but during a reload)
+_ENV_LOCK = threading.Lock()
+
+
+def strip_tags(text: bytes, tags: Iterable[bytes]) -> bytes:
+    """The SAM header without the @SQ `tags` (e.g. b"UR:")."""
+    drop = tuple(tags)
+    lines = []
+    for line in text.split(b"\n"):
+        if line.startswith(b"@SQ\t"):
+            line = b"\t".join(f for f in line.split(b"\t") if not f.startswith(drop))
+        lines.append(line)
+    return b"\n".join(lines)
+
+
+def sq_tag(text: bytes, ref_id: int, tag: bytes) -> Optional[str]:
+    """The value of `tag` (e.g. b"UR:") on the `ref_id`-th @SQ line, or None."""
+    i = -1
+    for line in text.split(b"\n"):
+        if not line.startswith(b"@SQ\t"):
+            continue
+        i += 1
+        if i == ref_id:
+            for field in line.rstrip(b"\r").split(b"\t")[1:]:
+                if field.startswith(tag):
+                    return field[len(tag):].decode("utf-8", "replace")
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How htslib is to decode one container: the header it sees, a FASTA (or None), and
+    the REF_PATH for M5 lookups (or None: M5 tags are dropped)."""
+
+    header_text: bytes
+    fasta: Optional[str]
+    ref_path: Optional[str]
+
+    @contextmanager
+    def environment(self) -> Iterator[None]:
+        """REF_PATH set to the configured directories (and no REF_CACHE) while decoding;
+        the process's own values back afterwards."""
+        if self.ref_path is None:
+            yield
+            return
+        with _ENV_LOCK:
+            saved = {name: os.environ.get(name) for name in ("REF_PATH", "REF_CACHE")}
+            os.environ["REF_PATH"] = self.ref_path
+            os.environ["REF_CACHE"] = ""
+            try:
+                yield
+            finally:
+                for name, value in saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+
+
+@dataclass(frozen=True)
+class References:
+    """The configured reference directories (absolute, no ':' or '%': REF_PATH syntax)."""
+
+    dirs: tuple[str, ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        """Part of the cache key of a decoding outcome (a reference may make it succeed)."""
+        return "|".join(self.dirs)
+
+    def decoding(self, text: bytes, ref_ids: Iterable[int]) -> Decoding:
+        """The decoding of a container holding `ref_ids` of a file whose header is `text`."""
+        if not self.dirs:
+            return Decoding(strip_tags(text, REFERENCE_TAGS), None, None)
+        fasta = None
+        for ref_id in sorted(set(ref_ids)):
+            if ref_id >= 0:
+                fasta = self.fasta_for(sq_tag(text, ref_id, b"UR:"))
+                if fasta is not None:
+                    break
+        templates = []
+        for d in self.dirs:
+            templates += [f"{d}/%2s/%2s/%s", f"{d}/%s"]
+        return Decoding(strip_tags(text, (b"UR:",)), fasta, ":".join(templates))
+
+    def fasta_for(self, ur: Optional[str]) -> Optional[str]:
+        """The indexed FASTA in a configured directory that a UR value names, or None."""
+        if not ur:
+            return None
+        parts = urlsplit(ur)
+        if parts.scheme in ("", "file"):
+            path = unquote(parts.path) if parts.scheme else ur
+            if os.path.isabs(path):
+                real = os.path.realpath(path)
+                for d in self.dirs:
+                    if real.startswith(os.path.realpath(d) + os.sep) and _indexed(real):
+                        return real
+        name = os.path.basename(unquote(parts.path) if parts.scheme else ur)
+        if not name or name.startswith("."):
+            return None
+        for d in self.dirs:
+            candidate = os.path.join(d, name)
+            if _indexed(candidate):
+                return os.path.realpath(candidate)
+        return None
+
+
+def _indexed(path: str) -> bool:
+    """A FASTA htslib can read without writing anything: its .fai (and .gzi) beside it."""
+    if not os.path.isfile(path) or not os.path.isfile(path + ".fai"):
+        return False
+    return not path.endswith((".gz", ".bgz")) or os.path.isfile(path + ".gzi")
+
+
+#: no directory: reference-based containers are never decoded
+NO_REFERENCES = References()

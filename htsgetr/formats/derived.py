@@ -1,0 +1,164 @@
+"""Derived blocks: re-cut data served through /data instead of inline, so tickets stay small.
+
+A re-encoded CRAM container (cram_recode.py) goes in the ticket as a `data:` url while the
+ticket's inline budget (`max_inline_bytes`, counted as the text of its data: urls) lasts;
+past it, it becomes a url of our /data endpoint that names everything needed to compute the
+same bytes again, deterministically, in any worker:
+
+    /data/~~cram/<version tag>/<container start>-<end>/<selection>/<data path of the file>
+
+- version tag: a hash of the storage's version of the file (mtime/size/inode, ETag); a file
+  changed since the ticket is refused (404), never re-cut from other bytes;
+- start-end: the container, which must be one the file's CRAI indexes (end: the next one);
+- selection: the wanted intervals as they bear on that container (cram_recode.Selection,
+  clipped to the container's span, in its one canonical spelling);
+- the file's path below /data/, as its byte-range urls have it (`~mount/key`, or `key`).
+
+"~~" is no mount name (names start with a letter or are digits), so these paths never meet
+a stored key. With auth on, the url is signed like every /data url (the signature covers the
+whole path); without auth it still names only work a ticket could have asked for — one
+container of a file a location serves, re-cut once per worker and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+from ..protocol import Class
+from .base import Inline, Piece
+
+#: first segment of a derived CRAM block's path below /data/
+CRAM_PREFIX = "~~cram"
+#: what a data: url adds to its payload's base64 text
+DATA_URI_PREFIX = len("data:;base64,")
+#: longest selection spelling accepted in a derived url
+MAX_TOKEN = 8192
+
+_TAG = re.compile(r"[0-9a-f]{16}")
+_SPAN = re.compile(r"(0|[1-9][0-9]{0,14})-([1-9][0-9]{0,14})")
+
+
+@dataclass(frozen=True)
+class Recut(Inline):
+    """A re-encoded container `[start, end)` of the file: its wanted records (`data`) for the
+    selection spelled `token`. Inline, or a derived block once the ticket's budget is spent."""
+
+    start: int = 0
+    end: int = 0
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A re-cut served through /data: the engine turns it into a url (see `derived_path`)."""
+
+    recut: Recut
+
+    @property
+    def klass(self) -> Class:
+        return self.recut.klass
+
+
+Part = Union[Piece, Derived]
+
+
+#: JSON characters of a ticket entry around its data: url: `{"url": "", "class": "body"}, `
+INLINE_ENTRY = 32
+
+
+def inline_size(n: int) -> int:
+    """Characters of the data: url of an `n`-byte payload."""
+    return DATA_URI_PREFIX + 4 * ((n + 2) // 3)
+
+
+def bound_inline(
+    pieces: list[Piece], limit: int, entry_chars: Callable[[Part], int]
+) -> list[Part]:
+    """`pieces` with the re-cuts that would take the ticket's JSON past `limit` characters
+    as `Derived` blocks, the smallest inlined first; adjacent inline re-cuts joined in one
+    data: url. `entry_chars(part)` is the JSON size of a non-inline part's ticket entry (a
+    byte range, a derived block). Other inline pieces (EOF markers, BGZF edge blocks) stay
+    inline and count first. Without re-cuts, `pieces` unchanged."""
+    recuts = {i: p for i, p in enumerate(pieces) if isinstance(p, Recut)}
+    if not recuts:
+        return list(pieces)
+    derived = {i: Derived(p) for i, p in recuts.items()}
+    used = 0
+    for i, p in enumerate(pieces):
+        if i in derived:
+            used += entry_chars(derived[i])
+        elif isinstance(p, Inline):
+            used += INLINE_ENTRY + inline_size(len(p.data))
+        else:
+            used += entry_chars(p)
+    inline: set[int] = set()
+    for i in sorted(recuts, key=lambda i: (len(recuts[i].data), i)):
+        cost = INLINE_ENTRY + inline_size(len(recuts[i].data)) - entry_chars(derived[i])
+        if used + cost <= limit:
+            inline.add(i)
+            used += cost
+    out: list[Part] = []
+    joined = False  # out[-1] is an inline re-cut (or several joined)
+    for i, p in enumerate(pieces):
+        recut = recuts.get(i)
+        if recut is None:
+            out.append(p)
+            joined = False
+        elif i not in inline:
+            out.append(derived[i])
+            joined = False
+        else:
+            last = out[-1] if out else None
+            if joined and isinstance(last, Inline) and last.klass == recut.klass:
+                out[-1] = Inline(last.data + recut.data, recut.klass)
+            else:
+                out.append(Inline(recut.data, recut.klass))
+            joined = True
+    return out
+
+
+def version_tag(version: str) -> str:
+    """The version of a file as a derived url names it."""
+    return hashlib.sha256(version.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def derived_path(data_path: str, version: str, recut: Recut) -> str:
+    """The path below /data/ of a derived CRAM block (not yet percent-encoded)."""
+    return (
+        f"{CRAM_PREFIX}/{version_tag(version)}/{recut.start}-{recut.end}/{recut.token}/"
+        f"{data_path}"
+    )
+
+
+@dataclass(frozen=True)
+class DerivedRef:
+    """A parsed derived path: what to re-cut, of which file and version."""
+
+    tag: str
+    start: int
+    end: int
+    token: str
+    data_path: str
+
+
+def is_derived(path: str) -> bool:
+    return path.startswith(CRAM_PREFIX + "/")
+
+
+def parse_derived(path: str) -> Optional[DerivedRef]:
+    """The parts of a derived path, or None unless it is spelled as `derived_path` spells
+    it (numbers without leading zeros, a 16-hex-digit tag, a bounded selection)."""
+    parts = path.split("/", 4)
+    if len(parts) != 5 or parts[0] != CRAM_PREFIX:
+        return None
+    _, tag, span, token, data_path = parts
+    m = _SPAN.fullmatch(span)
+    if not _TAG.fullmatch(tag) or m is None or not token or len(token) > MAX_TOKEN:
+        return None
+    start, end = int(m.group(1)), int(m.group(2))
+    if end <= start or not data_path:
+        return None
+    return DerivedRef(tag, start, end, token, data_path)
