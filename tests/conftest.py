@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import collections
 import os
 import random
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -60,9 +62,27 @@ class Server:
             env=full_env,
             start_new_session=True,
         )
+        # drain the output as it comes: an unread pipe fills after ~700 access-log lines and
+        # then blocks the server, which looks like a hang of the server itself
+        self._output: list[bytes] = []
+        self._drain = threading.Thread(target=self._read_output, daemon=True)
+        self._drain.start()
+
+    def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        for line in iter(self.proc.stdout.readline, b""):
+            self._output.append(line)
+
+    def output(self) -> str:
+        """What the server printed so far."""
+        return b"".join(self._output).decode(errors="replace")
 
     def start(self, **kw: object) -> Server:
-        wait_for(self.url + "/service-info", self.proc, **kw)
+        try:
+            wait_for(self.url + "/service-info", self.proc, **kw)
+        except RuntimeError as err:
+            self._drain.join(5)
+            raise RuntimeError(f"{err}\n{self.output()}") from None
         return self
 
     def stop(self) -> str:
@@ -73,7 +93,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+        self._drain.join(5)
+        return self.output()
 
 
 def fetch_block(block: dict, session: Optional[requests.Session] = None, **kw: object) -> bytes:
@@ -264,3 +285,95 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+# --------------------------------------------------------------------------- whole record lists
+#
+# A region ticket must reassemble to exactly the records htslib returns for its region(s):
+# the same records, in the same (file) order, each once: a POST answered with the whole file,
+# or a `referenceName=*` ticket carrying placed reads, must fail. Compare WHOLE lists.
+
+#: region as the tests spell it: (referenceName, start, end); "*" is BAM/CRAM's unplaced reads
+Spec = tuple[str, Optional[int], Optional[int]]
+
+_READS = (".bam", ".cram", ".sam")
+
+
+def payload_records(payload: bytes, tmp: Path, suffix: str) -> list[str]:
+    """The records of a reassembled payload, in order, as text (BAM/CRAM: SAM lines)."""
+    out = tmp / f"whole-payload{suffix}"
+    out.write_bytes(payload)
+    return file_records(out)
+
+
+def file_records(path: Path) -> list[str]:
+    """Every record of a BAM/CRAM/VCF/BCF file, in file order, as text."""
+    if path.suffix in _READS:
+        with pysam.AlignmentFile(str(path), check_sq=False) as f:
+            return [r.to_string() for r in f.fetch(until_eof=True)]
+    with pysam.VariantFile(str(path)) as f:
+        return [str(r) for r in f]
+
+
+def htslib_records(path: Path, regions: list[Spec]) -> list[str]:
+    """What htslib (pysam fetch) returns for `regions`: each record once, in file order
+    (records told apart by where they end in the file, never by their text), a reference
+    the file does not index giving none, "*" the unplaced unmapped reads."""
+    found: dict[tuple[int, int], str] = {}
+    order: dict[str, int] = {}
+    if path.suffix == ".cram":
+        for i, text in enumerate(file_records(path)):
+            order.setdefault(text, i)
+    if path.suffix in _READS:
+        with pysam.AlignmentFile(str(path)) as f:
+            for name, start, end in regions:
+                if name == "*":
+                    for r in f.fetch(until_eof=True):
+                        if r.reference_id < 0:
+                            text = r.to_string()
+                            found[(order[text], 0) if order else (f.tell(), 0)] = text
+                    continue
+                for r in f.fetch(name, start, end):
+                    text = r.to_string()
+                    # CRAM: records of a container share an offset; they are told apart by
+                    # their place in the file (generated and reference reads are distinct)
+                    key = (order[text], 0) if order else (f.tell(), 0)
+                    found[key] = text
+    else:
+        with pysam.VariantFile(str(path)) as f:
+            for name, start, end in regions:
+                if name not in f.index:
+                    continue
+                for r in f.fetch(name, start, end):
+                    found[(f.tell(), 0)] = str(r)
+    return [found[k] for k in sorted(found)]
+
+
+def assert_records(got: list[str], want: list[str], what: object = "") -> None:
+    """The whole lists are equal, in order; else say what is extra, missing or moved."""
+    if got == want:
+        return
+    extra = collections.Counter(got) - collections.Counter(want)
+    missing = collections.Counter(want) - collections.Counter(got)
+    raise AssertionError(
+        f"{what}: {len(got)} records, htslib {len(want)}; {sum(extra.values())} extra "
+        f"(e.g. {[e[:60] for e in list(extra)[:2]]}), {sum(missing.values())} missing "
+        f"(e.g. {[m[:60] for m in list(missing)[:2]]})"
+        + ("" if extra or missing else ", same records in another order")
+    )
+
+
+def assert_ticket_records(payload: bytes, tmp: Path, path: Path,
+                          regions: Optional[list[Spec]]) -> list[str]:
+    """A reassembled ticket of `path` holds exactly htslib's records for `regions` (None:
+    the whole file), and ends with the EOF marker (BGZF formats); returns its records."""
+    suffix = ".vcf.gz" if path.name.endswith(".vcf.gz") else path.suffix
+    got = payload_records(payload, tmp, suffix)
+    want = file_records(path) if regions is None else htslib_records(path, regions)
+    assert_records(got, want, f"{path.name} {regions}")
+    if suffix != ".cram":
+        assert payload.endswith(BGZF_EOF_MARKER)
+    return got
+
+
+BGZF_EOF_MARKER = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import time
 from pathlib import Path
@@ -24,19 +23,10 @@ class ConfigServer:
         self.path, self.port = path, port
         self.server = Server(["--config", str(path)], port)
         self.url = self.server.url
-        self.fd = self.server.proc.stdout.fileno()  # type: ignore[union-attr]
-        os.set_blocking(self.fd, False)
         self.output = ""
 
     def read(self) -> str:
-        while select.select([self.fd], [], [], 0)[0]:
-            try:
-                chunk = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            self.output += chunk.decode(errors="replace")
+        self.output = self.server.output()  # conftest.Server drains it as it comes
         return self.output
 
     def wait_log(self, text: str, timeout: float = 20.0) -> None:
@@ -50,9 +40,7 @@ class ConfigServer:
         os.kill(self.server.proc.pid, signal.SIGHUP)
 
     def stop(self) -> str:
-        self.read()
-        os.set_blocking(self.fd, True)
-        return self.output + self.server.stop()
+        return self.server.stop()
 
 
 @pytest.fixture()
