@@ -33,6 +33,5 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
     CORS(app, **flask_cors_options(server.cors, server.cors_origins))
     auth.register(app, config, role)
     errors.register(app)
-    if role in ("all", "ticket"):
-        fast.install(app)  # GET tickets without Flask's per-request machinery (api/fast.py)
+    fast.install(app)  # GET tickets and /data without Flask's per-request machinery
     return app

@@ -75,6 +75,13 @@ def _check_url(value: Optional[str], key: str, ctx: _Ctx) -> Optional[str]:
     return value
 
 
+def _check_accel_prefix(value: str, key: str, ctx: _Ctx) -> str:
+    if not (value.startswith("/") and value.endswith("/")) or any(
+            c in value for c in "?#% \t\r\n"):
+        raise ctx.error(key, f"{value!r}: a URI path that starts and ends with '/'")
+    return value
+
+
 def _check_allowed_hosts(value: Optional[list[str]], key: str, ctx: _Ctx) -> Optional[list[str]]:
     if value is None:
         return None
@@ -91,18 +98,6 @@ def _check_trusted_proxies(value: list[str], key: str, ctx: _Ctx) -> list[str]:
     except ValueError as err:
         raise ctx.error(key, f"expected addresses or CIDR networks: {err}") from None
     return value
-
-
-def _check_reference_dirs(value: list[str], key: str, ctx: _Ctx) -> list[str]:
-    """Absolute directories (relative to the file), usable in htslib's REF_PATH."""
-    out = []
-    for i, path in enumerate(value):
-        if not path or ":" in path or "%" in path:
-            raise ctx.error(f"{key}[{i}]", f"{path!r}: a directory path without ':' or '%'")
-        if ctx.base_dir and not os.path.isabs(path):
-            path = os.path.join(ctx.base_dir, os.path.expanduser(path))
-        out.append(os.path.normpath(os.path.abspath(path)))
-    return out
 
 
 SERVICE_INFO_STRINGS = (
@@ -237,6 +232,17 @@ class DataServerConfig(ServerConfig):
 
     separate: bool = _opt(False, "serve /data on its own bind (below) instead of the ticket one")
     port: int = _opt(8081, "TCP port", min=0, max=65535)
+    accel: str = _opt(
+        "off",
+        "a front proxy sends local files: nginx (X-Accel-Redirect to accel_prefix) | apache"
+        " (X-Sendfile, absolute path) | off; htsgetr still checks path, signature and Range",
+        choices=("off", "nginx", "apache"),
+    )
+    accel_prefix: str = _opt(
+        "/_protected/",
+        "nginx: the internal location (per location root: `htsgetr.api.accel.nginx_locations`)",
+        check=_check_accel_prefix,
+    )
 
 
 @dataclass
@@ -312,18 +318,6 @@ class Config:
     )
     md5_max_bytes: int = _opt(
         1 << 30, "whole-file md5 is computed for local files up to this", min=0
-    )
-    max_inline_bytes: int = _opt(
-        256 << 10,
-        "ticket JSON size, characters, that inline data: urls may fill: CRAM re-cuts that"
-        " would take a ticket past it are served through /data instead (derived blocks)",
-        min=0,
-    )
-    cram_reference_path: list[str] = _opt(
-        doc="directories holding the references of reference-based CRAMs (a FASTA the @SQ UR"
-        " names, or M5-named sequences, htslib's REF_CACHE layout); default: none",
-        factory=list,
-        check=_check_reference_dirs,
     )
     allow_missing: bool = _opt(
         False, "start (and reload) even when a location's root directory does not exist"

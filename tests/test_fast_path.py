@@ -75,6 +75,33 @@ REQUESTS: list[tuple[str, dict[str, str]]] = [
 ]
 
 
+DATA_REQUESTS: list[tuple[str, dict[str, str]]] = [
+    ("/data/sample.bam", {}),
+    ("/data/sample.bam", {"Range": "bytes=0-99"}),
+    ("/data/sample.bam", {"Range": "bytes=100-"}),
+    ("/data/sample.bam", {"Range": "bytes=-100"}),
+    ("/data/sample.bam", {"Range": "bytes=0-0"}),
+    ("/data/sample.bam", {"Range": "bytes=99999999-"}),  # 416
+    ("/data/sample.bam", {"Range": "bytes=-0"}),
+    ("/data/sample.bam", {"Range": "bytes=5-1"}),
+    ("/data/sample.bam", {"Range": "bytes=0-1,5-9"}),
+    ("/data/sample.bam", {"Range": "items=0-1"}),
+    ("/data/sample.bam", {"Range": "bytes=000000000000000000000000001-2"}),
+    ("/data/sample.bam.bai", {"Range": "bytes=10-20"}),
+    ("/data/sample.bam?exp=1&sig=x", {"Range": "bytes=10-20"}),
+    ("/data/calls.vcf.gz", {"Range": "bytes=10-20"}),
+    ("/data/calls.vcf.gz.tbi", {}),
+    ("/data/nested/deep/other.bam", {"Range": "bytes=1-2"}),
+    ("/data/nested/deep/", {}),
+    ("/data/missing.bam", {}),  # 404, Flask's
+    ("/data/conftest.py", {}),
+    ("/data/../sample.bam", {}),
+    ("/data/~0/sample.bam", {}),
+    ("/data/~x/sample.bam", {}),
+    ("/data/sample.bam", {"Range": "bytes=0-99", "Origin": "https://igv.example"}),
+]
+
+
 def _answer(app: Flask, path: str, headers: dict[str, str], method: str = "GET"
             ) -> tuple[str, list[tuple[str, str]], bytes]:
     resp = app.test_client().open(path, method=method, headers=headers)
@@ -127,6 +154,19 @@ def test_same_answers(data_dir: Path) -> None:
     ours, ref = _pair(for_data_dir(str(data_dir)))
     served = _compare(ours, ref, REQUESTS)
     assert served >= len(REQUESTS) - 15  # the GETs it knows; the rest went to Flask
+    served = _compare(ours, ref, DATA_REQUESTS)
+    assert served >= 2 * (len(DATA_REQUESTS) - 9)  # GET and HEAD
+
+
+@pytest.mark.parametrize("role", ["data", "ticket"])
+def test_same_answers_per_role(data_dir: Path, role: str) -> None:
+    config = for_data_dir(str(data_dir))
+    config.data_server.separate = True
+    ours, ref = create_app(config, role), create_app(config, role)
+    ref.wsgi_app = ref.wsgi_app.flask  # type: ignore[attr-defined,method-assign]
+    for app in (ours, ref):
+        app.test_client().get("/service-info")
+    assert _compare(ours, ref, DATA_REQUESTS + REQUESTS[:10]) >= 10
 
 
 @pytest.mark.parametrize("server", [
@@ -146,7 +186,39 @@ def test_same_answers_with_signed_data_urls(signing_config: Config) -> None:
     assert ours.extensions[auth.EXTENSION].ticket is None
     assert _compare(ours, ref, REQUESTS) > 20
     body = ours.test_client().get("/reads/sample?referenceName=chr1").get_json()
-    assert any("&sig=" in u["url"] or "?exp=" in u["url"] for u in body["htsget"]["urls"])
+    signed = [(u["url"].split("/data/", 1)[1], u.get("headers", {}))
+              for u in body["htsget"]["urls"] if "/data/" in u["url"]]
+    assert signed and all("exp=" in p and "&sig=" in p for p, _ in signed)
+    requests = [("/data/" + p, h) for p, h in signed]
+    requests += [("/data/" + p, {"Range": "bytes=0-1"}) for p, _ in signed]  # other range
+    requests += [("/data/" + p.replace("sig=", "sig=A"), h) for p, h in signed]
+    requests += DATA_REQUESTS
+    assert _compare(ours, ref, requests) > 20
+    shortcut = ours.wsgi_app
+    for path, headers in requests[:len(signed)]:
+        resp = ours.test_client().get(path, headers=headers)
+        assert resp.status_code == 206, path
+    assert ours.test_client().get("/data/sample.bam").status_code == 403
+    assert shortcut.served > 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("accel", ["nginx", "apache"])
+def test_same_answers_with_accel(data_dir: Path, accel: str) -> None:
+    config = for_data_dir(str(data_dir))
+    config.data_server.accel = accel
+    ours, ref = _pair(config)
+    assert _compare(ours, ref, DATA_REQUESTS) > 10
+    resp = ours.test_client().get("/data/nested/deep/other.bam", headers={"Range": "bytes=1-2"})
+    assert resp.status_code == 200 and resp.data == b""
+    if accel == "nginx":
+        assert resp.headers["X-Accel-Redirect"] == "/_protected/nested/deep/other.bam"
+    else:
+        assert resp.headers["X-Sendfile"] == str(data_dir.resolve() / "nested/deep/other.bam")
+    head = ours.test_client().head("/data/sample.bam", headers={"Range": "bytes=1-2"})
+    assert head.status_code == 206 and head.headers["Content-Length"] == "2"
+    assert "X-Accel-Redirect" not in head.headers and "X-Sendfile" not in head.headers
+    bad = ours.test_client().get("/data/sample.bam", headers={"Range": "bytes=99999999-"})
+    assert bad.status_code == 416
 
 
 def test_separate_data_server(data_dir: Path) -> None:

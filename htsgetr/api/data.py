@@ -9,13 +9,14 @@ decompressed by clients.
 from __future__ import annotations
 
 import re
-from typing import IO, Iterable, Iterator, Optional
+from typing import IO, Any, Iterable, Iterator, Optional
 
 from flask import Blueprint, Response, current_app, request
+from flask.sansio.blueprints import BlueprintSetupState
 
-from ..formats.derived import is_derived
 from ..protocol import NotFound
 from ..storage.local import LocalStorage
+from .accel import Accel, accel_for
 
 bp = Blueprint("data", __name__)
 
@@ -65,10 +66,11 @@ def _limited(f: IO[bytes], length: int) -> Iterator[bytes]:
         f.close()
 
 
-def _file_body(path: str, start: int, length: int) -> Iterable[bytes]:
+def _file_body(path: str, start: int, length: int, environ: dict[str, Any]
+               ) -> Iterable[bytes]:
     f = open(path, "rb")
     f.seek(start)
-    wrapper = request.environ.get("wsgi.file_wrapper")
+    wrapper = environ.get("wsgi.file_wrapper")
     # gunicorn's FileWrapper is sent with sendfile(2) and capped by Content-Length; other
     # servers' wrappers read to EOF, so they get a bounded Python iterator instead.
     if wrapper is not None and getattr(wrapper, "__module__", "").startswith("gunicorn"):
@@ -77,21 +79,38 @@ def _file_body(path: str, start: int, length: int) -> Iterable[bytes]:
     return _limited(f, length)
 
 
-def _derived(payload: bytes) -> Response:
-    """A derived block (formats/derived.py): bytes the engine re-cut, with Range support."""
-    size = len(payload)
-    rng = parse_range(request.headers.get("Range"), size)
-    headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+#: app.extensions key of the data server's `accel.Accel` (absent: off)
+ACCEL = "htsgetr.accel"
+
+
+def local_answer(storage: LocalStorage, key: str, method: str, range_header: Optional[str],
+                 environ: dict[str, Any], accel: Optional[Accel] = None
+                 ) -> tuple[int, list[tuple[str, str]], Iterable[bytes]]:
+    """(status, headers, body) of a GET or HEAD of a local file's `Range` (the Flask view's
+    and api/fast.py's). With `accel`, a GET hands the file to the front proxy."""
+    size = storage.size(key)
+    rng = parse_range(range_header, size)
+    headers = [("Accept-Ranges", "bytes"), ("Content-Type", "application/octet-stream")]
     if rng == (-1, -1):
-        headers["Content-Range"] = f"bytes */{size}"
-        return Response(b"", status=416, headers=headers)
+        headers += [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")]
+        return 416, headers, ()
+    if accel is not None and method == "GET":  # the proxy answers the Range itself
+        return 200, [*headers, accel.header(storage, key), ("Content-Length", "0")], ()
     start, end = rng if rng else (0, size)
     if rng:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    body = b"" if request.method == "HEAD" else payload[start:end]
-    resp = Response(body, status=206 if rng else 200, headers=headers)
-    resp.headers["Content-Length"] = str(end - start)
-    return resp
+        headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+    headers.append(("Content-Length", str(end - start)))
+    if method == "HEAD":
+        return 206 if rng else 200, headers, ()
+    return 206 if rng else 200, headers, _file_body(storage.path(key), start, end - start,
+                                                    environ)
+
+
+@bp.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    accel = accel_for(state.app.extensions["htsgetr"].config.data_server)
+    if accel is not None:
+        state.app.extensions[ACCEL] = accel
 
 
 @bp.after_app_request
@@ -108,13 +127,16 @@ def data(path: str) -> Response:
     """Only what a ticket can name (`Resolver.data_object`): anything else, existing or not,
     is the same 404."""
     engine = current_app.extensions["htsgetr"]
-    if is_derived(path):
-        return _derived(engine.derived(path))
     extensions = {fmt: handler.extensions for fmt, handler in engine.handlers.items()}
     found = engine.resolver.data_object(path, extensions)
     if found is None:
         raise NotFound(f"no such object: {path!r}")
     storage, key = found
+    if isinstance(storage, LocalStorage):
+        status, headers_list, body = local_answer(
+            storage, key, request.method, request.headers.get("Range"), request.environ,
+            current_app.extensions.get(ACCEL))
+        return Response(body, status=status, headers=headers_list, direct_passthrough=True)
     size = storage.size(key)
     rng = parse_range(request.headers.get("Range"), size)
     headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
@@ -130,9 +152,7 @@ def data(path: str) -> Response:
         resp = Response(b"", status=status, headers=headers)
         resp.headers["Content-Length"] = str(end - start)
         return resp
-    if isinstance(storage, LocalStorage):
-        body = _file_body(storage.path(key), start, end - start)
-    elif hasattr(storage, "stream"):
+    if hasattr(storage, "stream"):
         body = storage.stream(key, start, end)
     else:
         raise NotFound(f"{path!r} is not served through /data")
