@@ -100,6 +100,18 @@ def _check_trusted_proxies(value: list[str], key: str, ctx: _Ctx) -> list[str]:
     return value
 
 
+def _check_reference_dirs(value: list[str], key: str, ctx: _Ctx) -> list[str]:
+    """Absolute directories (relative to the file), usable in htslib's REF_PATH."""
+    out = []
+    for i, path in enumerate(value):
+        if not path or ":" in path or "%" in path:
+            raise ctx.error(f"{key}[{i}]", f"{path!r}: a directory path without ':' or '%'")
+        if ctx.base_dir and not os.path.isabs(path):
+            path = os.path.join(ctx.base_dir, os.path.expanduser(path))
+        out.append(os.path.normpath(os.path.abspath(path)))
+    return out
+
+
 SERVICE_INFO_STRINGS = (
     "id", "name", "description", "contactUrl", "documentationUrl", "environment", "version",
     "createdAt", "updatedAt",
@@ -318,6 +330,18 @@ class Config:
     )
     md5_max_bytes: int = _opt(
         1 << 30, "whole-file md5 is computed for local files up to this", min=0
+    )
+    max_inline_bytes: int = _opt(
+        256 << 10,
+        "ticket JSON size, characters, that inline data: urls may fill: CRAM re-cuts that"
+        " would take a ticket past it are served through /data instead (derived blocks)",
+        min=0,
+    )
+    cram_reference_path: list[str] = _opt(
+        doc="directories holding the references of reference-based CRAMs (a FASTA the @SQ UR"
+        " names, or M5-named sequences, htslib's REF_CACHE layout); default: none",
+        factory=list,
+        check=_check_reference_dirs,
     )
     allow_missing: bool = _opt(
         False, "start (and reload) even when a location's root directory does not exist"

@@ -14,6 +14,7 @@ from typing import IO, Any, Iterable, Iterator, Optional
 from flask import Blueprint, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
 
+from ..formats.derived import is_derived
 from ..protocol import NotFound
 from ..storage.local import LocalStorage
 from .accel import Accel, accel_for
@@ -79,6 +80,23 @@ def _file_body(path: str, start: int, length: int, environ: dict[str, Any]
     return _limited(f, length)
 
 
+def _derived(payload: bytes) -> Response:
+    """A derived block (formats/derived.py): bytes the engine re-cut, with Range support."""
+    size = len(payload)
+    rng = parse_range(request.headers.get("Range"), size)
+    headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+    if rng == (-1, -1):
+        headers["Content-Range"] = f"bytes */{size}"
+        return Response(b"", status=416, headers=headers)
+    start, end = rng if rng else (0, size)
+    if rng:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    body = b"" if request.method == "HEAD" else payload[start:end]
+    resp = Response(body, status=206 if rng else 200, headers=headers)
+    resp.headers["Content-Length"] = str(end - start)
+    return resp
+
+
 #: app.extensions key of the data server's `accel.Accel` (absent: off)
 ACCEL = "htsgetr.accel"
 
@@ -127,6 +145,8 @@ def data(path: str) -> Response:
     """Only what a ticket can name (`Resolver.data_object`): anything else, existing or not,
     is the same 404."""
     engine = current_app.extensions["htsgetr"]
+    if is_derived(path):
+        return _derived(engine.derived(path))
     extensions = {fmt: handler.extensions for fmt, handler in engine.handlers.items()}
     found = engine.resolver.data_object(path, extensions)
     if found is None:
