@@ -50,8 +50,9 @@ def accel_for(server: DataServerConfig) -> Optional[Accel]:
 
 def nginx_locations(config: Config, indent: str = "    ") -> str:
     """The nginx `location` blocks that map `accel_prefix` back onto each local location's
-    root (`internal`: reachable only through an X-Accel-Redirect). CORS headers htsgetr sent
-    are repeated, as nginx drops them on the internal redirect."""
+    root (`internal`: reachable only through an X-Accel-Redirect). nginx keeps htsgetr's
+    Content-Type and Cache-Control on the internal redirect, not its CORS headers: those are
+    repeated from the upstream answer."""
     prefix = config.data_server.accel_prefix
     resolver = Resolver(config)
     out = []
@@ -66,7 +67,6 @@ def nginx_locations(config: Config, indent: str = "    ") -> str:
                 f"{indent}    internal;\n"
                 f"{indent}    alias {storage.root}/;\n"
                 f"{indent}    max_ranges 1;\n"
-                f"{indent}    add_header Cache-Control no-store always;\n"
                 f"{indent}    add_header Access-Control-Allow-Origin "
                 f"$upstream_http_access_control_allow_origin always;\n"
                 f"{indent}    add_header Access-Control-Expose-Headers "
