@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -25,7 +24,8 @@ from htsgetr.api.accel import nginx_locations
 from htsgetr.config import load_config
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (make test installs it)")
+pytestmark = pytest.mark.skipif(NGINX is None,
+                                reason="nginx is not installed (make test installs it)")
 
 RESTRICTIONS = {"version": 1, "htsgetAuth": [
     {"location": {"prefix": ""}, "rules": [{"referenceName": "chr1"}]}]}
@@ -88,7 +88,8 @@ secret = "accel-test-secret"
                 break
             except requests.RequestException:
                 if nginx.poll() is not None:
-                    raise RuntimeError(nginx.stdout.read().decode() if nginx.stdout else "")
+                    out = nginx.stdout.read().decode() if nginx.stdout else ""
+                    raise RuntimeError(out) from None
                 time.sleep(0.1)
         yield {"url": url, "root": root, "log": tmp / "access.log", "conf": conf}
     finally:
@@ -153,8 +154,7 @@ def test_tampered_or_unsigned_urls_never_reach_the_file(world: dict[str, Any]) -
         assert r.json()["htsget"]["error"] == "PermissionDenied"
         line = _log_line(world, target[len(world["url"]):])
         assert "x-accel=[]" in line or "x-accel=[-]" in line, line
-    assert "x-accel=[/_protected/sample.bam]" in _log_line(world, path) or requests.get(
-        url, headers={"Range": rng}).status_code == 206
+    assert requests.get(url, headers={"Range": rng}).status_code == 206  # the signed one
     assert "x-accel=[/_protected/sample.bam]" in _log_line(world, path)
 
 
