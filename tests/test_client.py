@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pysam
 import pytest
-from conftest import Server, reassemble
+from conftest import Server, assert_records, assert_ticket_records, htslib_records, reassemble
 
 from htsgetr.client import ClientError, fetch, get_ticket
 
@@ -22,10 +22,8 @@ def test_fetch_region_equals_reassembly(server: Server, data_dir: Path, tmp_path
     size = fetch(url, str(out))
     assert size == out.stat().st_size
     assert out.read_bytes() == reassemble({"htsget": get_ticket(url)})
-    with pysam.AlignmentFile(str(out), check_sq=False) as f:
-        got = {r.to_string() for r in f.fetch(until_eof=True)}
-    with pysam.AlignmentFile(str(data_dir / "sample.bam")) as f:
-        assert {r.to_string() for r in f.fetch("chr1", 1000, 30000)} <= got
+    assert_ticket_records(out.read_bytes(), tmp_path, data_dir / "sample.bam",
+                          [("chr1", 1000, 30000)])
 
 
 def test_whole_file_md5_checked(server: Server, data_dir: Path, tmp_path: Path) -> None:
@@ -37,13 +35,18 @@ def test_whole_file_md5_checked(server: Server, data_dir: Path, tmp_path: Path) 
         fetch({"htsget": {**ticket, "md5": "0" * 32}}, str(tmp_path / "b.bam"))
 
 
-def test_htsget_errors_and_post(server: Server, tmp_path: Path) -> None:
+def test_htsget_errors_and_post(server: Server, data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ClientError, match="404 NotFound"):
         fetch(f"{server.url}/reads/nope", str(tmp_path / "x"))
     with pytest.raises(ClientError, match="400 InvalidRange"):
         get_ticket(f"{server.url}/reads/sample?referenceName=chr1&start=9&end=1")
-    body = {"regions": [{"referenceName": "chr2", "start": 0, "end": 5000}]}
+    body = {"regions": [{"referenceName": "chr2", "start": 0, "end": 5000},
+                        {"referenceName": "chr1", "start": 200_000, "end": 201_000}]}
     assert fetch(f"{server.url}/reads/sample", str(tmp_path / "p.bam"), body=body) > 28
+    got = assert_ticket_records((tmp_path / "p.bam").read_bytes(), tmp_path,
+                                data_dir / "sample.bam",
+                                [("chr2", 0, 5000), ("chr1", 200_000, 201_000)])
+    assert got
 
 
 def test_retries_5xx_then_succeeds(tmp_path: Path) -> None:
@@ -82,14 +85,15 @@ def test_retries_5xx_then_succeeds(tmp_path: Path) -> None:
         httpd.shutdown()
 
 
-def test_cli_fetch(server: Server, tmp_path: Path) -> None:
+def test_cli_fetch(server: Server, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "v.vcf.gz"
     url = f"{server.url}/variants/calls?referenceName=X&start=0&end=100000"
     proc = subprocess.run([sys.executable, "-m", "htsgetr", "fetch", url, "-o", str(out)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     with pysam.VariantFile(str(out)) as f:
-        assert all(r.chrom == "X" for r in f)
+        got = [str(r) for r in f]
+    assert_records(got, htslib_records(data_dir / "calls.vcf.gz", [("X", 0, 100000)]))
     bad = subprocess.run([sys.executable, "-m", "htsgetr", "fetch", f"{server.url}/reads/nope",
                           "-o", str(tmp_path / "n")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "NotFound" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pysam
 import pytest
-from conftest import make_bam, make_vcf
+from conftest import assert_records, htslib_records, make_bam, make_vcf
 
 from htsgetr import Htsget, Query, Region
 from htsgetr.config import for_data_dir
@@ -64,7 +64,9 @@ def test_stem_bai_and_csi_discovery(root: Path, tmp_path: Path) -> None:
         Htsget(for_data_dir(str(root))).ticket(q)
     pysam.index("-c", str(root / "a.bam"))
     got = records(payload(Htsget(for_data_dir(str(root))), root, q), tmp_path)
-    assert set(records(expected, tmp_path)) <= set(got)
+    want = htslib_records(root / "a.bam", [("chr1", 0, 100_000)])
+    assert_records(got, want, "CSI")
+    assert_records(records(expected, tmp_path), want, "BAI")
 
 
 def test_gzi_and_block_headers_agree(root: Path) -> None:
@@ -77,14 +79,17 @@ def test_gzi_and_block_headers_agree(root: Path) -> None:
     assert with_gzi == without
 
 
-def test_md5_whole_file_only(root: Path) -> None:
+def test_md5_whole_file_only(root: Path, tmp_path: Path) -> None:
     engine = Htsget(for_data_dir(str(root)))
     whole = engine.ticket(Query(Endpoint.READS, "a", Format.BAM))
     raw = (root / "a.bam").read_bytes()
     assert whole.md5 == hashlib.md5(raw).hexdigest()
     assert payload(engine, root, Query(Endpoint.READS, "a", Format.BAM)) == raw
-    region = engine.ticket(Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1"),)))
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1"),))
+    region = engine.ticket(q)
     assert region.md5 is None and "md5" not in region.to_json()["htsget"]
+    assert_records(records(payload(engine, root, q), tmp_path),
+                   htslib_records(root / "a.bam", [("chr1", None, None)]), "chr1")
     header = engine.ticket(Query(Endpoint.READS, "a", Format.BAM, klass=Class.HEADER))
     assert header.md5 is None
     (root / "a.bam.md5").write_text("0123456789abcdef0123456789abcdef  a.bam\n")
@@ -119,15 +124,16 @@ def test_cache_follows_file_changes(root: Path, tmp_path: Path) -> None:
     shutil.copy(other / "a.bam", root / "a.bam")
     shutil.copy(other / "a.bam.bai", root / "a.bam.bai")
     second = records(payload(engine, root, q), tmp_path)
-    with pysam.AlignmentFile(str(other / "a.bam")) as f:
-        expected = [r.to_string() for r in f.fetch("chr1", 0, 50_000)]
-    assert set(expected) <= set(second) and first != second
+    assert_records(second, htslib_records(other / "a.bam", [("chr1", 0, 50_000)]), "new file")
+    assert first != second
 
 
-def test_ticket_shape(root: Path) -> None:
+def test_ticket_shape(root: Path, tmp_path: Path) -> None:
     engine = Htsget(for_data_dir(str(root)))
-    t = engine.ticket(Query(Endpoint.READS, "a", Format.BAM,
-                            regions=(Region("chr1", 100, 2000), Region("chr3"))))
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1", 100, 2000), Region("chr3")))
+    t = engine.ticket(q)
+    assert_records(records(payload(engine, root, q), tmp_path),
+                   htslib_records(root / "a.bam", [("chr1", 100, 2000), ("chr3", None, None)]))
     body = t.to_json()["htsget"]
     assert set(body) <= {"format", "urls", "md5"}
     classes = {u.get("class") for u in body["urls"]}
@@ -148,9 +154,9 @@ def test_compress_block_roundtrip() -> None:
     assert b"".join(out) == data and len(out) == 4
 
 
-def test_trimmed_regions_keep_long_records(tmp_path: Path) -> None:
+def test_regions_keep_long_records(tmp_path: Path) -> None:
     """A long deletion that starts far before the region still overlaps it; a symbolic
-    <DEL> with INFO/END too. Trimming must keep them and drop what does not overlap."""
+    <DEL> with INFO/END too. Tickets keep them and nothing that does not overlap."""
     d = tmp_path / "long"
     d.mkdir()
     header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "c1", "LN": 1_000_000}]}
@@ -181,16 +187,10 @@ def test_trimmed_regions_keep_long_records(tmp_path: Path) -> None:
                      (500_000, 500_050), (700_000, 800_000)]:
         q = Query(Endpoint.READS, "l", Format.BAM, regions=(Region("c1", beg, end),))
         got = records(payload(engine, d, q), tmp_path)
-        with pysam.AlignmentFile(str(d / "l.bam")) as f:
-            expected = [r.to_string() for r in f.fetch("c1", beg, end)]
-        assert set(expected) <= set(got)
-        assert (got == []) if not expected else (got[0] in expected and got[-1] in expected)
+        assert_records(got, htslib_records(d / "l.bam", [("c1", beg, end)]), (beg, end))
         q = Query(Endpoint.VARIANTS, "l", Format.VCF, regions=(Region("c1", beg, end),))
         got = records(payload(engine, d, q), tmp_path, ".vcf.gz")
-        with pysam.VariantFile(str(d / "l.vcf.gz")) as f:
-            expected = [str(r) for r in f.fetch("c1", beg, end)]
-        assert set(expected) <= set(got)
-        assert (got == []) if not expected else (got[0] in expected and got[-1] in expected)
+        assert_records(got, htslib_records(d / "l.vcf.gz", [("c1", beg, end)]), (beg, end))
 
 
 def test_merge_regions() -> None:
@@ -203,19 +203,16 @@ def test_merge_regions() -> None:
     assert merge_regions((Region("c", None, 10), Region("c", 10, None))) == [Region("c")]
 
 
-def test_many_regions_stay_correct(root: Path, tmp_path: Path) -> None:
-    """Past TRIM_MAX_REGIONS regions are not trimmed, but every record is still there once."""
-    from htsgetr.formats.blocks import TRIM_MAX_REGIONS
-
+def test_many_regions_stay_exact(root: Path, tmp_path: Path) -> None:
+    """Hundreds of regions in one POST: still exactly htslib's records, each once."""
     engine = Htsget(for_data_dir(str(root)))
-    spans = [(i * 350, i * 350 + 100) for i in range(TRIM_MAX_REGIONS + 50)]
+    spans = [(i * 350, i * 350 + 100) for i in range(400)]
     regions = tuple(Region("chr1", s, e) for s, e in spans)
     q = Query(Endpoint.READS, "a", Format.BAM, regions=regions)
     got = records(payload(engine, root, q), tmp_path)
-    assert len(got) == len(set(got))
-    with pysam.AlignmentFile(str(root / "a.bam")) as f:
-        expected = {r.to_string() for s, e in spans for r in f.fetch("chr1", s, e)}
-    assert expected <= set(got)
+    want = htslib_records(root / "a.bam", [("chr1", s, e) for s, e in spans])
+    assert_records(got, want, "400 regions")
+    assert len(want) < len(records((root / "a.bam").read_bytes(), tmp_path)) // 2
 
 
 def test_bcf_contig_ids_follow_idx() -> None:

@@ -1,10 +1,11 @@
 """Record-exact tickets: every BAM, VCF and BCF region ticket, restricted or not.
 
 The reassembled file holds exactly the records htslib's own region query returns (pysam
-`fetch`), each once, in file order, with header and EOF. The data is generated here with what makes that hard: reads of 1-100 kbp spanning
-region edges, short reads sitting between overlapping long ones, placed unmapped mates,
-unplaced reads, records split over many small BGZF blocks; VCF long deletions, symbolic
-alleles with END= and SVLEN, gVCF blocks; BAI, CSI and TBI indexes.
+`fetch`), each once, in file order, with header and EOF. The data is generated here with
+what makes that hard: reads of 1-100 kbp spanning region edges, short reads sitting between
+overlapping long ones, placed unmapped mates, unplaced reads, records split over many small
+BGZF blocks; VCF long deletions, symbolic alleles with END= and SVLEN, gVCF blocks, '#'
+lines in a body; BAI, CSI and TBI indexes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 import ranges_twin
 from conftest import shared
 
-from htsgetr import Htsget, Query, Region, _records
+from htsgetr import Htsget, Query, Region
 from htsgetr.config import for_data_dir
 from htsgetr.formats import bgzf, exact
 from htsgetr.protocol import Endpoint, Format
@@ -361,8 +362,8 @@ def test_unplaced_reads(data: Path, tmp_path: Path) -> None:
     """referenceName=*: exactly the unplaced unmapped reads, whatever `exact` says."""
     engine = Htsget(for_data_dir(str(data)))
     regions = (Region("*"),)
-    for exact in (False, True):
-        q = Query(Endpoint.READS, "reads", Format.BAM, regions=regions, exact=exact)
+    for strict in (False, True):
+        q = Query(Endpoint.READS, "reads", Format.BAM, regions=regions, exact=strict)
         assert engine.ticket(q).to_json() == engine.ticket(
             Query(Endpoint.READS, "reads", Format.BAM, regions=regions)).to_json()
     case = Case(data, "reads.bam", Format.BAM)
@@ -390,8 +391,8 @@ def test_read_between_overlapping_reads_is_left_out(tmp_path: Path) -> None:
     engine = Htsget(for_data_dir(str(d)))
     case = Case(d, "b.bam", Format.BAM)
     region = (Region("c1", 50_000, 60_000),)
-    for exact in (False, True):
-        got, _ = case.got(engine, region, tmp_path, exact=exact)
+    for strict in (False, True):
+        got, _ = case.got(engine, region, tmp_path, exact=strict)
         assert [g.split("\t")[0] for g in got] == ["r0", "r2"] == \
             [w.split("\t")[0] for w in case.expected(region)]
 

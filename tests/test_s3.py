@@ -1,13 +1,13 @@
 """S3 backend against a real S3 endpoint process (moto's server on a loopback port).
 
 Region tickets are fetched with plain `requests` and the ticket's headers (presigned urls, no
-AWS credentials on the client side) and must reassemble to every record htslib returns, none
-twice. Proxy mode goes through a real gunicorn. Warm tickets make no S3 call within the TTL.
+AWS credentials on the client side) and must reassemble to exactly the records htslib returns
+(the whole list, in order). Proxy mode goes through a real gunicorn. Warm tickets make no S3
+call within the TTL.
 """
 
 from __future__ import annotations
 
-import collections
 import os
 import shutil
 import signal
@@ -21,7 +21,17 @@ from urllib.parse import parse_qs, urlparse
 import pysam
 import pytest
 import requests
-from conftest import SHARED_DATA, Server, free_port, make_bam, make_vcf, reassemble
+from conftest import (
+    SHARED_DATA,
+    Server,
+    assert_records,
+    assert_ticket_records,
+    free_port,
+    htslib_records,
+    make_bam,
+    make_vcf,
+    reassemble,
+)
 
 from htsgetr.config import Config, LocationConfig, ServerConfig
 from htsgetr.engine import Htsget
@@ -228,14 +238,11 @@ def region_records(path: Path, contig: str, start: Optional[int], end: Optional[
 
 
 def check_payload(payload: bytes, tmp: Path, suffix: str, expected: list[str]) -> list[str]:
+    """The payload's records are exactly `expected`: the whole list, in order."""
     out = tmp / f"payload{suffix}"
     out.write_bytes(payload)
     got = records(out)
-    counts = collections.Counter(got)
-    dupes = [r for r, n in counts.items() if n > 1]
-    assert not dupes, f"{len(dupes)} records duplicated"
-    missing = [r for r in expected if r not in counts]
-    assert not missing, f"{len(missing)} of {len(expected)} region records missing"
+    assert_records(got, expected, out.name)
     return got
 
 
@@ -282,22 +289,19 @@ CASES: list[tuple[str, Optional[list[tuple[str, Optional[int], Optional[int]]]]]
 
 def expected_records(path: Path, regions: Optional[list[tuple[str, Optional[int], Optional[int]]]]
                      ) -> list[str]:
+    """htslib's records for `regions` (None: the whole file), each once, in file order."""
     if regions is None:
         return records(path)
-    out: list[str] = []
-    for contig, start, end in regions:
-        out.extend(region_records(path, contig, start, end))
-    return list(dict.fromkeys(out))
+    return htslib_records(path, regions)
 
 
 def verify_ticket(ticket: dict, data: Path, name: str,
                   regions: Optional[list[tuple[str, Optional[int], Optional[int]]]],
                   tmp: Path) -> bytes:
-    _, suffix = query_for(name, regions)
+    """The reassembled ticket holds exactly htslib's records for `regions` (None: the whole
+    file): the whole list, in order, every format (CRAM included)."""
     payload = reassemble(ticket)
-    check_payload(payload, tmp, suffix, expected_records(data / name, regions))
-    if suffix != ".cram":
-        assert payload.endswith(EOF_BGZF)
+    assert_ticket_records(payload, tmp, data / name, regions)
     return payload
 
 
@@ -580,7 +584,7 @@ def test_changed_object_gives_new_ticket(moto: MotoServer, remote_data: Path,
     engine = Htsget(Config(locations=[s3_location(moto, prefix="swap", cache_ttl=0)]))
     query = Query(Endpoint.READS, "x", Format.BAM, regions=(Region("chr1", 0, 100_000),))
     first = engine.ticket(query).to_json()
-    check_payload(reassemble(first), tmp_path, ".bam", region_records(src, "chr1", 0, 100_000))
+    assert_ticket_records(reassemble(first), tmp_path, src, [("chr1", 0, 100_000)])
     src2 = tmp_path / "v2.bam"
     make_bam(src2, seed=22, n_reads=1600)
     for suffix in ("", ".bai"):
@@ -588,7 +592,7 @@ def test_changed_object_gives_new_ticket(moto: MotoServer, remote_data: Path,
     time.sleep(1.2)
     second = engine.ticket(query).to_json()
     assert second != first
-    check_payload(reassemble(second), tmp_path, ".bam", region_records(src2, "chr1", 0, 100_000))
+    assert_ticket_records(reassemble(second), tmp_path, src2, [("chr1", 0, 100_000)])
 
 
 # --------------------------------------------------------------------------- under gunicorn

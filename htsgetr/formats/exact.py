@@ -89,8 +89,8 @@ def region_runs(
     lo = max(min_off, layout.header_end)
     hi = min(max_off, layout.data_end << 16)
     todo = merge_ranges([(max(u, lo), min(v, hi)) for u, v in found if min(v, hi) > max(u, lo)])
-    walk = _Walk(source, indexed, kind, Target(target_ref, beg, end), ref_id, max_off)
-    walk.label = f"{region.reference_name}:{beg}-{end}"
+    target = Target(target_ref, beg, end)
+    walk = _Walk(source, indexed, kind, target, ref_id, max_off, region.reference_name)
     return walk.run(todo)
 
 
@@ -107,6 +107,7 @@ class _Walk:
         target: Target,
         index_ref: int,
         max_off: int,
+        name: str = "",
     ) -> None:
         self.source, self.indexed, self.layout, self.kind = source, indexed, indexed.layout, kind
         self.ref_id = -1 if isinstance(target.ref, bytes) else target.ref
@@ -117,7 +118,7 @@ class _Walk:
         # bounded regions skip their middle, from the first record starting inside
         self.may_skip = not self.open_end and not indexed.odd_lines
         self.walked = 0  # decompressed bytes read, for the guard
-        self.label = ""  # the region, for the guard's warning
+        self.label = f"{name}:{target.beg}-{target.end}"  # for the guard's warning
         self.out: list[tuple[int, int]] = []
         # per block in the buffer: (buffer position, offset, uoffset there, length, next block)
         self.spans: list[tuple[int, int, int, int, int]] = []
