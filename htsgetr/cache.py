@@ -40,15 +40,19 @@ class BlockCache:
         self.misses = 0
 
     def get(self, key: Hashable) -> Any:
-        """The value kept for `key` (now the most recent), or None."""
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is None:
-                self.misses += 1
-                return None
+        """The value kept for `key` (now the most recent), or None. No lock: each step is
+        one atomic operation on the dict, and an entry evicted meanwhile is simply a hit
+        that is not moved (the counters are statistics, not exact under threads)."""
+        hit = self._data.get(key)
+        if hit is None:
+            self.misses += 1
+            return None
+        try:
             self._data.move_to_end(key)
-            self.hits += 1
-            return hit[0]
+        except KeyError:
+            pass
+        self.hits += 1
+        return hit[0]
 
     def put(self, key: Hashable, value: Any, nbytes: int) -> None:
         """Keep `value` (weighing `nbytes` plus the entry's overhead), dropping the least

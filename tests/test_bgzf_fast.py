@@ -9,6 +9,7 @@ import random
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,18 @@ from htsgetr.protocol import Endpoint, Format, NotFound
 from htsgetr.storage import local
 from htsgetr.storage.local import LocalStorage
 
-fast = pytest.mark.skipif(bgzf._fast is None, reason="isal is not installed")
+fast = pytest.mark.skipif(bgzf.CODEC.name == "zlib", reason="neither isal nor deflate is installed")
 
 
-@pytest.fixture(params=["fast", "zlib"])
-def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test twice: with ISA-L (when installed) and with the pure zlib fallback."""
-    if request.param == "zlib":
-        monkeypatch.setattr(bgzf, "_fast", None)
-    elif bgzf._fast is None:
-        pytest.skip("isal is not installed")
-    return bgzf.codec()
+@pytest.fixture(params=["isal+libdeflate", "libdeflate", "zlib"])
+def codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test with every codec: the default (ISA-L inflate and deflate, libdeflate CRC32),
+    libdeflate alone, and the pure zlib fallback (when their packages are installed)."""
+    if request.param not in bgzf.codecs():
+        pytest.skip(f"{request.param} is not installed")
+    previous = bgzf.use_codec(request.param)
+    yield request.param
+    bgzf.use_codec(previous.name)
 
 
 def split_blocks(data: bytes) -> list[bytes]:
@@ -84,18 +86,19 @@ def test_round_trip_and_equal_to_zlib(codec: str, index: int) -> None:
 
 
 @fast
-def test_fast_and_zlib_inflate_real_files_alike(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_codec_inflates_real_files_alike(tmp_path: Path) -> None:
     bam = make_bam(tmp_path / "a.bam", n_reads=4000)
     vcf = make_vcf(tmp_path / "a.vcf.gz", n=4000)
     for path in (bam, vcf):
         blocks = split_blocks(path.read_bytes())
         assert len(blocks) > 3 and blocks[-1] == bgzf.EOF_MARKER
-        ours = [bgzf.decompress_block(b) for b in blocks]
-        with monkeypatch.context() as patch:
-            patch.setattr(bgzf, "_fast", None)
-            assert [bgzf.decompress_block(b) for b in blocks] == ours
-        assert ours == [zlib_inflate(b) for b in blocks]
+        want = [zlib_inflate(b) for b in blocks]
+        for name in bgzf.codecs():
+            previous = bgzf.use_codec(name)
+            try:
+                assert [bgzf.decompress_block(b) for b in blocks] == want, name
+            finally:
+                bgzf.use_codec(previous.name)
 
 
 def test_htslib_reads_our_blocks(codec: str, tmp_path: Path) -> None:

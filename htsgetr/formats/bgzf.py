@@ -29,26 +29,105 @@ MAX_BLOCK_PAYLOAD = 0x10000
 #: Bytes fetched per storage read while walking blocks (a few blocks at a time).
 READ_AHEAD = 256 * 1024
 
-try:  # ISA-L: inflates BGZF blocks ~2.5x and deflates re-cut edges ~15x faster than zlib
+# Inflating, checking and deflating blocks (bench/run.py `bench_codecs` has the numbers).
+# On 64 KiB BGZF blocks of a deep BAM, against zlib: ISA-L (PyPI `isal`) inflates ~2.5x and
+# deflates re-cut edges (its level 1, about zlib 6's size on BAM) ~19x faster, libdeflate
+# (PyPI `deflate`) inflates ~2.2x, CRC32s ~13x and deflates (level 1) ~10x faster. But ISA-L's
+# CRC32 and deflate leave the CPU's upper vector state dirty (no vzeroupper), which slowed
+# every later instruction of the process by ~10% (a warm ticket: 66 -> 75 us). So the
+# default pairs ISA-L's inflate and deflate with libdeflate's CRC32, whose vector code ends
+# with vzeroupper: a CRC32 follows every ISA-L call (`_clean_vector_state` where no CRC32
+# is due), which restores the full speed.
+_libdeflate: Any = None
+_isal: Any = None
+try:
+    import deflate
+
+    _libdeflate = deflate
+except ImportError:  # pragma: no cover - zlib then
+    pass
+try:
     from isal import isal_zlib
 
-    _fast: Any = isal_zlib
-except ImportError:  # pragma: no cover - the pure zlib fallback (tests patch `_fast`)
-    _fast = None
+    _isal = isal_zlib
+except ImportError:  # pragma: no cover - zlib then
+    pass
 
-#: compression level of re-cut blocks: ISA-L's level 1 (levels go 0-3; about zlib 6's size on
-#: BAM, ~20% larger on VCF text) when ISA-L is there, else zlib's default 6
-FAST_RECUT_LEVEL = 1
-ZLIB_RECUT_LEVEL = 6
+_CLEAN = bytes(256)
 
 
-def codec() -> str:
-    """The deflate library in use: "isal" (python-isal), else "zlib"."""
-    return "zlib" if _fast is None else "isal"
+def _clean_vector_state() -> None:
+    """After an ISA-L call: a libdeflate CRC32 of a few bytes (vector code, then vzeroupper)."""
+    if _libdeflate is not None:
+        _libdeflate.crc32(_CLEAN)
 
 
-def _errors() -> tuple[type[Exception], ...]:
-    return (zlib.error,) if _fast is None else (zlib.error, _fast.error)
+def _inflate_zlib(payload: Any, isize: int) -> bytes:
+    return zlib.decompressobj(-15).decompress(payload, isize + 1)
+
+
+def _inflate_isal(payload: Any, isize: int) -> bytes:
+    return bytes(_isal.decompressobj(-15).decompress(payload, isize + 1))
+
+
+def _inflate_libdeflate(payload: Any, isize: int) -> bytes:
+    return bytes(_libdeflate.deflate_decompress(payload, isize))
+
+
+def _deflate_zlib(data: Any, level: int) -> bytes:
+    comp = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return comp.compress(data) + comp.flush()
+
+
+def _deflate_isal(data: Any, level: int) -> bytes:
+    out = bytes(_isal.compress(data, min(level, 3), -15))
+    _clean_vector_state()
+    return out
+
+
+def _deflate_libdeflate(data: Any, level: int) -> bytes:
+    return bytes(_libdeflate.deflate_compress(data, level))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One way to inflate (a raw DEFLATE payload and its ISIZE: at most ISIZE + 1 bytes out),
+    CRC32 and deflate BGZF blocks; `level` is the re-cut blocks' compression level."""
+
+    name: str
+    inflate: Callable[[Any, int], bytes]
+    crc32: Callable[[Any], int]
+    deflate: Callable[[Any, int], bytes]
+    level: int
+    errors: tuple[Any, ...]
+
+
+def codecs() -> dict[str, Codec]:
+    """The codecs this installation can use, the default first."""
+    out = {}
+    if _libdeflate is not None:
+        errors: tuple[Any, ...] = (zlib.error, _libdeflate.DeflateError)
+        if _isal is not None:
+            out["isal+libdeflate"] = Codec(
+                "isal+libdeflate", _inflate_isal, _libdeflate.crc32, _deflate_isal, 1,
+                errors + (_isal.error,),
+            )
+        out["libdeflate"] = Codec(
+            "libdeflate", _inflate_libdeflate, _libdeflate.crc32, _deflate_libdeflate, 1, errors
+        )
+    out["zlib"] = Codec("zlib", _inflate_zlib, zlib.crc32, _deflate_zlib, 6, (zlib.error,))
+    return out
+
+
+#: the codec in use (`use_codec` changes it, e.g. to compare them in tests and benchmarks)
+CODEC: Codec = next(iter(codecs().values()))
+
+
+def use_codec(name: str) -> Codec:
+    """Switch to the codec called `name` (see `codecs`); returns the previous one."""
+    global CODEC
+    previous, CODEC = CODEC, codecs()[name]
+    return previous
 
 
 def coffset(voffset: int) -> int:
@@ -197,21 +276,15 @@ def block_size(header: bytes) -> int:
 
 def compress_block(data: Union[bytes, memoryview], level: Optional[int] = None) -> bytes:
     """Compress `data` into one or more BGZF blocks (never the EOF marker for empty data),
-    with ISA-L when installed, else zlib; `level` defaults to the codec's re-cut level (a
-    zlib level above ISA-L's highest, 3, means 3)."""
-    fast = _fast
+    with the `CODEC` in use; `level` defaults to its re-cut level."""
+    codec = CODEC
     if level is None:
-        level = ZLIB_RECUT_LEVEL if fast is None else FAST_RECUT_LEVEL
+        level = codec.level
     out = []
     for pos in range(0, len(data), MAX_BLOCK_DATA):
         chunk = data[pos : pos + MAX_BLOCK_DATA]
-        if fast is not None:
-            deflated = fast.compress(chunk, min(level, 3), -15)
-            crc = fast.crc32(chunk)
-        else:
-            comp = zlib.compressobj(level, zlib.DEFLATED, -15)
-            deflated = comp.compress(chunk) + comp.flush()
-            crc = zlib.crc32(chunk)
+        deflated = codec.deflate(chunk, level)
+        crc = codec.crc32(chunk)
         bsize = HEADER_SIZE + len(deflated) + 8
         out.append(
             struct.pack("<4BIBBHBBHH", 0x1F, 0x8B, 8, 4, 0, 0, 0xFF, 6, 66, 67, 2, bsize - 1)
@@ -232,14 +305,17 @@ def decompress_block(block: Union[bytes, bytearray, memoryview]) -> bytes:
     crc, isize = struct.unpack_from("<II", block, size - 8)
     if isize > MAX_BLOCK_PAYLOAD:
         raise ValueError(f"corrupt BGZF block: inflates to more than {MAX_BLOCK_PAYLOAD} bytes")
-    z: Any = zlib if _fast is None else _fast
+    codec = CODEC
     try:
-        data = z.decompressobj(-15).decompress(memoryview(block)[12 + xlen : size - 8], isize + 1)
-    except _errors() as exc:
-        raise ValueError(f"corrupt BGZF block: {exc}") from None
+        data = codec.inflate(memoryview(block)[12 + xlen : size - 8], isize)
+    except codec.errors as exc:
+        raise ValueError(f"corrupt BGZF block (ISIZE {isize}): {exc}") from None
+    finally:
+        if codec.inflate is _inflate_isal:
+            _clean_vector_state()
     if len(data) != isize:
         raise ValueError(f"corrupt BGZF block: inflates to {len(data)} bytes, ISIZE is {isize}")
-    if z.crc32(data) != crc:
+    if codec.crc32(data) != crc:
         raise ValueError("corrupt BGZF block: CRC32 mismatch")
     return data
 
@@ -263,7 +339,9 @@ def inflate(
     out = bytearray()
     view = memoryview(data)
     pos, size = 0, len(data)
-    z: Any = zlib if _fast is None else _fast
+    fast = _isal is not None and CODEC.inflate is _inflate_isal
+    z: Any = _isal if fast else zlib
+    errors: tuple[Any, ...] = (zlib.error, _isal.error) if fast else (zlib.error,)
     try:
         while pos < size:
             d = z.decompressobj(16 + zlib.MAX_WBITS)
@@ -281,8 +359,11 @@ def inflate(
                     if d.eof or not pending:
                         break
             pos -= len(d.unused_data)  # the next member starts right after this one
-    except _errors() as exc:
+    except errors as exc:
         raise ValueError(f"corrupt gzip stream: {exc}") from None
+    finally:
+        if fast:
+            _clean_vector_state()
     return out
 
 

@@ -124,15 +124,17 @@ class OpenFiles:
             self._release(handle)
 
     def check(self, path: str, st: os.stat_result) -> None:
-        """The file at `path` was just stat'ed: drop its open file if that is not it now."""
+        """The file at `path` was just stat'ed: drop its open file if that is not it now.
+        (Every ticket stats its files: the usual answer, "still the same", takes no lock.)"""
+        handle = self._files.get(path)
+        if handle is None:
+            return
+        if handle.identity == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev):
+            handle.checked = time.monotonic()
+            return
         with self._lock:
-            handle = self._files.get(path)
-            if handle is None:
-                return
-            if handle.identity == _identity(st):
-                handle.checked = time.monotonic()
-                return
-            self._evict(path)
+            if self._files.get(path) is handle:
+                self._evict(path)
 
     def _acquire(self, path: str) -> _Handle:
         now = time.monotonic()
