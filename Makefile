@@ -10,7 +10,7 @@ APT_PACKAGES := samtools bcftools tabix nginx-light python3-venv python3-dev bui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: test serve deps apt venv build lint bench example-data clean
+.PHONY: test serve deps apt venv build lint bench bench-check bench-baseline example-data clean
 
 test: deps build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -44,9 +44,18 @@ lint: deps build
 	$(VENV)/bin/ruff check htsgetr tests bench
 	$(VENV)/bin/mypy htsgetr
 
+# every figure printed is also written to bench/results.json
 bench: deps build
 	$(PY) bench/run.py
 	$(PY) bench/slow_clients.py
+
+# CI: small data, ~2 min; fails on exactness below 100 % or a ratio more than 3x worse than
+# bench/baseline.json (`make bench-baseline` rewrites it: run it on a quiet machine)
+bench-check: deps build
+	$(PY) bench/check.py
+
+bench-baseline: deps build
+	$(PY) bench/check.py --write-baseline
 
 example-data: $(VENV)/.installed
 	$(PY) -m htsgetr.examples example-data

@@ -3,9 +3,14 @@
 - index: cold ticket (parse a several-MB BAI + header + query) and warm ticket (cached)
   vs htslib via pysam opening the same BAM + BAI and seeking to the region.
 - http: ticket requests through gunicorn vs a bare Flask app under the same gunicorn.
+- load (bench/http_load.py): tickets for RANDOM regions per request vs bare Flask (req/s,
+  p99); /data 64 KiB ranges vs bare Flask; nginx + htsgetr accel vs nginx alone.
+- exactness (bench/exactness.py): records of random region tickets vs htslib, four formats.
 - data: /data range throughput (sendfile) vs nginx serving the same file.
 
-Tests never depend on these numbers; they are printed for people.
+Every figure printed is also kept (bench/results.py `record`) and written to
+bench/results.json. Tests never depend on these numbers; `make bench-check` (bench/check.py)
+compares a quick run's ratios with bench/baseline.json.
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ from htsgetr.engine import Htsget  # noqa: E402
 from htsgetr.protocol import Endpoint, parse_get  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
+import http_load  # noqa: E402
+import results  # noqa: E402
 from deep_data import make_deep15_bam, make_deep_vcf  # noqa: E402
+from exactness import exactness, make_small  # noqa: E402
+from results import record  # noqa: E402
 
 # GRCh38 primary assembly lengths (chr1..22, X, Y, M)
 GRCH38 = [248956422, 242193529, 198295559, 190214555, 181538259, 170805979, 159345973,
@@ -121,6 +130,9 @@ def bench_deep(data: Path) -> None:
         t_ours, t_ref = timeit(ours, 200), timeit(ref, 200)
         print(f"  {span:>7} bp region {t_ours * 1e3:8.2f} ms   htslib fetch all records "
               f"{t_ref * 1e3:8.2f} ms   ratio {t_ours / t_ref:5.2f}")
+        record(f"deep30.region_{span}.ms", t_ours * 1e3, "ms")
+        record(f"deep30.region_{span}.htslib_ms", t_ref * 1e3, "ms")
+        record(f"deep30.region_{span}.ratio", t_ours / t_ref, "x (time)", better="lower")
 
 
 def bench_index(data: Path) -> None:
@@ -165,6 +177,13 @@ def bench_index(data: Path) -> None:
           f"{c_ref * 1e3:8.2f} ms   ratio {c_ours / c_ref:5.2f}")
     print(f"  warm ticket        {w_ours * 1e3:8.3f} ms   htslib warm fetch       "
           f"{w_ref * 1e3:8.3f} ms   ratio {w_ours / w_ref:5.2f}")
+    record("index.bai_mb", bai.stat().st_size / 1e6, "MB")
+    record("index.cold.ms", c_ours * 1e3, "ms")
+    record("index.cold.htslib_ms", c_ref * 1e3, "ms")
+    record("index.cold.ratio", c_ours / c_ref, "x (time)", better="lower")
+    record("index.warm.ms", w_ours * 1e3, "ms")
+    record("index.warm.htslib_ms", w_ref * 1e3, "ms")
+    record("index.warm.ratio", w_ours / w_ref, "x (time)", better="lower")
 
 
 def _serve(cmd: list[str], url: str, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -201,50 +220,31 @@ def bench_http(data: Path, tmp: Path) -> None:
         t_bare = timeit(lambda: s.get(f"http://127.0.0.1:{port_b}/ping").raise_for_status(), 300)
         print(f"http: ticket request {t_ours * 1e3:6.2f} ms   bare Flask {t_bare * 1e3:6.2f} ms"
               f"   ratio {t_ours / t_bare:5.2f}")
+        record("http.ticket_request.ms", t_ours * 1e3, "ms")
+        record("http.ticket_request.bare_ms", t_bare * 1e3, "ms")
+        record("http.ticket_request.ratio", t_ours / t_bare, "x (time)", better="lower")
     finally:
         _stop(ours)
         _stop(flask_proc)
-    bench_load(data, tmp)
+    bench_load(data)
 
 
-def _wrk(url: str) -> float:
-    """Requests per second wrk sustains against `url` (2 threads, 16 connections, 5 s)."""
-    out = subprocess.run(["wrk", "-t2", "-c16", "-d5s", url], capture_output=True, text=True,
-                         check=True).stdout
-    line = next(x for x in out.splitlines() if x.startswith("Requests/sec:"))
-    return float(line.split()[1])
-
-
-def bench_load(data: Path, tmp: Path) -> None:
-    """Throughput under load, both apps under the same gunicorn settings (2 gthread workers)."""
-    if shutil.which("wrk") is None:
-        print("load: skipped (apt install wrk)")
-        return
-    port_a, port_b = 18235, 18236
-    ours = _serve([sys.executable, "-m", "htsgetr", "serve", "--data-dir", str(data),
-                   "--port", str(port_a), "--workers", "2", "--threads", "4",
-                   "--set", "ticket_server.worker_class='gthread'"],  # as the bare app
-                  f"http://127.0.0.1:{port_a}/service-info")
-    bare = _serve([sys.executable, "-m", "gunicorn", "-w", "2", "--threads", "4",
-                   "-k", "gthread", "-b", f"127.0.0.1:{port_b}", "--chdir", str(tmp),
-                   "bare_app:app"], f"http://127.0.0.1:{port_b}/ping")
-    try:
-        url = f"http://127.0.0.1:{port_a}/reads/genome?referenceName=chr7&start=5000000&end=5100000"
-        requests.get(url)
-        r_ours, r_bare = _wrk(url), _wrk(f"http://127.0.0.1:{port_b}/ping")
-        print(f"load: tickets {r_ours:7.0f} req/s   bare Flask {r_bare:7.0f} req/s   "
-              f"ratio {r_ours / r_bare:5.2f}   (wrk -t2 -c16, 2 gthread workers each)")
-    finally:
-        _stop(ours)
-        _stop(bare)
+def bench_load(data: Path) -> None:
+    """Tickets under load with RANDOM regions per request vs bare Flask (bench/http_load.py):
+    the deep BAM (1-20 kbp, the issue's figure) and the GRCh38-scale sparse BAM; /data small
+    ranges vs bare Flask; nginx + htsgetr accel vs nginx alone."""
+    http_load.bench_http_inprocess(data, "deep15", [("chrD", 10_000_000)], "http.inprocess")
+    http_load.bench_load_random(data, "deep15", [("chrD", 10_000_000)], "load.deep15")
+    http_load.bench_load_random(data, "genome", list(zip(NAMES, GRCH38))[:24], "load.genome")
+    http_load.bench_data_ranges(data)
+    with tempfile.TemporaryDirectory() as tmp:
+        http_load.bench_accel(data, Path(tmp))
 
 
 def bench_data(data: Path, tmp: Path) -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     port_a, port_n = 18233, 18234
-    blob = data / "blob.bin"  # incompressible, large enough that transfer time dominates
-    if not blob.exists():
-        blob.write_bytes(os.urandom(64 << 20))
+    blob = http_load.make_blob(data)  # incompressible; a .bam: /data serves data files only
     size = blob.stat().st_size
     ours = _serve([sys.executable, "-m", "htsgetr", "serve", "--data-dir", str(data),
                    "--port", str(port_a), "--workers", "1"], f"http://127.0.0.1:{port_a}/service-info")
@@ -275,12 +275,15 @@ def bench_data(data: Path, tmp: Path) -> None:
             r = s.get(url, headers=hdr)
             assert len(r.content) == length
 
-        t_ours = timeit(lambda: fetch(f"http://127.0.0.1:{port_a}/data/blob.bin"), 10)
+        t_ours = timeit(lambda: fetch(f"http://127.0.0.1:{port_a}/data/{blob.name}"), 10)
         line = f"data: {length / t_ours / 1e6:7.0f} MB/s"
+        record("data.range_32m.mb_s", length / t_ours / 1e6, "MB/s")
         if len(procs) > 1:
-            t_ngx = timeit(lambda: fetch(f"http://127.0.0.1:{port_n}/blob.bin"), 10)
+            t_ngx = timeit(lambda: fetch(f"http://127.0.0.1:{port_n}/{blob.name}"), 10)
             line += (f"   nginx {length / t_ngx / 1e6:7.0f} MB/s"
                      f"   ratio (time) {t_ours / t_ngx:5.2f}")
+            record("data.range_32m.nginx_mb_s", length / t_ngx / 1e6, "MB/s")
+            record("data.range_32m.ratio", t_ours / t_ngx, "x (time)", better="lower")
         client = "curl" if curl else "python requests"
         print(line + f"   ({length >> 20} MiB range, client = {client})")
     finally:
@@ -420,6 +423,9 @@ def main() -> int:
         bench_deep(cache)
         bench_http(cache, Path(tmp))
         bench_data(cache, Path(tmp))
+    exactness(make_small(ROOT / "build" / "bench-check-data"), regions=100)
+    results.save(ROOT / "bench" / "results.json")
+    print(f"{len(results.FIGURES)} figures -> bench/results.json")
     return 0
 
 
