@@ -423,6 +423,8 @@ def main() -> int:
         bench_deep(cache)
         bench_http(cache, Path(tmp))
         bench_data(cache, Path(tmp))
+        from s3_bench import main as s3_round_trips  # S3 tickets' round trips, moto's server
+        s3_round_trips(cache)
     exactness(make_small(ROOT / "build" / "bench-check-data"), regions=100)
     results.save(ROOT / "bench" / "results.json")
     print(f"{len(results.FIGURES)} figures -> bench/results.json")

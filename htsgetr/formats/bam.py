@@ -109,11 +109,13 @@ class BamHandler:
         )
 
     def prefetch(self, source: Source, query: Query) -> None:
-        """Remote storage: the blocks `pieces` will read, in one parallel batch."""
-        if query.regions and query.klass is not Class.HEADER:
+        """Remote storage: the blocks `pieces` will read, in one parallel batch (with the
+        first read that is not served from a cache)."""
+        regions = query.regions
+        if regions and query.klass is not Class.HEADER:
             bam = self.open(source)
-            source.prefetch(bgzf.edge_reads(bam.layout, bam.index, query.regions,
-                                            bam.ref_ids.get))
+            source.read_ahead(lambda: bgzf.edge_reads(bam.layout, bam.index, regions,
+                                                      bam.ref_ids.get))
 
     def reference_names(self, source: Source) -> list[str]:
         """Reference names in header order: what a rule naming no reference expands to."""

@@ -12,6 +12,8 @@ from ..storage.base import Storage, batched, prefetch, stat_many
 
 T = TypeVar("T")
 
+Ranges = Iterable[tuple[int, int]]
+
 
 @dataclass(frozen=True)
 class ByteRange:
@@ -41,6 +43,8 @@ class Source:
     key: str
     cache: LRUCache
     _versions: dict[str, str] = field(default_factory=dict)
+    #: `read_ahead`: what to fetch with the first read that reaches the storage
+    _plan: Optional[Callable[[], Ranges]] = field(default=None, repr=False)
 
     def version(self, key: Optional[str] = None) -> str:
         key = key or self.key
@@ -65,12 +69,13 @@ class Source:
         """Whether reading ahead pays: a remote storage answering many reads at once."""
         return batched(self.storage)
 
-    def prefetch(self, ranges: Iterable[tuple[int, int]], key: Optional[str] = None) -> None:
-        """Fetch byte ranges of the file (or of `key`) in one parallel batch, kept for the
-        reads that follow; nothing unless the storage is `batched`."""
+    def read_ahead(self, plan: Callable[[], Ranges]) -> None:
+        """On a `batched` (remote) storage: when a read of this ticket first has to reach
+        the storage, `plan()` (byte ranges of the file the ticket is about to read: a
+        region's edge blocks) is fetched with it, in one parallel batch. A ticket whose reads
+        all come from caches (parsed, inflated, re-cut) never asks."""
         if self.batched:
-            prefetch(self.storage, [(key or self.key, a, b) for a, b in ranges if b > a])
-
+            self._plan = plan
     def prefetch_open(self, head: int, tail: int, whole: Sequence[tuple[Optional[str], int]]
                       ) -> None:
         """What opening a file reads, in one parallel batch on a remote storage: its first
@@ -102,6 +107,10 @@ class Source:
         return self.cache.get_or_load(cache_key, load)
 
     def read(self, start: int, end: int, key: Optional[str] = None) -> bytes:
+        if self._plan is not None:
+            plan, self._plan = self._plan, None
+            ranges = [(self.key, a, b) for a, b in plan() if b > a]
+            prefetch(self.storage, ranges + [(key or self.key, start, end)])
         return self.storage.read(key or self.key, start, end)
 
     def read_all(self, key: str) -> bytes:

@@ -195,28 +195,34 @@ def prefetch_open(source: Source, index_key: Optional[str], limits: Limits) -> N
     )
 
 
-#: `edge_reads`: compressed bytes read ahead per ticket at most, and the widest chunk read
-#: ahead whole (wider ones: their first and last EDGE_SPAN / 2 bytes)
+#: `edge_reads`: compressed bytes read ahead per ticket at most, and the widest region span
+#: read ahead whole (wider ones: their first and last EDGE_SPAN / 2 bytes, and the blocks
+#: their walk may probe in between)
 EDGE_BUDGET = 8 << 20
 EDGE_SPAN = 1 << 20
 #: a block's compressed size at most (SAMv1 4.1: BSIZE fits 16 bits)
 MAX_BLOCK_SIZE = 0x10000
+#: positions across a wide region whose index entries may be probed (formats/exact.py)
+_PROBE_SAMPLES = 64
 
 
 def edge_reads(
     layout: Any, index: Any, regions: Iterable[Region], ref_id: Callable[[str], Optional[int]]
 ) -> list[tuple[int, int]]:
     """Byte ranges a region ticket will read from a BGZF file (`layout` a BgzfLayout,
-    `index` its BinningIndex), so a remote storage fetches them in one parallel batch
-    instead of one block walk step at a time: the block where each index chunk starts and
-    the one where it ends (re-cut edges) and, for bounded regions (trimmed to their records
-    by a walk through the chunk), the chunk itself, within EDGE_SPAN / EDGE_BUDGET."""
+    `index` its BinningIndex), so that a remote storage fetches them in one parallel batch
+    instead of one step of the record walk (formats/exact.py) at a time: per region, its
+    index chunks clamped as htslib clamps them (`index.bounds`), the blocks where they start
+    and end (re-cut edges) and, for a bounded region, the span its walk reads: all of it
+    when at most EDGE_SPAN, else its ends and the blocks at the index entries the walk may
+    probe. Nothing when that passes EDGE_BUDGET (the walk then reads as it goes)."""
     edges: list[tuple[int, int]] = []
     spans: list[tuple[int, int]] = []
-    header_end = layout.header_end
+    data_end = layout.data_end << 16
+    bounds = getattr(index, "bounds", None)
     for region in merge_regions(tuple(regions)):
         if region.reference_name == UNPLACED:
-            start = coffset(max(index.last_end(), header_end))
+            start = coffset(max(index.last_end(), layout.header_end))
             edges.append((start, start + MAX_BLOCK_SIZE))
             continue
         rid = ref_id(region.reference_name)
@@ -224,23 +230,34 @@ def edge_reads(
             continue
         beg = region.start or 0
         end = MAX_COORDINATE if region.end is None else region.end
-        bounded = region.start is not None or region.end is not None
-        for vbeg, vend in index.query(rid, beg, end):
-            vbeg = max(vbeg, header_end)
-            if vend <= vbeg:
-                continue
-            a, b = coffset(vbeg), min(coffset(vend), layout.size)
-            edges += [(a, a + MAX_BLOCK_SIZE), (b, b + MAX_BLOCK_SIZE)]
-            if bounded and b - a > MAX_BLOCK_SIZE:
-                if b - a <= EDGE_SPAN:
-                    spans.append((a, b))
-                else:
-                    spans += [(a, a + EDGE_SPAN // 2), (b - EDGE_SPAN // 2, b)]
+        found = index.query(rid, beg, end)
+        lo, hi = bounds(rid, beg, end) if bounds is not None and found else (0, data_end)
+        lo, hi = max(lo, layout.header_end), min(hi, data_end)
+        todo = _merged([(max(u, lo), min(v, hi)) for u, v in found if min(v, hi) > max(u, lo)])
+        for u, v in todo:
+            edges += [(coffset(u), coffset(u) + MAX_BLOCK_SIZE),
+                      (coffset(v), coffset(v) + MAX_BLOCK_SIZE)]
+        if not todo or region.end is None:
+            continue  # open-ended: the walk stops at its first record inside
+        a, b = coffset(todo[0][0]), coffset(todo[-1][1]) + MAX_BLOCK_SIZE
+        if b - a <= EDGE_SPAN:
+            spans.append((a, b))
+            continue
+        spans += [(a, a + EDGE_SPAN // 2), (b - EDGE_SPAN // 2, b)]
+        shift = index.min_shift
+        first, last = (beg >> shift) + 1, (end - 1) >> shift
+        where = {end - 1} | {w << shift for w in range(
+            first, last + 1, max(1, (last - first + 1) // _PROBE_SAMPLES))}
+        for x in where:
+            for u, v in index.query(rid, x, x + 1):
+                for c in (coffset(u), coffset(v)):
+                    if coffset(lo) < c < coffset(hi):
+                        spans.append((c, c + MAX_BLOCK_SIZE))
     out = _merged(edges)
     total = sum(b - a for a, b in out)
     if total > EDGE_BUDGET:
-        return []  # a wide query: its walk reads ahead by itself
-    for span in spans:
+        return []
+    for span in _merged(spans):
         total += span[1] - span[0]
         if total > EDGE_BUDGET:
             break

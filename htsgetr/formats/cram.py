@@ -30,7 +30,7 @@ from ..protocol import (
     Query,
 )
 from .base import ByteRange, Inline, Piece, Source, missing_index
-from .bgzf import DEFAULT_LIMITS, EDGE_BUDGET, EDGE_SPAN, Limits, load_or_refuse
+from .bgzf import DEFAULT_LIMITS, EDGE_BUDGET, Limits, load_or_refuse
 from .cram_reference import NO_REFERENCES, References
 from .derived import DerivedRef
 
@@ -351,28 +351,32 @@ class CramHandler:
         return load_or_refuse(source, "cram", lambda: load_cram(source, limits))
 
     def prefetch(self, source: Source, query: Query) -> None:
-        """Remote storage, in one parallel batch: the container heads `verify_containers`
-        reads, and the first and last container of each bounded region (re-encoded)."""
+        """Remote storage: the container heads `verify_containers` reads and the first and
+        last container of each bounded region (re-encoded), in one parallel batch (with the
+        first read that is not served from a cache)."""
         if not query.regions or query.klass is Class.HEADER:
             return
         cram = self.open(source)
-        try:
-            spans = list(self._spans(cram, query))
-            crai = self._index(source)[1]
-        except (NotFound, InternalError):
-            return  # pieces() says so
-        reads: list[tuple[int, int]] = []
-        for ref_id, beg, end in spans:
-            offsets = sorted(crai.containers(ref_id, beg, end))
-            edges = {offsets[0], offsets[-1]} if offsets and ref_id != UNMAPPED else set()
-            for offset in offsets:
-                stop = min(crai.next_container(offset, cram.data_end), cram.data_end)
-                if offset in edges and stop - offset <= EDGE_SPAN:
-                    reads.append((offset, stop))
-                elif offset not in crai.verified:
-                    reads.append((offset, min(stop, offset + CONTAINER_HEAD_READ)))
-        if sum(b - a for a, b in reads) <= EDGE_BUDGET:
-            source.prefetch(reads)
+
+        def plan() -> list[tuple[int, int]]:
+            try:
+                spans = list(self._spans(cram, query))
+                crai = self._index(source)[1]
+            except (NotFound, InternalError):
+                return []  # pieces() says so
+            reads: list[tuple[int, int]] = []
+            for ref_id, beg, end in spans:
+                offsets = sorted(crai.containers(ref_id, beg, end))
+                edges = {offsets[0], offsets[-1]} if offsets and ref_id != UNMAPPED else set()
+                for offset in offsets:
+                    stop = min(crai.next_container(offset, cram.data_end), cram.data_end)
+                    if offset in edges and stop - offset <= EDGE_BUDGET:
+                        reads.append((offset, stop))
+                    elif offset not in crai.verified:
+                        reads.append((offset, min(stop, offset + CONTAINER_HEAD_READ)))
+            return reads if sum(b - a for a, b in reads) <= 4 * EDGE_BUDGET else []
+
+        source.read_ahead(plan)
 
     def reference_names(self, source: Source) -> list[str]:
         """The @SQ names in header order (a name's position is its CRAM reference ID)."""

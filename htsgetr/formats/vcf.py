@@ -139,10 +139,13 @@ class _VariantHandler:
         )
 
     def prefetch(self, source: Source, query: Query) -> None:
-        """Remote storage: the blocks `pieces` will read, in one parallel batch."""
-        if query.regions and query.klass is not Class.HEADER:
+        """Remote storage: the blocks `pieces` will read, in one parallel batch (with the
+        first read that is not served from a cache)."""
+        regions = query.regions
+        if regions and query.klass is not Class.HEADER:
             vf = self.open(source)
-            source.prefetch(bgzf.edge_reads(vf.layout, vf.index, query.regions, vf.ref_ids.get))
+            source.read_ahead(lambda: bgzf.edge_reads(vf.layout, vf.index, regions,
+                                                      vf.ref_ids.get))
 
     def reference_names(self, source: Source) -> list[str]:
         """Contig names in header order (BCF: dictionary order), then any the index alone

@@ -82,9 +82,9 @@ PARALLEL = 16
 LIST_PAGE = 1000
 #: A bucket that refused a listing is not asked again for this long (guessed GETs instead).
 LIST_RETRY_SECONDS = 600.0
-#: Large reads fetched ahead by `read_many` (whole indexes) wait this long for the read that
-#: wants them, within this budget per process.
-HELD_SECONDS = 30.0
+#: Large ranges fetched ahead (whole indexes, CRAM containers, the span a BGZF region walk
+#: reads) wait this long for the reads that want them, within this budget per process.
+HELD_SECONDS = 5.0
 HELD_BUDGET = 128 << 20
 _MD5_ETAG = re.compile(r'^"[0-9a-f]{32}"$')
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
@@ -495,8 +495,9 @@ class S3Storage:
 
     def prefetch(self, ranges: Sequence[tuple[str, int, int]]) -> None:
         """Fetch each ``(key, start, end)`` in one parallel batch, kept for the reads that
-        follow: a large whole object (an index) until a read of all of it takes it, anything
-        else as aligned windows (neighbours share a request; cached ones are not asked)."""
+        follow: a large range (an index, a CRAM container, a region's span) for the reads
+        inside it, until one of all of it takes it or `HELD_SECONDS` pass; a small one as
+        aligned windows (neighbours share a request; cached ones are not asked again)."""
         self._prefetch(ranges)
 
     def _prefetch(self, ranges: Sequence[tuple[str, int, int]]) -> dict[int, bytes]:
@@ -509,7 +510,7 @@ class S3Storage:
             end = min(end, meta.size)
             if start >= end:
                 continue
-            if end - start > CACHED_READ and start == 0 and end == meta.size:
+            if end - start > CACHED_READ:
                 big[i] = len(tasks)
                 tasks.append(partial(self._fetch_held, key, bucket, obj, meta, start, end))
                 continue
@@ -538,7 +539,7 @@ class S3Storage:
         self, key: str, bucket: str, obj: str, meta: ObjectMeta, start: int, end: int
     ) -> bytes:
         ident = (bucket, obj, meta.version)
-        data = self.held.peek(ident, start, end)
+        data = self.held.find(ident, start, end)
         if data is None:
             data = self._get_range(key, bucket, obj, meta, start, end)
             self.held.put(ident, start, data)
@@ -613,10 +614,12 @@ class S3Storage:
             return self._get_range(key, bucket, obj, meta, a, b)
 
         ident = (bucket, obj, meta.version)
+        held = self.held.take(ident, start, end)
+        if held is not None:
+            return held
         if end - start <= CACHED_READ:
             return self.windows.read(ident, meta.size, start, end, fetch)
-        held = self.held.take(ident, start, end)
-        return held if held is not None else fetch(start, end)
+        return fetch(start, end)
 
     def _get_range(
         self, key: str, bucket: str, obj: str, meta: ObjectMeta, start: int, end: int
@@ -851,8 +854,8 @@ _batch = threading.local()
 
 
 class _Held:
-    """Large reads fetched ahead (whole indexes), each kept until a read of exactly its
-    range takes it, or `ttl` seconds; at most `budget` bytes in all."""
+    """Large ranges fetched ahead, kept for the reads inside them until a read of exactly
+    one takes it, or `ttl` seconds; at most `budget` bytes in all."""
 
     def __init__(self, budget: int, ttl: float) -> None:
         self.budget, self.ttl = budget, ttl
@@ -865,27 +868,34 @@ class _Held:
             return
         now = time.monotonic()
         with self._lock:
+            old = self._data.pop((ident, start, start + len(data)), None)
+            self._bytes += len(data) - (len(old[1]) if old else 0)
             self._data[(ident, start, start + len(data))] = (now + self.ttl, data)
-            self._bytes += len(data)
             while self._data and (
                 self._bytes > self.budget or next(iter(self._data.values()))[0] < now
             ):
                 _, (_, dropped) = self._data.popitem(last=False)
                 self._bytes -= len(dropped)
 
-    def peek(self, ident: Hashable, start: int, end: int) -> Optional[bytes]:
-        with self._lock:
-            found = self._data.get((ident, start, end))
-        return found[1] if found is not None and found[0] > time.monotonic() else None
-
-    def take(self, ident: Hashable, start: int, end: int) -> Optional[bytes]:
+    def find(self, ident: Hashable, start: int, end: int, take: bool = False
+             ) -> Optional[bytes]:
+        """Bytes ``[start, end)`` from a kept range holding them (removed when `take` and
+        it is exactly that range), or None."""
         if not self._data:
             return None
+        now = time.monotonic()
         with self._lock:
-            found = self._data.pop((ident, start, end), None)
-            if found is not None:
-                self._bytes -= len(found[1])
-        return found[1] if found is not None and found[0] > time.monotonic() else None
+            for (i, a, b), (until, data) in self._data.items():
+                if i == ident and a <= start and end <= b and until > now:
+                    if take and (a, b) == (start, end):
+                        del self._data[(i, a, b)]
+                        self._bytes -= len(data)
+                        return data
+                    return data[start - a : end - a]
+        return None
+
+    def take(self, ident: Hashable, start: int, end: int) -> Optional[bytes]:
+        return self.find(ident, start, end, take=True)
 
 
 def _meta_from(resp: dict[str, Any], size: int) -> ObjectMeta:
