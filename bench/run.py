@@ -354,11 +354,18 @@ def bench_codecs(data: Path) -> None:
                   f"({t_in / len(blocks) * 1e6:5.0f} us/block)   deflate level {level} "
                   f"{edge_total / t_out / 1e6:5.0f} MB/s ({t_out / len(edges) * 1e6:5.0f} "
                   f"us/edge, ratio {edge_total / sum(sizes):4.2f})")
+            record(f"codecs.{name}.{codec}.inflate_mb_s", total / t_in / 1e6, "MB/s")
+            record(f"codecs.{name}.{codec}.deflate_mb_s", edge_total / t_out / 1e6, "MB/s")
+            record(f"codecs.{name}.{codec}.deflate_ratio", edge_total / sum(sizes), "x")
 
 
-def _stats_us(times: list[float]) -> str:
+def _stats_us(times: list[float], key: str = "") -> str:
     times = sorted(times)
     p50, p99 = times[len(times) // 2], times[int(len(times) * 0.99)]
+    if key:  # bench/results.json
+        record(f"{key}.mean_us", statistics.mean(times) * 1e6, "us")
+        record(f"{key}.p50_us", p50 * 1e6, "us")
+        record(f"{key}.p99_us", p99 * 1e6, "us")
     return (f"mean {statistics.mean(times) * 1e6:7.0f} us   p50 {p50 * 1e6:7.0f} us   "
             f"p99 {p99 * 1e6:7.0f} us")
 
@@ -389,7 +396,9 @@ def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
             times.append(time.perf_counter() - t0)
         cpu = (time.process_time() - cpu0) / n
         kind = "BAM" if endpoint is Endpoint.READS else "VCF"
-        print(f"  {kind} random regions   {_stats_us(times)}   CPU mean {cpu * 1e6:7.0f} us")
+        key = f"inprocess.{kind.lower()}_random"
+        print(f"  {kind} random regions   {_stats_us(times, key)}   CPU mean {cpu * 1e6:7.0f} us")
+        record(f"{key}.cpu_mean_us", cpu * 1e6, "us")
     small = parse_get(Endpoint.READS, "genome", {
         "referenceName": "chr7", "start": "5000000", "end": "5001000"})
     engine.ticket(small)
@@ -401,11 +410,18 @@ def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
     with pysam.AlignmentFile(str(data / "genome.bam")) as f:
         next(f.fetch("chr7", 5_000_000, 5_001_000), None)
         t_ref = timeit(lambda: next(f.fetch("chr7", 5_000_000, 5_001_000), None), 2000)
-    print(f"  warm small region  {_stats_us(times)}   (goal <= 60 us; htslib warm fetch "
-          f"{t_ref * 1e6:.0f} us)")
+    print(f"  warm small region  {_stats_us(times, 'inprocess.warm_small')}   (goal <= 60 us; "
+          f"htslib warm fetch {t_ref * 1e6:.0f} us)")
+    record("inprocess.warm_small.htslib_us", t_ref * 1e6, "us")
+    record("inprocess.warm_small.ratio", statistics.median(times) / t_ref, "x (time)",
+           better="lower")
     blocks = engine.cache.blocks
     print(f"  block cache: {len(blocks)} entries, {blocks.nbytes >> 20} MiB, "
           f"hits {blocks.hits}, misses {blocks.misses}")
+    record("inprocess.block_cache.entries", len(blocks))
+    record("inprocess.block_cache.mib", blocks.nbytes / (1 << 20), "MiB")
+    record("inprocess.block_cache.hits", blocks.hits)
+    record("inprocess.block_cache.misses", blocks.misses)
 
 
 def main() -> int:
