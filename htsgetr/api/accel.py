@@ -12,6 +12,12 @@ nginx: the header is `accel_prefix` + the file's /data path (`[~mount/]key`, sym
 resolved), which an `internal` location maps back onto the location's root
 (`nginx_locations` writes those blocks; `internal` makes nginx refuse them from outside).
 Apache: the header is the file's absolute path (allow the roots with `XSendFilePath`).
+
+Every /data request still costs htsgetr one decision, so nginx + accel serves small ranges
+at about htsgetr's request rate, not nginx's (bench/http_load.py: `bench_accel`); proxy to
+an `upstream` with `keepalive` so that rate is not spent opening connections. What accel
+frees is the worker's time and memory per byte: large ranges and slow readers cost nginx,
+not a gunicorn worker.
 """
 
 from __future__ import annotations
