@@ -135,7 +135,10 @@ def test_corrupt_blocks_are_refused(codec: str) -> None:
         bgzf.decompress_block(bytes(bad_crc))
     bad_size = bytearray(block)
     struct.pack_into("<I", bad_size, len(block) - 4, 100)
-    with pytest.raises(ValueError, match="ISIZE"):
+    with pytest.raises(ValueError, match="ISIZE"):  # inflates to more than it says
+        bgzf.decompress_block(bytes(bad_size))
+    struct.pack_into("<I", bad_size, len(block) - 4, 6001)
+    with pytest.raises(ValueError, match="ISIZE"):  # to less
         bgzf.decompress_block(bytes(bad_size))
     huge = bytearray(block)
     struct.pack_into("<I", huge, len(block) - 4, 1 << 20)

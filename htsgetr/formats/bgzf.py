@@ -330,7 +330,12 @@ def decompress_block(block: Union[bytes, bytearray, memoryview]) -> bytes:
     finally:
         if codec.inflate is _inflate_isal:
             _clean_vector_state()
-    if len(data) != isize:
+    if len(data) > isize:
+        raise ValueError(
+            f"corrupt BGZF block: inflates past its ISIZE ({isize}), stopped there (a block "
+            f"holds no more than {MAX_BLOCK_PAYLOAD} bytes)"
+        )
+    if len(data) < isize:
         raise ValueError(f"corrupt BGZF block: inflates to {len(data)} bytes, ISIZE is {isize}")
     if codec.crc32(data) != crc:
         raise ValueError("corrupt BGZF block: CRC32 mismatch")

@@ -52,9 +52,10 @@ class BgzfLayout:
 
     @property
     def nbytes(self) -> int:
-        """Memory this layout may hold: its header block, that block's re-cut and a full
-        table of block ends (blocks themselves are in the block cache, counted there)."""
-        return 2 * len(self.header_block) + self.header_block_size + BLOCK_ENDS * 100
+        """Memory this layout may hold: its header block, that block's re-cut, a full table
+        of block ends and the block read last (blocks themselves are in the block cache,
+        counted there)."""
+        return 2 * len(self.header_block) + self.header_block_size + BLOCK_ENDS * 100 + _MAX_BSIZE
 
     @property
     def data_end(self) -> int:
@@ -107,6 +108,7 @@ class BgzfLayout:
         if hit is not None:
             return hit[0]
         end, raw = self._fetch(source, coff)
+        self._raw = None  # inflated: the compressed bytes are not needed again
         try:
             data = bgzf.decompress_block(raw)
         except (ValueError, struct.error) as exc:
