@@ -53,7 +53,9 @@ class BinningIndex:
         """Tabix: sequence names, in reference-id order ([] without tabix meta)."""
     def query(self, ref_id: int, beg: int, end: int) -> list[tuple[int, int]]:
         """Sorted, merged (vbeg, vend) virtual-offset chunks that may hold records
-        overlapping the 0-based half-open [beg, end) of reference ref_id.
+        overlapping the 0-based half-open [beg, end) of reference ref_id. Chunks merge when
+        they overlap or touch, or when the gap between them lies inside one BGZF block (as
+        htslib reads through it).
 
         Raises IndexError for a ref_id outside [0, n_ref).
         """

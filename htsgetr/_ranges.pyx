@@ -10,7 +10,9 @@ Query semantics follow htslib's ``hts_itr_query`` (hts.c, htslib 1.21): the same
 reg2bins, the same ``min_off`` (bin walk + linear index, including the unmapped-read
 adjustment), except that chunks are never clipped to ``min_off`` or ``max_off``: a chunk
 whose end is ``<= min_off`` is dropped, every other chunk of an overlapping bin is kept
-whole, then chunks are sorted and merged when they overlap or touch.
+whole, then chunks are sorted and merged when they overlap or touch, or when the gap
+between them lies inside one BGZF block (htslib reads through such a gap, and returns the
+records in it that overlap the region).
 
 ``tests/ranges_twin.py`` is a plain-Python twin of this module; the tests cross-check them.
 """
@@ -572,7 +574,9 @@ cdef class BinningIndex:
             result = []
             cur = out[0]
             for w in range(1, n_out):
-                if cur.end >= out[w].beg:
+                # htslib merges chunks that overlap or touch, and also those whose gap lies
+                # inside one BGZF block (it reads through it rather than seek)
+                if cur.end >= out[w].beg or (cur.end >> 16) == (out[w].beg >> 16):
                     if out[w].end > cur.end:
                         cur.end = out[w].end
                 else:

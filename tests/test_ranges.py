@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
 
 from htsgetr import _ranges as cy
@@ -822,3 +822,139 @@ def test_speed_of_a_human_sized_bai():
     print(f"BAI {len(data) / 1e6:.1f} MB: parse {parse_ms:.2f} ms, first chr1 query "
           f"{first_ms:.2f} ms, warm query {warm_ms * 1e3:.1f} us")  # fmt: skip
     assert parse_ms < 100 and first_ms < 100 and warm_ms < 2
+
+
+# -- validate(): the index against its data file ----------------------------------------------
+
+
+def max_offset(idx: tw.BinningIndex) -> int:
+    """The largest offset an index holds: chunk ends, CSI loffsets, linear entries."""
+    best = idx.last_end()
+    for ref in idx.refs:
+        for loff, _ in ref.bins.values():
+            best = max(best, loff if idx.kind == "CSI" else 0)
+        best = max([best] + [v for v in ref.raw_ioff if v != U64])
+    return best
+
+
+def test_validate_examples():
+    """Each check once, on a hand-made BAI (the twin agrees, message aside)."""
+
+    def bai(bins, ioff=(), refs=1) -> bytes:
+        return write_bai([RefSpec(list(bins), list(ioff))] + [RefSpec([], [])] * (refs - 1))
+
+    ok = [(4681, 0, [(5 << 16, 9 << 16)]), (37450, 0, [(5 << 16, 9 << 16), (3, 0)])]
+    assert cy.parse_bai(bai(ok, [5 << 16])).validate(9 << 16) == 5 << 16
+    assert cy.parse_bai(bai([])).validate(0) is None
+    assert cy.parse_bai(bai([(0, 0, [(7, 7)])])).validate(100) is None  # empty chunks only
+    bad = {
+        "not a bin": bai([(37449, 0, [(1, 2)])]),
+        "twice": bai([(4681, 0, [(1, 2)]), (9, 0, []), (4681, 0, [])]),
+        "ends before it starts": bai([(4681, 0, [(9 << 16, 5 << 16)])]),
+        "ends past the end": bai([(4681, 0, [(5 << 16, (9 << 16) + 1)])]),
+        "linear index entry 1": bai(ok, [5 << 16, 10 << 16]),
+        "loffset": write_csi([RefSpec([(4681, 10 << 16, [(1, 2)])], [])], 14, 5),
+    }
+    for what, data in bad.items():
+        parse = cy.parse_csi if data[:3] == b"CSI" else cy.parse_bai
+        with pytest.raises(ValueError, match=what):
+            parse(data).validate(9 << 16)
+        with pytest.raises(ValueError):
+            getattr(tw, parse.__name__)(data).validate(9 << 16)
+    # all-ones in the linear index means "none"; the pseudo-bin's second pair is counts
+    assert cy.parse_bai(bai(ok, [5 << 16, U64])).validate(9 << 16) == 5 << 16
+    big = write_csi([RefSpec([(1, 0, [(1, 2)]), (1, 0, [])], [])], 14, 9)  # bins sorted
+    with pytest.raises(ValueError, match="twice"):
+        cy.parse_csi(big).validate(100)
+    with pytest.raises(ValueError):
+        cy.parse_bai(bai(ok)).validate(-1)
+
+
+def test_gap_inside_one_block_is_read_through():
+    """As htslib's hts_itr_query: chunks whose gap lies inside one BGZF block merge (htslib
+    reads the gap, and returns what it holds that overlaps the region); across blocks not."""
+    v = lambda c, u: (c << 16) | u  # noqa: E731
+    bins = [(4681, 0, [(v(5, 10), v(5, 20))]), (585, 0, [(v(5, 30), v(7, 0))]),
+            (73, 0, [(v(9, 0), v(9, 40))])]  # fmt: skip
+    for module in (cy, tw):
+        idx = module.parse_bai(write_bai([RefSpec(bins, [])]))
+        assert idx.query(0, 0, 100) == [(v(5, 10), v(7, 0)), (v(9, 0), v(9, 40))]
+
+
+def fuzz_bases() -> list[tuple[str, bytes, int]]:
+    """Small simulated indexes of every kind, with the data end their offsets imply."""
+    rng = random.Random(99)
+    out = []
+    for kind, args in [("BAI", ()), ("BAI", ()), ("TBI", ()), ("TBI", ()), ("CSI", (14, 5)),
+                       ("CSI", (12, 6)), ("CSI", (16, 4)), ("CSI", (10, 8))]:  # fmt: skip
+        while True:
+            sim = simulate(rng, kind, *args)
+            if 1500 < len(sim.data) < 25000:
+                break
+        out.append((kind, sim.data, max_offset(getattr(tw, PARSE[kind])(sim.data))))
+    return out
+
+
+MUTATION_BASE = fuzz_bases()
+
+
+def checked(module, kind: str, data: bytes, data_end: int):
+    """Everything observable after parse + validate(data_end), or ValueError."""
+    try:
+        idx = getattr(module, PARSE[kind])(data)
+        first = idx.validate(data_end)
+        result = [getattr(idx, a) for a in ATTRS] + [first, idx.last_end()]
+        for ref in range(min(idx.n_ref, 6)):
+            result.append((idx.has_data(ref), idx.ref_meta(ref)))
+            for beg, end in [(0, 1 << 62), (0, 1), (20000, 300000), (1 << 20, 3 << 20)]:
+                result.append(idx.query(ref, beg, end))
+        return result
+    except ValueError:
+        return ValueError
+
+
+def assert_inside(result, data_end: int) -> None:
+    """Every chunk of an accepted index lies between its first record and the data end."""
+    first = result[len(ATTRS)]
+    for item in result[len(ATTRS) + 2 :]:
+        if isinstance(item, list):
+            for vbeg, vend in item:
+                assert first is not None and first <= vbeg <= vend <= data_end
+
+
+@HYP
+@given(data=st.data())
+def test_mutated_index_matches_twin_or_is_refused(data):
+    """Bit flips, byte replacements, insertions, deletions and field-aware mutations (counts,
+    bins, offsets, reversed chunks): either both parsers refuse, or both accept with the same
+    queries, every chunk inside the data."""
+    kind, raw, data_end = data.draw(st.sampled_from(MUTATION_BASE))
+    labels = []
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw, label = tw.mutate(raw, lambda lo, hi: data.draw(st.integers(lo, hi)))
+        labels.append(label)
+    a = checked(cy, kind, raw, data_end)
+    b = checked(tw, kind, raw, data_end)
+    assert a == b
+    event(f"mutation: {labels[0]}")
+    event("refused" if a is ValueError else "accepted, compared")
+    target(0.0 if a is ValueError else 1.0, label="accepted share")
+    if a is not ValueError:
+        assert_inside(a, data_end)
+
+
+def test_mutations_are_mostly_compared():
+    """The mutations above are not all refused at once: a good share parses, passes
+    validate() and compares queries (the old fuzz ended ~96% in one ValueError)."""
+    rng = random.Random(5)
+    outcomes = {"accepted": 0, "refused": 0}
+    for i in range(400):
+        kind, raw, data_end = MUTATION_BASE[i % len(MUTATION_BASE)]
+        raw, _ = tw.mutate(raw, rng.randint)
+        a = checked(cy, kind, raw, data_end)
+        assert a == checked(tw, kind, raw, data_end)
+        outcomes["refused" if a is ValueError else "accepted"] += 1
+        if a is not ValueError:
+            assert_inside(a, data_end)
+    assert outcomes["accepted"] >= 0.25 * 400, outcomes
+    assert outcomes["refused"] >= 0.2 * 400, outcomes
