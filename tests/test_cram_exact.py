@@ -616,11 +616,12 @@ def reference_dirs(exact_dir: Path) -> dict[str, Path]:
     if out["m5"].exists():
         return out
     out["ur-name"].mkdir()
+    out["wrong"].mkdir()
     for suffix in ("", ".fai"):
         shutil.copy(exact_dir / f"ref.fa{suffix}", out["ur-name"] / f"ref.fa{suffix}")
     fasta = pysam.FastaFile(str(exact_dir / "ref.fa"))
     rng = random.Random(3)
-    with open(out["wrong"].mkdir() or out["wrong"] / "ref.fa", "w") as wrong:
+    with open(out["wrong"] / "ref.fa", "w") as wrong:
         for name in fasta.references:
             seq = fasta.fetch(name).upper()
             m5 = hashlib.md5(seq.encode()).hexdigest()
@@ -765,6 +766,25 @@ def test_results_are_cached(exact_dir: Path, tmp_path: Path) -> None:
     misses = engine.cache.misses
     again, _ = payload_of(engine, q, exact_dir)
     assert again == first and engine.cache.misses == misses
+
+
+def test_recut_cap(
+    exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A ticket re-encodes at most MAX_RECUTS containers (a POST of thousands of regions
+    must not hold a worker for minutes): past it, an ordinary ticket gets the remaining
+    boundary containers whole (valid, wider), a restricted one is refused."""
+    monkeypatch.setattr(cram_recode, "MAX_RECUTS", 2)
+    engine = Htsget(for_data_dir(str(exact_dir)))
+    original = originals["nor31"]
+    regions = tuple(Region("chr1", s, s + 1_000) for s in (5_000, 20_000, 35_000, 50_000))
+    payload, urls = payload_of(engine, query("nor31", regions, exact=False), exact_dir)
+    assert 1 <= sum(1 for u in urls[1:-1] if u["url"].startswith("data:")) <= 2
+    got = check_wider(payload, original, original.expected(regions), tmp_path)
+    assert len(got) > len(original.expected(regions))
+    with pytest.raises(PermissionDenied, match="more than 2 containers"):
+        engine.ticket(query("nor31", regions))
 
 
 def test_without_pysam_refused(

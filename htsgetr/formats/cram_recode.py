@@ -48,6 +48,9 @@ from .derived import Recut
 #: content type of the block holding the SAM header (CRAMv3 section 8.1)
 FILE_HEADER = 0
 REFUSED = "this CRAM region cannot be restricted to the record: "
+#: containers one ticket may re-encode (each is a decode and an encode of up to ~10,000
+#: records): past it, an ordinary ticket gets the rest whole, a restricted one is refused
+MAX_RECUTS = 256
 
 log = logging.getLogger("htsgetr")
 
@@ -92,6 +95,7 @@ def exact_body(
     for ref_id, beg, end in selection.spans():
         offsets |= crai.containers(ref_id, beg, end)
     pieces: list[Piece] = []
+    recuts = 0
     for offset in sorted(offsets):
         start = max(offset, cram.header_end)
         end = min(crai.next_container(offset, cram.data_end), cram.data_end)
@@ -104,8 +108,12 @@ def exact_body(
         wanted = selection.clip(entries)
         if wanted.empty:
             continue
+        recuts += 1
         refs = {entry[0] for entry in entries}
-        recoded = _recoded(source, cram, start, end, wanted, refs, references)
+        if recuts > MAX_RECUTS:
+            recoded = Recoded(b"", f"more than {MAX_RECUTS} containers to re-encode")
+        else:
+            recoded = _recoded(source, cram, start, end, wanted, refs, references)
         if recoded.refused is not None:
             if strict:
                 raise PermissionDenied(REFUSED + recoded.refused)
