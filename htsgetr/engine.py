@@ -18,7 +18,16 @@ from .formats.bam import BamHandler
 from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source, companions
 from .formats.cram import CramHandler
 from .formats.cram_reference import References
-from .formats.derived import Derived, Part, bound_inline, derived_path, parse_derived, version_tag
+from .formats.derived import (
+    MAX_PATH,
+    Derived,
+    Part,
+    Recut,
+    bound_inline,
+    derived_path,
+    parse_derived,
+    version_tag,
+)
 from .formats.fasta import FastaHandler, FastqHandler
 from .formats.vcf import BcfHandler, VcfHandler
 from .protocol import (
@@ -104,7 +113,10 @@ class Htsget:
             prefetch(source, query)
         pieces = handler.pieces(source, query)
         parts = bound_inline(
-            pieces, self.config.max_inline_bytes, lambda p: self._entry_chars(source, p)
+            pieces,
+            self.config.max_inline_bytes,
+            lambda p: self._entry_chars(source, p),
+            lambda recut: len(self._derived_path(source, recut)) <= MAX_PATH,
         )
         ticket = Ticket(query.format, [self._block(source, p) for p in parts])
         if query.regions is None and query.klass is None:
@@ -115,13 +127,15 @@ class Htsget:
         if isinstance(piece, Inline):
             return Block(data_uri(piece.data), None, piece.klass)
         if isinstance(piece, Derived):
-            path = derived_path(
-                mount_path(_mount(source), source.key), source.version(), piece.recut
-            )
-            url = f"{self.config.data_url()}/data/{quote(path, safe='/:,;*')}"
+            url = f"{self.config.data_url()}/data/{self._derived_path(source, piece.recut)}"
             return Block(url, None, piece.klass)
         url, headers = source.storage.block_url(source.key, piece.start, piece.end)
         return Block(url, headers, piece.klass)
+
+    def _derived_path(self, source: Source, recut: Recut) -> str:
+        """The path below /data/ (percent-encoded) of a derived block."""
+        path = derived_path(mount_path(_mount(source), source.key), source.version(), recut)
+        return quote(path, safe="/:,;*")
 
     def _entry_chars(self, source: Source, part: Part) -> int:
         """JSON characters of a non-inline ticket entry, with room for a signature and

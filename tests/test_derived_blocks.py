@@ -394,6 +394,11 @@ def test_bound_inline_units() -> None:
     out = bound_inline(pieces, 0, chars)
     assert [type(p).__name__ for p in out] == ["ByteRange", "Derived", "Derived", "Derived",
                                                "ByteRange", "Derived", "Inline"]
+    # a re-cut whose url would be too long stays inline, whatever the bound
+    out = bound_inline(pieces, 0, chars, lambda r: r.start != 50)
+    assert [type(p).__name__ for p in out] == ["ByteRange", "Derived", "Derived", "Derived",
+                                               "ByteRange", "Inline", "Inline"]
+    assert isinstance(out[5], Inline) and len(out[5].data) == 30_000
 
 
 def test_parse_derived_is_strict() -> None:
@@ -455,6 +460,26 @@ def test_only_files_a_ticket_could_name(ddir: Path, tmp_path: Path) -> None:
     assert remote._derived_source("reads.cram") is not None
     for data_path in ["read5.cram", ".x.cram", "reads.bam", "~1/reads.cram"]:
         assert remote._derived_source(data_path) is None, data_path
+
+
+@pytest.mark.parametrize("n", [200, 700])
+def test_many_regions_in_one_container(
+    ddir: Path, original: Original, tmp_path: Path, n: int
+) -> None:
+    """A POST of hundreds of one-base regions: a derived url spells them all (200: served,
+    its selection parsed back); past what a request line holds (700), the re-cut stays
+    inline rather than becoming a url no server would read."""
+    engine = Htsget(config_for(ddir, 0))
+    regions = tuple(Region("chr1", s, s + 1) for s in range(6_000, 6_000 + 3 * n, 3))
+    q = query("cohort/reads", regions, exact=False)
+    payload, urls = engine_payload(engine, q, ddir / "cohort")
+    check(payload, urls, original, original.expected(regions), tmp_path)
+    derived = derived_urls(urls)
+    assert all(len(urlparse(u).path) < 3100 for u in derived)
+    if n == 200:
+        assert derived
+    else:
+        assert any(u["url"].startswith("data:") for u in urls[1:-1])
 
 
 def test_restricted_reference_free_derived(ddir: Path, original: Original, tmp_path: Path

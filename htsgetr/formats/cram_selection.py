@@ -15,7 +15,7 @@ from typing import Optional
 from ..index.crai import MULTI_REF, UNMAPPED, Crai
 
 #: most intervals a selection spelled in a derived url may hold
-MAX_TOKEN_INTERVALS = 512
+MAX_TOKEN_INTERVALS = 1024
 
 Span = tuple[int, int]
 

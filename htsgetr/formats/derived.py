@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 from ..protocol import Class
 from .base import Inline, Piece
@@ -36,6 +36,10 @@ CRAM_PREFIX = "~~cram"
 DATA_URI_PREFIX = len("data:;base64,")
 #: longest selection spelling accepted in a derived url
 MAX_TOKEN = 8192
+#: longest derived path below /data/ (percent-encoded) a ticket names: gunicorn reads request
+#: lines of up to 4094 bytes, the signature takes ~70; a re-cut whose selection is too long
+#: for it (a POST of hundreds of regions inside one container) stays inline
+MAX_PATH = 3072
 
 _TAG = re.compile(r"[0-9a-f]{16}")
 _SPAN = re.compile(r"(0|[1-9][0-9]{0,14})-([1-9][0-9]{0,14})")
@@ -75,16 +79,20 @@ def inline_size(n: int) -> int:
 
 
 def bound_inline(
-    pieces: list[Piece], limit: int, entry_chars: Callable[[Part], int]
+    pieces: list[Piece],
+    limit: int,
+    entry_chars: Callable[[Part], int],
+    derivable: Callable[[Recut], bool] = lambda recut: True,
 ) -> list[Part]:
     """`pieces` with the re-cuts that would take the ticket's JSON past `limit` characters
     as `Derived` blocks, the smallest inlined first; adjacent inline re-cuts joined in one
     data: url. `entry_chars(part)` is the JSON size of a non-inline part's ticket entry (a
-    byte range, a derived block). Other inline pieces (EOF markers, BGZF edge blocks) stay
-    inline and count first. Without re-cuts, `pieces` unchanged."""
-    recuts = {i: p for i, p in enumerate(pieces) if isinstance(p, Recut)}
+    byte range, a derived block). Other inline pieces (EOF markers, BGZF edge blocks) and
+    re-cuts that are not `derivable` stay inline and count first. Without re-cuts, `pieces`
+    unchanged."""
+    recuts = {i: p for i, p in enumerate(pieces) if isinstance(p, Recut) and derivable(p)}
     if not recuts:
-        return list(pieces)
+        return _joined(pieces, {i for i, p in enumerate(pieces) if isinstance(p, Recut)})
     derived = {i: Derived(p) for i, p in recuts.items()}
     used = 0
     for i, p in enumerate(pieces):
@@ -94,21 +102,26 @@ def bound_inline(
             used += INLINE_ENTRY + inline_size(len(p.data))
         else:
             used += entry_chars(p)
-    inline: set[int] = set()
+    inline = {i for i, p in enumerate(pieces) if isinstance(p, Recut) and i not in recuts}
     for i in sorted(recuts, key=lambda i: (len(recuts[i].data), i)):
         cost = INLINE_ENTRY + inline_size(len(recuts[i].data)) - entry_chars(derived[i])
         if used + cost <= limit:
             inline.add(i)
             used += cost
+    return _joined([derived[i] if i in derived and i not in inline else p
+                    for i, p in enumerate(pieces)], inline)
+
+
+def _joined(parts: Sequence[Part], inline: set[int]) -> list[Part]:
+    """`parts` with the re-cuts at `inline` as plain inline pieces, adjacent ones joined."""
+    if not inline:
+        return list(parts)
     out: list[Part] = []
     joined = False  # out[-1] is an inline re-cut (or several joined)
-    for i, p in enumerate(pieces):
-        recut = recuts.get(i)
+    for i, p in enumerate(parts):
+        recut = p if i in inline and isinstance(p, Recut) else None
         if recut is None:
             out.append(p)
-            joined = False
-        elif i not in inline:
-            out.append(derived[i])
             joined = False
         else:
             last = out[-1] if out else None
