@@ -512,6 +512,14 @@ def test_index_bomb(work: Path, index: str, id: str, fmt: Format, head: bytes) -
     assert time.perf_counter() - t0 < 2
 
 
+@pytest.mark.xfail(reason="engine.default_handlers does not pass Limits.of(config) yet")
+def test_engine_takes_the_limits_from_its_config(work: Path) -> None:
+    with pytest.raises(InternalError, match="max_index_bytes"):
+        Htsget(Config(locations=[LocationConfig(root=str(work))], max_index_bytes=100)).ticket(
+            query("sample", Format.BAM)
+        )
+
+
 def test_raw_index_over_the_limit(work: Path) -> None:
     refused(work, query("sample", Format.BAM), "sample.bam.bai", "max_index_bytes",
             max_index_bytes=100)  # fmt: skip
@@ -533,6 +541,17 @@ def test_bam_header_bomb(work: Path) -> None:
     assert time.perf_counter() - t0 < 2
     with pytest.raises(InternalError, match="sample.bam: .*truncated|sample.bam"):
         engine_for(work).ticket(query("sample", Format.BAM))
+
+
+@pytest.mark.parametrize("id,fmt,ext", [("sample", Format.BAM, ".bam"),
+                                         ("calls", Format.VCF, ".vcf.gz"),
+                                         ("calls", Format.BCF, ".bcf")])  # fmt: skip
+@pytest.mark.parametrize("content", [b"", bgzf.EOF_MARKER])
+def test_data_file_without_data(work: Path, id: str, fmt: Format, ext: str, content: bytes) -> None:
+    """Zero bytes, or only the EOF block: a 500 naming the file, not a crash."""
+    (work / (id + ext)).write_bytes(content)
+    with pytest.raises(InternalError, match=re.escape(id + ext)):
+        engine_for(work).ticket(query(id, fmt, None))
 
 
 def itf8(v: int) -> bytes:

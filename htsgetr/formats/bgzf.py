@@ -552,6 +552,8 @@ def read_prefix(
                 if len(buf) >= _ASK_EVERY_BLOCK:
                     ask_at = 2 * len(buf)
         else:
+            if not buf:  # a zero-byte file, or nothing but empty blocks: no header at all
+                raise ValueError("the file holds no data")
             # the last blocks (and a header-only file: give parsers a chance to accept it)
             length = header_length(buf) if ask_at else None  # type: ignore[arg-type]
             if length is None:
