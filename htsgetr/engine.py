@@ -16,6 +16,7 @@ from .cache import LRUCache
 from .config import Config
 from .formats.bam import BamHandler
 from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source, companions
+from .formats.bgzf import DEFAULT_LIMITS, Limits
 from .formats.cram import CramHandler
 from .formats.cram_reference import References
 from .formats.derived import (
@@ -54,11 +55,12 @@ URL_MARGIN = 128
 def default_handlers(config: Optional[Config] = None) -> dict[Format, FormatHandler]:
     """One handler per format; each knows its file extensions, index and byte layout."""
     references = References(tuple(config.cram_reference_path)) if config else None
+    limits = Limits.of(config) if config else DEFAULT_LIMITS  # max_index/header_bytes
     return {
-        Format.BAM: BamHandler(),
-        Format.CRAM: CramHandler(references=references),
-        Format.VCF: VcfHandler(),
-        Format.BCF: BcfHandler(),
+        Format.BAM: BamHandler(limits),
+        Format.CRAM: CramHandler(limits, references=references),
+        Format.VCF: VcfHandler(limits),
+        Format.BCF: BcfHandler(limits),
         Format.FASTA: FastaHandler(),
         Format.FASTQ: FastqHandler(),
     }

@@ -512,7 +512,6 @@ def test_index_bomb(work: Path, index: str, id: str, fmt: Format, head: bytes) -
     assert time.perf_counter() - t0 < 2
 
 
-@pytest.mark.xfail(reason="engine.default_handlers does not pass Limits.of(config) yet")
 def test_engine_takes_the_limits_from_its_config(work: Path) -> None:
     with pytest.raises(InternalError, match="max_index_bytes"):
         Htsget(Config(locations=[LocationConfig(root=str(work))], max_index_bytes=100)).ticket(
