@@ -114,8 +114,7 @@ class BamHandler:
         regions = query.regions
         if regions and query.klass is not Class.HEADER:
             bam = self.open(source)
-            source.read_ahead(lambda: bgzf.edge_reads(bam.layout, bam.index, regions,
-                                                      bam.ref_ids.get))
+            bam.read_ahead(source, regions, bam.ref_ids.get)
 
     def reference_names(self, source: Source) -> list[str]:
         """Reference names in header order: what a rule naming no reference expands to."""

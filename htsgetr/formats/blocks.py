@@ -13,10 +13,10 @@ import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from .._ranges import BinningIndex, merge_ranges
-from ..protocol import Class, InternalError
+from ..protocol import Class, InternalError, Region
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
 
@@ -170,6 +170,13 @@ class IndexedFile:
     def nbytes(self) -> int:
         """For the cache budget: the index bytes the parser keeps, plus the layout."""
         return self.index_size + self.layout.nbytes
+
+    def read_ahead(
+        self, source: Source, regions: Sequence[Region], ref_id: Callable[[str], Optional[int]]
+    ) -> None:
+        """Remote storage: register the blocks a ticket for `regions` will read, fetched in
+        one parallel batch with the first read that no cache serves."""
+        source.read_ahead(lambda: bgzf.edge_reads(self.layout, self.index, regions, ref_id))
 
 
 def header_pieces(layout: BgzfLayout) -> list[Piece]:

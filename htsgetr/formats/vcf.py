@@ -144,8 +144,7 @@ class _VariantHandler:
         regions = query.regions
         if regions and query.klass is not Class.HEADER:
             vf = self.open(source)
-            source.read_ahead(lambda: bgzf.edge_reads(vf.layout, vf.index, regions,
-                                                      vf.ref_ids.get))
+            vf.read_ahead(source, regions, vf.ref_ids.get)
 
     def reference_names(self, source: Source) -> list[str]:
         """Contig names in header order (BCF: dictionary order), then any the index alone
