@@ -14,6 +14,8 @@ _SECRET_PARAM = re.compile(
     r"code|password|secret)=)[^&;\s\"]*"
 )
 REDACTED = "***"
+#: gunicorn's "Invalid request from ip=...: <what>" quotes the offending line or header
+_QUOTED = re.compile(r"""(['"]).*""", re.S)
 
 
 def redact_url(text: str) -> str:
@@ -21,9 +23,22 @@ def redact_url(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1" + REDACTED, text)
 
 
+def redact_refusal(message: str) -> str:
+    """gunicorn's warning for a request it refused, without the quoted request line or
+    header it names (a malformed `Authorization` line would otherwise be logged whole)."""
+    if message.startswith("Invalid request from"):
+        return _QUOTED.sub(REDACTED, message)
+    return message
+
+
 class RedactingLogger(Logger):  # type: ignore[misc,unused-ignore]
     """gunicorn's logger, with the request line, query string and referer redacted and no
     request header (Authorization, Cookie) available to the access-log format."""
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(msg, str):
+            msg = redact_refusal(msg)
+        super().warning(msg, *args, **kwargs)
 
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms: dict[str, Any] = super().atoms(resp, req, environ, request_time)

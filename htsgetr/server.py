@@ -24,8 +24,14 @@ from typing import Any, Callable, Optional
 from gunicorn.app.base import BaseApplication
 
 from .app import create_app
-from .config import Config
-from .workers import Deadlines, lazy_handshake, raise_nofile, worker_class
+from .config import Config, ServerConfig
+from .workers import (
+    Deadlines,
+    install_json_errors,
+    lazy_handshake,
+    raise_nofile,
+    worker_class,
+)
 
 log = logging.getLogger("htsgetr")
 
@@ -76,34 +82,15 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
             self._reload()
         self._loaded_once = True
         server = self.config.data_server if self.role == "data" else self.config.ticket_server
-        settings: dict[str, Any] = {
-            "bind": [_bind(server.host, server.port)],
-            "workers": server.workers,
-            "threads": server.threads,
-            "worker_class": worker_class(server),
-            "worker_connections": server.worker_connections,
-            "timeout": server.timeout,
-            "graceful_timeout": server.graceful_timeout,
-            "keepalive": server.keepalive,
-            "accesslog": "-",
-            "logger_class": "htsgetr.observability.RedactingLogger",
-            "errorlog": "-",
-            "loglevel": "info",
-            "proc_name": f"htsgetr-{self.role}",
-            "when_ready": self._when_ready,
-            "on_reload": self._on_reload,
-            "on_exit": self._on_exit,
-        }
+        settings = gunicorn_settings(server, self.role)
+        settings.update(when_ready=self._when_ready, on_reload=self._on_reload,
+                        on_exit=self._on_exit)
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: one per master
             settings["control_socket_disable"] = True
-        if server.tls_cert:
-            settings["certfile"] = server.tls_cert
-            settings["keyfile"] = server.tls_key
-            if server.worker_class == "gevent":  # the handshake happens under a deadline
-                settings["ssl_context"] = lazy_handshake
         for key, value in settings.items():
             self.cfg.set(key, value)
         raise_nofile(server.worker_connections + 1024)
+        install_json_errors()
 
     def _reload(self) -> None:
         assert self.reload_config is not None
@@ -246,6 +233,32 @@ def _bind_changes(old: Config, new: Config) -> list[str]:
         if getattr(getattr(old, name), key) != getattr(getattr(new, name), key)
         and (name == "ticket_server" or old.data_server.separate)
     ]
+
+
+def gunicorn_settings(server: ServerConfig, role: str) -> dict[str, Any]:
+    """gunicorn's settings for one server of the configuration: bind, workers, the worker
+    class with its deadlines, TLS (`htsgetr serve` and `htsgetr.gunicorn_conf` share them)."""
+    settings: dict[str, Any] = {
+        "bind": [_bind(server.host, server.port)],
+        "workers": server.workers,
+        "threads": server.threads,
+        "worker_class": worker_class(server),
+        "worker_connections": server.worker_connections,
+        "timeout": server.timeout,
+        "graceful_timeout": server.graceful_timeout,
+        "keepalive": server.keepalive,
+        "accesslog": "-",
+        "logger_class": "htsgetr.observability.RedactingLogger",
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": f"htsgetr-{role}",
+    }
+    if server.tls_cert:
+        settings["certfile"] = server.tls_cert
+        settings["keyfile"] = server.tls_key
+        if server.worker_class == "gevent":  # the handshake happens under a deadline
+            settings["ssl_context"] = lazy_handshake
+    return settings
 
 
 def _bind(host: str, port: int) -> str:

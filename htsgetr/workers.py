@@ -17,6 +17,7 @@ headers and 500 trickling bodies, gthread with 4 threads per worker answers noth
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -190,6 +191,44 @@ def repair_ssl_names() -> None:
                     setattr(mod, name, patched)
 
 
+#: gunicorn's own refusals (the request never reached the app), as htsget errors. The
+#: messages are fixed: gunicorn's would echo the offending line, which may carry a token.
+_REFUSALS = {
+    400: ("InvalidInput", "malformed HTTP request: request line or header not valid HTTP/1.1"),
+    403: ("PermissionDenied", "request forbidden"),
+    414: ("InvalidInput", "request line too long (limit_request_line)"),
+    417: ("InvalidInput", "unsupported Expect header"),
+    431: ("InvalidInput", "request headers too many or too large (limit_request_fields/_size)"),
+    500: ("InternalError", "internal error"),
+    501: ("InvalidInput", "unsupported Transfer-Encoding"),
+}
+
+
+def write_htsget_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """`gunicorn.util.write_error`, answering in htsget JSON instead of an HTML page, so a
+    client that sent a malformed request line or oversized headers gets the same kind of
+    answer as any other refusal."""
+    from gunicorn.util import write_nonblock
+
+    kind, message = _REFUSALS.get(status_int, ("InvalidInput", "request refused"))
+    if status_int >= 500 and status_int not in _REFUSALS:
+        kind, message = "InternalError", "internal error"
+    body = json.dumps({"htsget": {"error": kind, "message": message}}).encode()
+    head = (f"HTTP/1.1 {int(status_int)} {reason}\r\nConnection: close\r\n"
+            "Content-Type: application/json\r\nCache-Control: no-store\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def install_json_errors() -> None:
+    """Make gunicorn answer its own refusals (400, 414, 431, ...) in htsget JSON. Worker
+    classes call `gunicorn.util.write_error` by module attribute, so one assignment in the
+    process that runs them (a master before it forks, or a worker) covers every class."""
+    import gunicorn.util
+
+    gunicorn.util.write_error = write_htsget_error
+
+
 def raise_nofile(want: int) -> None:
     """Lift the soft open-files limit (up to the hard one) so a worker can hold its
     `worker_connections`; inherited by the workers."""
@@ -213,7 +252,7 @@ class Deadlines:
         self.app = app
         self.body_timeout = server.body_timeout
         self.send_timeout = server.send_timeout
-        self.green = server.worker_class == "gevent"
+        self.green = _gevent_patched()
 
     def __getattr__(self, name: str) -> Any:  # the Flask app's attributes, for callers
         return getattr(self.app, name)
@@ -229,6 +268,16 @@ class Deadlines:
         body = _DeadlineInput(environ["wsgi.input"], self, sock)
         environ["wsgi.input"] = body
         return self.app(environ, start_response)
+
+
+def _gevent_patched() -> bool:
+    """True in a process whose sockets gevent has patched (the worker class actually
+    running, whatever the configuration names: `gunicorn -k` may differ)."""
+    if "gevent.monkey" not in sys.modules:
+        return False
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("socket"))
 
 
 class _BodyTimeout(Exception):

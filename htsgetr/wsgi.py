@@ -3,6 +3,9 @@
 HTSGET_ROLE picks the endpoints (all | ticket | data). Each worker reads the configuration
 when it boots, so a SIGHUP to gunicorn (new workers) picks up a changed file; for reloads
 that refuse a broken file and keep the old configuration, run `htsgetr serve` instead.
+
+Run it with `-c python:htsgetr.gunicorn_conf`: gunicorn's defaults (sync workers, no
+header or body deadlines) let a few slow clients hold every worker.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any, NoReturn
 from .app import create_app
 from .auth.signing import SECRET_ENV
 from .config import ConfigError, load_config
+from .workers import Deadlines, install_json_errors
 
 
 def _fail(message: str) -> NoReturn:
@@ -34,7 +38,10 @@ def _app() -> Any:
         # each gunicorn worker imports this module: a secret made here would differ per worker
         _fail("auth is on: set auth.data_urls.secret or HTSGET_DATA_URL_SECRET, the same"
               " on every worker and replica, so /data urls signed by one verify on another")
-    return create_app(config, os.environ.get("HTSGET_ROLE", "all"))
+    role = os.environ.get("HTSGET_ROLE", "all")
+    install_json_errors()  # this worker's own refusals (bad request line, 431) in htsget JSON
+    server = config.data_server if role == "data" else config.ticket_server
+    return Deadlines(create_app(config, role), server)
 
 
 app = _app()
