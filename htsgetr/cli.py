@@ -21,14 +21,13 @@ from .auth.schema import AuthConfig
 from .config import (
     ENV_CONFIG,
     Config,
-    ConfigError,
     LocationConfig,
     env_name,
-    hints,
     load_config,
     redact,
     to_dict,
 )
+from .typed_config import ConfigError, hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -170,6 +169,7 @@ def load(
     """The configuration, with every location's backend and every [auth] table built once
     to surface their errors (a key file that does not parse, say)."""
     from .auth.gate import check
+    from .engine import check_storage
     from .storage.resolver import Resolver
 
     config = load_config(path, env=env, cli=layer)
@@ -183,16 +183,7 @@ def load(
     except ValueError as err:
         raise ConfigError(str(err), "auth", source) from None
     if not config.allow_missing:
-        for i, (_, _, storage) in enumerate(resolver.rules):
-            usable = getattr(storage, "check", None)  # local roots, S3 buckets
-            try:
-                if usable is not None:
-                    usable()
-            except ValueError as err:
-                raise ConfigError(
-                    f"{err} (a typo would answer 404 to everything; --allow-missing or"
-                    " allow_missing = true to start anyway)", f"locations[{i}]", source,
-                ) from None
+        check_storage(resolver, source)
     return config
 
 

@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 from urllib.parse import urlsplit
 
 from .auth.schema import AuthConfig
@@ -476,6 +476,17 @@ def read_file(path: str) -> Config:
         raise ConfigError(f"invalid TOML: {err}", source=path) from None
     ctx = _Ctx(source=path, base_dir=os.path.dirname(os.path.abspath(path)))
     config: Config = build(Config, doc, "", ctx)
+    return config
+
+
+def load_doc(doc: Mapping[str, Any], source: str = "configuration") -> Config:
+    """A configuration from a dict shaped like the TOML file (no file, no environment):
+    `Htsget.from_config({...})`. Relative paths are relative to the working directory."""
+    ctx = _Ctx(source=source, base_dir=os.getcwd())
+    config: Config = build(Config, dict(doc), "", ctx)
+    if not config.locations:
+        config.locations = [LocationConfig(root=".")]
+    check_tree(config, "", ctx)
     return config
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 from dataclasses import replace
-from typing import Optional
+from typing import Any, Mapping, Optional, Union
 from urllib.parse import quote
 
 from .cache import LRUCache
-from .config import Config
+from .config import Config, LocationConfig, ServerConfig, load_config, load_doc
 from .formats.bam import BamHandler
 from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source, companions
 from .formats.bgzf import DEFAULT_LIMITS, Limits
@@ -46,6 +47,7 @@ from .protocol import (
 from .storage.base import batched, stat_many
 from .storage.local import LocalStorage, mount_path, safe_key, visible
 from .storage.resolver import Resolver, stem_pattern
+from .typed_config import ConfigError
 
 RESERVED_IDS = frozenset({"service-info"})
 #: characters a url may grow by after the engine: "?exp=...&sig=..." and a longer host
@@ -81,6 +83,39 @@ class Htsget:
         self.resolver = resolver or Resolver(config)
         self.cache = LRUCache(config.cache_entries, config.cache_bytes, config.block_cache_bytes)
         self.handlers = default_handlers(config)
+
+    @classmethod
+    def from_data_dir(
+        cls, path: Union[str, os.PathLike[str]], *, base_url: Optional[str] = None
+    ) -> Htsget:
+        """Serve every ID as a file under one directory (`/reads/a/b` -> `a/b.bam`), as
+        `htsgetr serve --data-dir` does. Ticket urls of local files point at
+        `base_url` (default http://127.0.0.1:8080, where `htsgetr serve` listens) + /data.
+        ConfigError when `path` is not a readable directory."""
+        config = Config(ticket_server=ServerConfig(base_url=base_url),
+                        locations=[LocationConfig(root=os.fspath(path))])
+        htsget = cls(config)
+        check_storage(htsget.resolver, "data directory")
+        return htsget
+
+    @classmethod
+    def from_config(
+        cls, config: Union[Config, str, os.PathLike[str], Mapping[str, Any]]
+    ) -> Htsget:
+        """From a TOML file's path, a dict shaped like that file, or a `Config`. The HTSGET_*
+        environment is not read (`load_config()` reads it). Errors are ConfigError naming
+        the key; a location root that does not exist is refused unless `allow_missing`."""
+        if isinstance(config, Config):
+            loaded, source = config, "configuration"
+        elif isinstance(config, Mapping):
+            loaded, source = load_doc(config), "configuration"
+        else:
+            source = os.fspath(config)
+            loaded = load_config(source, env={})
+        htsget = cls(loaded)
+        if not loaded.allow_missing:
+            check_storage(htsget.resolver, source)
+        return htsget
 
     def locate(self, id: str, fmt: Format) -> Source:
         """The data file for `id` in `fmt`: the first location holding one of its extensions."""
@@ -204,6 +239,21 @@ class Htsget:
         if isinstance(storage, LocalStorage) and small:
             return source.cached("md5", lambda: _file_md5(storage.path(source.key)))
         return None
+
+
+def check_storage(resolver: Resolver, source: str) -> None:
+    """ConfigError naming the first location whose root (or bucket) is not there: a typo
+    would otherwise answer 404 to everything."""
+    for i, (_, _, storage) in enumerate(resolver.rules):
+        usable = getattr(storage, "check", None)  # local roots, S3 buckets
+        try:
+            if usable is not None:
+                usable()
+        except ValueError as err:
+            raise ConfigError(
+                f"{err} (a typo would answer 404 to everything; --allow-missing or"
+                " allow_missing = true to start anyway)", f"locations[{i}]", source,
+            ) from None
 
 
 def restricted(query: Query, handler: FormatHandler, source: Source) -> Query:

@@ -10,7 +10,7 @@ import enum
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Union
 
 CONTENT_TYPE = "application/vnd.ga4gh.htsget.v1.3.0+json"
 PROTOCOL_VERSION = "1.3.0"
@@ -86,12 +86,16 @@ class UpstreamError(HtsgetError):
 
 
 class Endpoint(str, enum.Enum):
+    """The three htsget endpoints; a `Query` takes one of these or its string value."""
+
     READS = "reads"
     VARIANTS = "variants"
     SEQUENCES = "sequences"
 
 
 class Format(str, enum.Enum):
+    """File formats; a `Query` takes one of these or its name in any case ("bam")."""
+
     BAM = "BAM"
     CRAM = "CRAM"
     VCF = "VCF"
@@ -109,6 +113,8 @@ ENDPOINT_FORMATS: dict[Endpoint, tuple[Format, ...]] = {
 
 
 class Class(str, enum.Enum):
+    """`class=header` asks for the header alone; `body` (the default) for the records too."""
+
     HEADER = "header"
     BODY = "body"
 
@@ -124,13 +130,46 @@ UNPLACED = "*"
 # --------------------------------------------------------------------------- query
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Region:
-    """A reference name with optional 0-based half-open bounds."""
+    """A reference name with optional 0-based, half-open bounds, checked as a GET query's
+    `referenceName`, `start` and `end` are: `Region("chr1", 20000, 10000)` raises
+    InvalidRange, `Region("*", 0, 10)` InvalidInput (start == end is an empty, valid region).
+    `reference_name` "*" stands for the unplaced unmapped reads."""
 
     reference_name: str
     start: Optional[int] = None
     end: Optional[int] = None
+
+    def __init__(
+        self, reference_name: str, start: Optional[int] = None, end: Optional[int] = None
+    ) -> None:
+        if not isinstance(reference_name, str):
+            raise InvalidInput("referenceName must be a string")
+        _check_text("referenceName", reference_name)
+        start_i = None if start is None else _parse_int("start", start)
+        end_i = None if end is None else _parse_int("end", end)
+        if reference_name == UNPLACED and (start_i is not None or end_i is not None):
+            raise InvalidInput("start and end cannot be used with referenceName=*")
+        if start_i is not None and end_i is not None and start_i > end_i:
+            raise InvalidRange(f"start ({start_i}) must be less than end ({end_i})")
+        _set(self, "reference_name", reference_name)
+        _set(self, "start", start_i)
+        _set(self, "end", end_i)
+
+    @classmethod
+    def _of(cls, reference_name: str, start: Optional[int], end: Optional[int]) -> Region:
+        """A Region from values already checked (the request parsers, `merge_regions`):
+        the hot path pays for no second check."""
+        self = _new(cls)
+        _set(self, "reference_name", reference_name)
+        _set(self, "start", start)
+        _set(self, "end", end)
+        return self
+
+
+_new = object.__new__
+_set = object.__setattr__
 
 
 def merge_regions(regions: tuple[Region, ...]) -> list[Region]:
@@ -151,13 +190,22 @@ def merge_regions(regions: tuple[Region, ...]) -> list[Region]:
                 merged.append((beg, end))
         for beg, end in merged:
             whole = beg == 0 and end > MAX_COORDINATE
-            out.append(Region(name, None if whole else beg,
-                              None if end > MAX_COORDINATE else end))
+            out.append(Region._of(name, None if whole else beg,
+                                  None if end > MAX_COORDINATE else end))
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Query:
+    """One ticket request, as the HTTP layer hands it to `Htsget.ticket`.
+
+    Strings or enums alike, checked exactly as a GET or POST request is, with the same
+    errors and messages: `Query("reads", "NA12878", format="bam", reference_name="chr1",
+    start=0, end=10000)`, or several regions with `regions=[Region("chr1", 0, 100), ...]`.
+    `format` defaults to the endpoint's first (BAM, VCF, FASTA); `klass="header"` asks for
+    the header alone; `fields`, `tags` and `notags` take lists or comma-separated strings.
+    """
+
     endpoint: Endpoint
     id: str
     format: Format
@@ -172,6 +220,116 @@ class Query:
     #: the ticket must hold exactly the records overlapping `regions`, none beside them
     #: (set by the engine for restricted queries)
     exact: bool = False
+
+    def __init__(
+        self,
+        endpoint: Union[Endpoint, str],
+        id: str,
+        format: Union[Format, str, None] = None,
+        klass: Union[Class, str, None] = None,
+        regions: Union[Iterable[Region], Region, None] = None,
+        fields: Union[Iterable[str], str, None] = None,
+        tags: Union[Iterable[str], str, None] = None,
+        notags: Union[Iterable[str], str, None] = None,
+        allowed: Optional[Iterable[Region]] = None,
+        exact: bool = False,
+        *,
+        reference_name: Optional[str] = None,
+        start: Optional[int] = None,
+        end: Optional[int] = None,
+    ) -> None:
+        ep = _endpoint(endpoint)
+        if not isinstance(id, str) or not id:
+            raise InvalidInput("the ID must be a non-empty string")
+        check_id(id)
+        fmt = format if type(format) is Format else parse_format(ep, format)
+        if fmt not in ENDPOINT_FORMATS[ep]:
+            parse_format(ep, fmt.value)  # raises, naming the formats of the endpoint
+        cls = klass if klass is None or type(klass) is Class else _parse_class(klass)
+        if cls is Class.BODY:
+            cls = None
+        if reference_name is not None or start is not None or end is not None:
+            if regions is not None:
+                raise InvalidInput("give either regions or reference_name/start/end")
+            regions = (_region(reference_name, start, end, post=False),)
+        regs = _regions("regions", regions)
+        if regs is not None:
+            if cls is Class.HEADER:
+                raise InvalidInput("class=header cannot be combined with a region")
+            if not regs and not exact:
+                raise InvalidInput("regions must be a non-empty list")
+            for r in regs:
+                if not r.reference_name:
+                    raise InvalidInput("a region needs a referenceName")
+        fields_t = _split_list("fields", _listed(fields))
+        tags_t = _split_list("tags", _listed(tags))
+        notags_t = _split_list("notags", _listed(notags))
+        _check_fields_tags(ep, fields_t, tags_t, notags_t)
+        for name, value in (("endpoint", ep), ("id", id), ("format", fmt), ("klass", cls),
+                            ("regions", regs), ("fields", fields_t), ("tags", tags_t),
+                            ("notags", notags_t), ("allowed", _regions("allowed", allowed)),
+                            ("exact", bool(exact))):
+            _set(self, name, value)
+
+    @classmethod
+    def _of(
+        cls,
+        endpoint: Endpoint,
+        id: str,
+        format: Format,
+        klass: Optional[Class],
+        regions: Optional[tuple[Region, ...]],
+        fields: Optional[tuple[str, ...]],
+        tags: Optional[tuple[str, ...]],
+        notags: Optional[tuple[str, ...]],
+    ) -> Query:
+        """A Query from values the request parsers already checked (the hot path)."""
+        self = _new(cls)
+        _set(self, "endpoint", endpoint)
+        _set(self, "id", id)
+        _set(self, "format", format)
+        _set(self, "klass", klass)
+        _set(self, "regions", regions)
+        _set(self, "fields", fields)
+        _set(self, "tags", tags)
+        _set(self, "notags", notags)
+        _set(self, "allowed", None)
+        _set(self, "exact", False)
+        return self
+
+
+def _endpoint(value: Union[Endpoint, str]) -> Endpoint:
+    if type(value) is Endpoint:
+        return value
+    try:
+        return Endpoint(value)
+    except ValueError:
+        names = ", ".join(e.value for e in Endpoint)
+        raise NotFound(f"no endpoint {_show(value)} ({names})") from None
+
+
+def _regions(
+    name: str, value: Union[Iterable[Region], Region, None]
+) -> Optional[tuple[Region, ...]]:
+    """A tuple of Regions from a Region, a list or a tuple of them."""
+    if value is None:
+        return None
+    if isinstance(value, Region):
+        return (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidInput(f"{name} must be a list of Region")
+    out = tuple(value)
+    for r in out:
+        if not isinstance(r, Region):
+            raise InvalidInput(f"{name} must be a list of Region, got {_show(r)}")
+    return out
+
+
+def _listed(value: Union[Iterable[str], str, None]) -> Any:
+    """`fields`/`tags`/`notags` from Python: a comma-separated string or any iterable."""
+    if value is None or isinstance(value, (str, list)):
+        return value
+    return list(value) if isinstance(value, Iterable) else value
 
 
 def parse_format(endpoint: Endpoint, value: Optional[str]) -> Format:
@@ -280,7 +438,7 @@ def _region(reference_name: Any, start: Any, end: Any, post: bool) -> Region:
     if start_i is not None and end_i is not None:
         if start_i > end_i or (post and start_i == end_i):
             raise InvalidRange(f"start ({start_i}) must be less than end ({end_i})")
-    return Region(reference_name, start_i, end_i)
+    return Region._of(reference_name, start_i, end_i)
 
 
 #: C0 and C1 controls, DEL, and lone surrogates (which no file name or UTF-8 text holds)
@@ -315,7 +473,7 @@ def parse_get(endpoint: Endpoint, id: str, args: Mapping[str, str]) -> Query:
     tags = _split_list("tags", args.get("tags"))
     notags = _split_list("notags", args.get("notags"))
     _check_fields_tags(endpoint, fields, tags, notags)
-    return Query(endpoint, id, fmt, klass, regions, fields, tags, notags)
+    return Query._of(endpoint, id, fmt, klass, regions, fields, tags, notags)
 
 
 #: The keys of a POST body: the spec's six, and `encryptionScheme`, which htsget-rs
@@ -444,7 +602,7 @@ def parse_post(
     tags = _split_list("tags", doc.get("tags"), json_types=True)
     notags = _split_list("notags", doc.get("notags"), json_types=True)
     _check_fields_tags(endpoint, fields, tags, notags)
-    return Query(endpoint, id, fmt, klass, regions, fields, tags, notags)
+    return Query._of(endpoint, id, fmt, klass, regions, fields, tags, notags)
 
 
 # --------------------------------------------------------------------------- ticket
@@ -469,9 +627,17 @@ class Block:
 
 @dataclass
 class Ticket:
+    """What `Htsget.ticket` returns: concatenating the payloads of `urls` in order gives
+    the file; `md5` is its digest when known (whole files). `to_json()` is the HTTP body."""
+
     format: Format
     blocks: list[Block] = field(default_factory=list)
     md5: Optional[str] = None
+
+    @property
+    def urls(self) -> list[Block]:
+        """The blocks, under the name the ticket JSON gives them."""
+        return self.blocks
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
