@@ -441,9 +441,6 @@ def test_empty_and_truncated_files_are_clean_errors(odd, id: str, endpoint: str,
     assert id in message
 
 
-@pytest.mark.xfail(reason="formats/bgzf.py Prefix.voffset: IndexError on a zero-byte .vcf.gz "
-                          "(not this change's file); should be InternalError naming the file",
-                   strict=False)
 def test_empty_vcf_is_a_clean_error(odd) -> None:
     resp = odd.get("/variants/empty")
     assert "empty.vcf.gz" in assert_error(resp, 500, "InternalError")
