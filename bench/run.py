@@ -7,6 +7,9 @@
   p99); /data 64 KiB ranges vs bare Flask; nginx + htsgetr accel vs nginx alone.
 - exactness (bench/exactness.py): records of random region tickets vs htslib, four formats.
 - data: /data range throughput (sendfile) vs nginx serving the same file.
+- bench/micro.py: ticket bytes vs the minimal block cover (BAM/VCF/BCF/CRAM, deep and
+  sparse), RSS per worker after 50 distinct large indexes, index parsing MB/s and chunk
+  query us per kind, the Cython core vs its pure-Python twin.
 
 Every figure printed is also kept (bench/results.py `record`) and written to
 bench/results.json. Tests never depend on these numbers; `make bench-check` (bench/check.py)
@@ -442,6 +445,9 @@ def main() -> int:
         from s3_bench import main as s3_round_trips  # S3 tickets' round trips, moto's server
         s3_round_trips(cache)
     exactness(make_small(ROOT / "build" / "bench-check-data"), regions=100)
+    import micro  # bytes vs minimal cover, RSS per worker, index core vs its twin
+
+    micro.main(cache)
     results.save(ROOT / "bench" / "results.json")
     print(f"{len(results.FIGURES)} figures -> bench/results.json")
     return 0
