@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from .auth.schema import AuthConfig
 from .cors import CorsConfig
+from .crypt4gh.keys import Crypt4ghConfig, KeyPairConfig, KeySource, LocationKeys
 from .hosts import check_allowed_hosts, parse_networks
 from .location_sugar import _location_list, expand_location
 from .location_sugar import parse_storage as parse_storage  # re-exported
@@ -297,6 +298,12 @@ class LocationConfig:
         None, "formats served from here (default: all)", check=_check_formats
     )
     fall_through: bool = _opt(False, "when the object is missing here, try the next match")
+    keys: Optional[LocationKeys] = _opt(
+        None, "Crypt4GH: objects are <name>.c4gh, encrypted for keys.server (htsget-rs keys:"
+        " server.private, server.public, client.public; README: Crypt4GH)")
+    allow_plaintext: bool = _opt(
+        True, "Crypt4GH: serve decrypted data (mode 2) to requests without"
+        " encryptionScheme=C4GH; false: they get 400")
 
     @classmethod
     def _prepare(cls, table: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:
@@ -349,7 +356,8 @@ class Config:
     watch: bool = _opt(False, "poll the config file and reload when it changes")
     watch_interval: float = _opt(2.0, "seconds between polls of the config file", min=0.05)
     auth: Optional[AuthConfig] = _opt(None, "bearer tokens, restrictions, signed /data urls")
-    crypt4gh: dict[str, Any] = _opt(doc="Crypt4GH", factory=dict)
+    crypt4gh: Crypt4ghConfig = _opt(doc="Crypt4GH (locations with keys)",
+                                    factory=Crypt4ghConfig)
     logging: dict[str, Any] = _opt(doc="logging", factory=dict)
     metrics: dict[str, Any] = _opt(doc="metrics", factory=dict)
 

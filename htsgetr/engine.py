@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any, Mapping, Optional, Union
 from urllib.parse import quote
 
+from . import crypt4gh
 from .cache import LRUCache
 from .config import Config, LocationConfig, ServerConfig, load_config, load_doc
 from .formats.bam import BamHandler
@@ -140,15 +141,19 @@ class Htsget:
             raise NotFound(f"format {fmt.value} is not available on this server")
         return handler
 
-    def ticket(self, query: Query) -> Ticket:
+    def ticket(self, query: Query, encryption: Optional[crypt4gh.Encryption] = None) -> Ticket:
+        """`encryption`: the request's `encryptionScheme` and client key (Crypt4GH)."""
         source = self.locate(query.id, query.format)
         handler = self.handler(query.format)
+        encrypted = crypt4gh.post_step(source, query, encryption)  # mode 1, or a refusal
         if query.allowed is not None and query.klass is not Class.HEADER:
             query = restricted(query, handler, source)
         prefetch = getattr(handler, "prefetch", None)
         if prefetch is not None and source.batched:  # remote: what pieces() reads, at once
             prefetch(source, query)
         pieces = handler.pieces(source, query)
+        if encrypted is not None:
+            return encrypted(pieces)
         parts = bound_inline(
             pieces,
             self.config.max_inline_bytes,

@@ -55,7 +55,7 @@ def expand_location(table: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any
     """Sugar rewritten as plain location keys: `storage = "URL"` (or htsget-rs's `location`),
     `id_prefix = "p/"` (IDs under p/, the prefix stripped), and beside a storage URL,
     htsget-rs's `prefix = "p"` (IDs starting with p, appended whole to the URL)."""
-    table = dict(table)
+    table = _htsget_rs_backend(dict(table), key, ctx)
     if "location" in table:  # htsget-rs spelling of storage
         if "storage" in table:
             raise ctx.error(_join(key, "location"), "give either location or storage, not both")
@@ -89,3 +89,42 @@ def expand_location(table: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any
             raise ctx.error(_join(key, "id_prefix"), "give either id_prefix or regex, not both")
         table["regex"] = re.escape(prefix) + "(.*)"
     return table
+
+
+#: htsget-rs `backend.kind` -> our backend; its backend keys -> our location keys
+_RS_KINDS = {"file": "file", "s3": "s3", "url": "url"}
+_RS_KEYS = {"local_path": "root", "bucket": "bucket", "endpoint": "endpoint_url",
+            "path_style": "path_style", "url": "url", "keys": "keys"}
+
+
+def _htsget_rs_backend(table: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:
+    """htsget-rs's `substitution_string` and `backend = { kind = "File", keys = {...} }`
+    (its Crypt4GH `keys`, `local_path`, `bucket`, `endpoint`, `path_style`, `url`) as
+    plain location keys."""
+    if "substitution_string" in table:
+        if "substitution" in table:
+            raise ctx.error(_join(key, "substitution_string"),
+                            "give either substitution_string or substitution, not both")
+        table["substitution"] = table.pop("substitution_string")
+    backend = table.get("backend")
+    if not isinstance(backend, dict):
+        return table
+    sub = _join(key, "backend")
+    kind = backend.get("kind")
+    if not isinstance(kind, str) or kind.lower() not in _RS_KINDS:
+        raise ctx.error(_join(sub, "kind"), f"expected File, S3 or Url, got {kind!r}")
+    out = {k: v for k, v in table.items() if k != "backend"}
+    out["backend"] = _RS_KINDS[kind.lower()]
+    for name, value in backend.items():
+        if name == "kind":
+            continue
+        mine = _RS_KEYS.get(name)
+        if mine is None:
+            raise ctx.error(_join(sub, name), "this htsget-rs backend key is not supported"
+                            f" (supported: kind, {', '.join(_RS_KEYS)})")
+        if mine in out:
+            raise ctx.error(_join(sub, name), f"conflicts with the location's {mine}")
+        out[mine] = value
+    if out["backend"] == "file":
+        out.setdefault("root", ".")  # htsget-rs's default local_path
+    return out

@@ -63,6 +63,9 @@ def nginx_locations(config: Config, indent: str = "    ") -> str:
     resolver = Resolver(config)
     out = []
     for _, _, storage in resolver.rules:
+        # Crypt4GH locations: only their stored ciphertext (`x.c4gh`) is ever handed over;
+        # decrypted bytes are htsgetr's own answer (api/data.py), never a file nginx reads
+        storage = getattr(storage, "inner", storage)
         if not isinstance(storage, LocalStorage):
             continue
         mounts = [storage.mount] if storage.mount else ["", BARE_ALIAS]

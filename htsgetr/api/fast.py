@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Optional
 from flask import Flask, Response, signals
 from werkzeug.http import HTTP_STATUS_CODES
 
+from ..crypt4gh import Encryption
 from ..protocol import CONTENT_TYPE, Endpoint, HtsgetError, parse_get
 from ..storage.local import LocalStorage
 from . import auth, data, tickets
@@ -105,7 +106,7 @@ class FastTickets:
         try:
             origin = site.origin(environ)  # tickets._check_host
             query = parse_get(endpoint, id, args)
-            ticket = extensions["htsgetr"].ticket(query)
+            ticket = extensions["htsgetr"].ticket(query, Encryption.of_get(args, environ))
             body = tickets.ticket_json(ticket, site, origin, extensions[auth.EXTENSION].signer)
         except HtsgetError as err:
             if err.status >= 500:  # logged, as Flask's handler logs it

@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..auth.signing import UrlSigner
 from ..config import Config
+from ..crypt4gh import Encryption
 from ..engine import Htsget
 from ..hosts import HostPolicy, host_policy
 from ..protocol import (
@@ -177,11 +178,14 @@ def ticket_view(endpoint: Endpoint, id: str) -> Response:
         check_post_content_type(content_type)  # 415 before reading a body of another type
         body = _read_body(engine.config.max_post_bytes)
         query = parse_post(endpoint, id, body, bool(request.query_string), content_type)
+        encryption = Encryption.of_post(body, request.environ)
     else:
         query = parse_get(endpoint, id, request.args)
+        encryption = Encryption.of_get(request.args, request.environ)
     query, allowed = authorize(query)
     site: Site = current_app.extensions[SITE]
-    text = ticket_json(engine.ticket(query), site, _request_origin(), signer(), allowed)
+    text = ticket_json(engine.ticket(query, encryption), site, _request_origin(), signer(),
+                       allowed)
     return Response(text, content_type=CONTENT_TYPE)
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
+from .. import crypt4gh
 from ..config import Config, ConfigError, LocationConfig
 from ..protocol import Format, NotFound
 from .base import Storage
@@ -218,6 +219,7 @@ class Resolver:
             mount = mount_name(i, loc)
             try:
                 storage = storage_factory(loc, mount, config)
+                storage = crypt4gh.wrap(storage, loc, mount, config, i)  # locations with keys
             except ValueError as err:  # e.g. an invalid bucket name, a missing backend
                 raise ConfigError(str(err), f"locations[{i}]") from None
             self.rules.append((re.compile(loc.regex), loc, storage))
@@ -275,8 +277,25 @@ class Resolver:
         if i is None:
             return None
         _, location, storage = self.rules[i]
-        if location.backend != "file" and location.mode != "proxy":
+        served_here = location.backend == "file" or location.mode == "proxy"
+        if isinstance(storage, crypt4gh.Crypt4ghStorage):
+            # `x.c4gh`: stored ciphertext, for mode-1 tickets that point here; `x`: its
+            # decrypted view (mode 2), wherever the location's own tickets point
+            cipher = key.endswith(".c4gh")
+            if (not served_here) if cipher else (not location.allow_plaintext):
+                return None
+            if cipher:
+                found = self._plain_object(i, key[:-len(".c4gh")], extensions)
+                return None if found is None else (storage.inner, key)
+        elif not served_here:
             return None
+        return self._plain_object(i, key, extensions)
+
+    def _plain_object(
+        self, i: int, key: str, extensions: Mapping[Format, Sequence[str]]
+    ) -> Optional[tuple[Storage, str]]:
+        """`data_object`'s name checks of `key` in location `i`."""
+        _, location, storage = self.rules[i]
         if safe_key(key) != key or not visible(key):
             return None
         formats = [Format(f.upper()) for f in location.formats or ()] or list(extensions)
