@@ -4,6 +4,11 @@
 request asked for); `expose_headers` a list or "All". The older `cors_origins` list stays
 valid and is used when `cors.allow_origins` is unset. Browsers (igv.js) need preflight
 answered for `Range` and `Authorization` on both the ticket and the data endpoints.
+
+Defaults follow the htsget spec's CORS section (and htsget-rs's defaults): a preflight echoes
+the headers the browser asks for in `Access-Control-Request-Headers` (a fixed list drops any
+track that sends one more header, e.g. `X-Request-Id`) and may be cached for 30 days. An
+explicit `allow_headers` list still wins: then only those headers pass.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ from typing import Any, Optional
 from .typed_config import _Ctx, _opt
 
 ALL, MIRROR = "All", "Mirror"
-DEFAULT_HEADERS = ["Authorization", "Content-Type", "Range"]
+#: unset `allow_headers`: echo the requested headers (htsget spec, CORS)
+DEFAULT_HEADERS = MIRROR
 DEFAULT_METHODS = ["GET", "HEAD", "POST", "OPTIONS"]
 DEFAULT_EXPOSE = ["Content-Range", "Content-Length", "Accept-Ranges", "ETag"]
+#: the htsget spec's preflight lifetime: 30 days
+THIRTY_DAYS = 30 * 24 * 3600
 
 def _list_or(*keywords: str) -> Any:
     def check(value: Any, key: str, ctx: _Ctx) -> Any:
@@ -40,19 +48,20 @@ class CorsConfig:
 
     allow_origins: Any = _opt(None, 'list, "All" or "Mirror" (default: cors_origins)',
                               check=_list_or(ALL, MIRROR))
-    allow_headers: Any = _opt(None, 'list, "All" or "Mirror" (default: Authorization,'
-                              ' Content-Type, Range)', check=_list_or(ALL, MIRROR))
+    allow_headers: Any = _opt(None, 'list, "All" or "Mirror" (default: Mirror, the headers'
+                              ' a preflight asks for)', check=_list_or(ALL, MIRROR))
     allow_methods: Any = _opt(None, 'list, "All" or "Mirror" (default: GET, HEAD, POST,'
                               ' OPTIONS)', check=_list_or(ALL, MIRROR))
     expose_headers: Any = _opt(None, 'list or "All" (default: Content-Range, Content-Length,'
                                ' Accept-Ranges, ETag)', check=_list_or(ALL))
     allow_credentials: bool = _opt(False, "let browsers send cookies / Authorization")
-    max_age: int = _opt(86400, "seconds a preflight answer may be cached", min=0)
+    max_age: int = _opt(THIRTY_DAYS, "seconds a preflight answer may be cached (default: 30"
+                        " days, as the htsget spec asks)", min=0)
 
 
 def flask_cors_options(cors: CorsConfig, legacy_origins: Optional[list[str]]) -> dict[str, Any]:
     """Keyword arguments for flask_cors.CORS ("*" headers: flask-cors echoes the requested
-    ones that match, which is htsget-rs's "Mirror")."""
+    ones that match, which is htsget-rs's "Mirror" and the htsget spec's default)."""
     origins = cors.allow_origins if cors.allow_origins is not None else legacy_origins or []
     methods = cors.allow_methods if cors.allow_methods is not None else DEFAULT_METHODS
     headers = cors.allow_headers if cors.allow_headers is not None else DEFAULT_HEADERS

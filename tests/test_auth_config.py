@@ -130,7 +130,7 @@ def test_cors_keys(tmp_path: Path, cors: dict[str, object], origin: str,
         assert r.headers.get("Access-Control-Allow-Origin") == allowed, path
         if allowed:
             assert "range" in r.headers["Access-Control-Allow-Headers"].lower()
-            assert r.headers["Access-Control-Max-Age"] == "86400"
+            assert r.headers["Access-Control-Max-Age"] == "2592000"  # 30 days (htsget spec)
         if cors.get("allow_credentials"):
             assert r.headers["Access-Control-Allow-Credentials"] == "true"
 
