@@ -1,8 +1,10 @@
-"""The `htsgetr` command: serve, ticket, and config subcommands.
+# PYTHON_ARGCOMPLETE_OK
+"""The `htsgetr` command: serve, ticket, fetch, config and completion subcommands.
 
 Every option maps to a configuration key (`OPTIONS`), so a command line, the HTSGET_*
 environment and a TOML file can all say the same thing; the command line wins.
-A configuration error is printed as one line naming the key and exits with status 2.
+Every mistake is one line on stderr, never a traceback: exit 2 for a usage or
+configuration error, 1 for a runtime one (a refused connection, a missing file).
 """
 
 from __future__ import annotations
@@ -10,24 +12,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import re
 import sys
-from typing import Any, Callable, Optional, Sequence, get_args, get_origin
+from typing import Any, Callable, Optional, Sequence
 
+from . import cli_fetch
 from ._version import __version__
-from .auth.schema import AuthConfig
-from .config import (
-    ENV_CONFIG,
-    Config,
-    LocationConfig,
-    env_name,
-    load_config,
-    redact,
-    to_dict,
-)
+from .config import ENV_CONFIG, Config, load_config, redact, to_dict
+from .config_toml import default_toml, dump_toml, toml_value
 from .typed_config import ConfigError, hints
+
+__all__ = ["OPTIONS", "cli_layer", "default_toml", "dump_toml", "load", "main", "toml_value"]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -93,9 +88,11 @@ def _config_options(p: argparse.ArgumentParser, server: bool = True) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="htsgetr", description="GA4GH htsget 1.3 server")
+    parser = argparse.ArgumentParser(
+        prog="htsgetr", description="GA4GH htsget 1.3 server, and a client for any htsget server",
+        epilog="Shell completion: eval \"$(htsgetr completion bash)\" (or zsh, fish).")
     parser.add_argument("--version", action="version", version=f"htsgetr {__version__}")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="serve tickets and data under gunicorn")
     _config_options(serve)
@@ -110,11 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     ticket.add_argument("--class", dest="klass")
     _config_options(ticket, server=False)
 
-    fetch = sub.add_parser("fetch", help="fetch a ticket URL from any htsget server into a file")
-    fetch.add_argument("url", help="ticket URL, e.g. 'https://host/reads/ID?referenceName=chr1'")
-    fetch.add_argument("-o", "--output", required=True, help="file to write ('-': stdout)")
-    fetch.add_argument("-H", "--header", action="append", default=[],
-                       help="'Name: value' sent with the ticket request (e.g. Authorization)")
+    cli_fetch.add_parser(sub)
 
     config = sub.add_parser("config", help="check, show or write configuration")
     config.set_defaults(config_help=config.print_help)
@@ -126,6 +119,9 @@ def _parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="the effective configuration (secrets redacted)")
     _config_options(show)
     csub.add_parser("default", help="a commented configuration file with every default")
+
+    completion = sub.add_parser("completion", help="print the shell completion script")
+    completion.add_argument("shell", nargs="?", default="bash", choices=["bash", "zsh", "fish"])
     return parser
 
 
@@ -187,160 +183,6 @@ def load(
     return config
 
 
-# --------------------------------------------------------------------------- TOML output
-
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(k: str) -> str:
-    return k if _BARE.match(k) else json.dumps(k)
-
-
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return ("-inf" if v < 0 else "inf") if math.isinf(v) else repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        inner = ", ".join(f"{_key(k)} = {toml_value(x)}" for k, x in v.items())
-        return "{ " + inner + " }" if inner else "{}"
-    return json.dumps(str(v))
-
-
-def _is_tables(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-
-def dump_toml(doc: dict[str, Any], path: str = "") -> str:
-    """`doc` as TOML: plain keys first, then [tables], then [[arrays of tables]]."""
-    lines = []
-    for k, v in doc.items():
-        if not isinstance(v, dict) and not _is_tables(v):
-            lines.append(f"{_key(k)} = {toml_value(v)}")
-    for k, v in doc.items():
-        sub = f"{path}.{_key(k)}" if path else _key(k)
-        if isinstance(v, dict) and v:
-            lines += ["", f"[{sub}]", dump_toml(v, sub)]
-        elif _is_tables(v):
-            for item in v:
-                lines += ["", f"[[{sub}]]", dump_toml(item, sub)]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n")
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is list:
-        return f"array of {_type_name(get_args(tp)[0])}s"
-    if origin is dict:
-        return "table"
-    if get_args(tp) and type(None) in get_args(tp):
-        return _type_name(next(a for a in get_args(tp) if a is not type(None)))
-    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, "value")
-
-
-def _render_fields(obj: Any, prefix: Optional[str]) -> list[str]:
-    """Each field of `obj` with its doc comment; None-valued ones commented out."""
-    lines = []
-    cls = type(obj)
-    for f in dataclasses.fields(obj):
-        tp, value = hints(cls)[f.name], getattr(obj, f.name)
-        if (
-            dataclasses.is_dataclass(tp)
-            or any(dataclasses.is_dataclass(a) for a in get_args(tp))  # Optional[table]
-            or f.name == "locations"
-            or get_origin(tp) is dict
-            and (get_args(tp)[1] is Any)
-        ):
-            continue  # tables: rendered on their own
-        env = f", {env_name(prefix + f.name)}" if prefix is not None else ""
-        lines.append(f"# {f.metadata.get('doc', '')} ({_type_name(tp)}{env})")
-        if value is None:
-            example = "[]" if "array" in _type_name(tp) else '""'
-            lines.append(f"# {f.name} = {example}")
-        else:
-            lines.append(f"{f.name} = {toml_value(value)}")
-    return lines
-
-
-_HEADER = """\
-# htsgetr configuration: every key, at its default.
-#
-# Load it with `htsgetr serve --config FILE` or HTSGET_CONFIG=FILE (gunicorn htsgetr.wsgi:app).
-# Precedence: command line > HTSGET_* environment > this file > defaults. Each key's variable
-# is named in its comment; list values there are comma-separated (or JSON), tables are JSON.
-# Relative paths in this file are relative to the file. Unknown keys are refused.
-# `htsgetr config check FILE` validates a file; SIGHUP (or watch = true) reloads it live.
-"""
-
-_LOCATIONS = """\
-# Ordered ID -> storage rules. For an ID, every location whose `regex` matches the whole ID
-# is tried in order; the first holding the object serves it, and a miss stops there unless
-# `fall_through = true`. Sugar: `storage = "file:///dir" | "s3://bucket/prefix" |
-# "https://host/path"` sets backend and its keys; `id_prefix = "cohortA/"` stands for
-# regex = "cohortA/(.*)"; `locations = ["file:///data", ...]` is a list of such storages.
-# With no location anywhere (as here), IDs are files under the current directory; a
-# location with every key at its default (root is required for "file") reads:
-"""
-
-_SERVICE_INFO = """\
-# GA4GH service-info (GET /service-info, /reads/service-info, ...). `type` and `htsget` are
-# derived by the server. Any other key is passed through as a custom field.
-# (env HTSGET_SERVICE_INFO, JSON)
-[service_info]
-# id = "org.ga4gh.htsgetr"
-# name = "htsgetr"
-# description = "GA4GH htsget server for reads, variants and sequences"
-# contactUrl = "mailto:helpdesk@example.org"
-# documentationUrl = "https://example.org/docs"
-# environment = "prod"
-# version = "1.0.0"
-# createdAt = 2024-01-01T00:00:00Z
-# updatedAt = 2024-01-01T00:00:00Z
-# organization = { name = "Example Org", url = "https://example.org" }
-# reads = { formats = ["BAM", "CRAM"] }
-# variants = { formats = ["VCF", "BCF"] }
-# sequences = { formats = ["FASTA", "FASTQ"] }
-"""
-
-
-def default_toml() -> str:
-    config = Config(locations=[LocationConfig(root=".")])
-    out = [_HEADER]
-    out += _render_fields(config, "")
-    for name in ("ticket_server", "data_server"):
-        f = {f.name: f for f in dataclasses.fields(Config)}[name]
-        out += ["", f"# {f.metadata['doc']}", f"[{name}]"]
-        out += _render_fields(getattr(config, name), name + ".")
-        out += [f"# [{name}.auth]: this server's own [auth] (env {env_name(name + '.auth')}, JSON)"]
-        out += ["", f"[{name}.cors]"]
-        out += _render_fields(getattr(config, name).cors, name + ".cors.")
-    out += ["", _LOCATIONS.rstrip(), "# [[locations]]"]
-    out += [
-        line if line.startswith("# ") else "# " + line
-        for line in _render_fields(config.locations[0], None)
-    ]
-    out += ["", _SERVICE_INFO.rstrip()]
-    out += ["", _AUTH.rstrip(), "# [auth]"]
-    out += ["# " + line.lstrip("# ") for line in _render_fields(AuthConfig(), None)]
-    for name in ("crypt4gh", "logging", "metrics"):
-        out += ["", f"# {name}: reserved for its feature (env {env_name(name)}, JSON)", f"[{name}]"]
-    return "\n".join(out) + "\n"
-
-
-_AUTH = """
-# Authentication and authorization: off unless [auth] is set (env HTSGET_AUTH, JSON).
-# Its tables (jwt, authorization, passports, data_urls) are shown in config.example.toml.
-"""
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -373,8 +215,8 @@ def _ticket(args: argparse.Namespace) -> int:
         query = parse_get(Endpoint(args.endpoint), args.id, params)
         ticket = Htsget(config).ticket(query)
     except HtsgetError as err:
-        print(json.dumps(err.to_json()), file=sys.stderr)
-        return 1
+        print(f"htsgetr: error: {err.error}: {err.message}", file=sys.stderr)
+        return 2 if err.status == 400 else 1
     print(json.dumps(ticket.to_json(), indent=2))
     return 0
 
@@ -396,43 +238,68 @@ def _config_command(args: argparse.Namespace) -> int:
     return 2
 
 
-def _fetch(args: argparse.Namespace) -> int:
-    """Reassemble a ticket into a file; the ticket's headers go only to the ticket server."""
-    from .client import ClientError, fetch
+def _completion(args: argparse.Namespace) -> int:
+    """The script that makes the shell complete `htsgetr` (argcomplete)."""
+    from argcomplete.shell_integration import shellcode
 
-    headers = {}
-    for item in args.header:
-        name, sep, value = item.partition(":")
-        if not sep:
-            print(f"htsgetr: error: header {item!r} is not 'Name: value'", file=sys.stderr)
-            return 2
-        headers[name.strip()] = value.strip()
-    try:
-        out = sys.stdout.buffer if args.output == "-" else args.output
-        size = fetch(args.url, out, headers=headers)
-    except ClientError as err:
-        print(f"htsgetr: error: {err}", file=sys.stderr)
-        return 1
-    if args.output != "-":
-        print(f"{size} bytes -> {args.output}", file=sys.stderr)
+    sys.stdout.write(shellcode(["htsgetr"], shell=args.shell))
     return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "serve": _serve, "ticket": _ticket, "fetch": _fetch
+    "serve": _serve,
+    "ticket": _ticket,
+    "fetch": cli_fetch.run,
+    "config": _config_command,
+    "completion": _completion,
 }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell's completion request, when this run is one (then exit)."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
     try:
-        if args.command in COMMANDS:
-            return COMMANDS[args.command](args)
-        if args.command == "config":
-            return _config_command(args)
+        import argcomplete
+    except ImportError:  # pragma: no cover - a dependency
+        return
+    argcomplete.autocomplete(parser)
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (`htsgetr config show | head -1`): point stdout at /dev/null so
+    that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests): nothing to do
+        pass
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand; every mistake is one line on stderr and exit 2 (usage,
+    configuration) or 1 (runtime), never a traceback."""
+    parser = _parser()
+    _autocomplete(parser)
+    args = parser.parse_args(argv)
+    command = COMMANDS.get(args.command or "")
+    if command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code = command(args)
+        sys.stdout.flush()
+        return code
     except ConfigError as err:
         print(f"htsgetr: error: {err}", file=sys.stderr)
         return 2
-    parser.print_help()
-    return 2
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 1
+    except KeyboardInterrupt:
+        print("htsgetr: interrupted", file=sys.stderr)
+        return 130
+    except OSError as err:  # a file that cannot be read or written, a port in use, ...
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"htsgetr: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
+import logging
 import os
 import re
 import sys
@@ -49,6 +51,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "HTSGET_"
+log = logging.getLogger("htsgetr.config")
 
 
 # --------------------------------------------------------------------------- field checks
@@ -528,35 +531,51 @@ def env_vars() -> dict[str, str]:
     return {**ENV_ALIASES, **{env_name(k): k for k in leaf_keys()}}
 
 
+#: HTSGET_* variables read by other parts than the configuration schema
+OTHER_ENV = {
+    ENV_CONFIG, ENV_DATA_DIR, ENV_STORAGE,
+    "HTSGET_DATA_URL_SECRET",  # auth/signing.py: the /data url signing secret
+    "HTSGET_ROLE",  # wsgi.py: all | ticket | data
+}
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """One message per HTSGET_* variable that nothing reads (a typo would otherwise be
+    silently ignored), with the nearest known name."""
+    known = set(env_vars()) | OTHER_ENV
+    out = []
+    for var in sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in known):
+        near = difflib.get_close_matches(var, sorted(known), n=1, cutoff=0.75)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        out.append(f"{var} is not an htsgetr variable{hint}; ignored")
+    return out
+
+
 def storage_locations(specs: list[str], ctx: _Ctx, data_dir: Optional[str] = None) -> list[Any]:
     """`--data-dir` / `--storage` (or their variables) as location tables."""
     tables: list[Any] = [{"backend": "file", "root": data_dir}] if data_dir else []
     return tables + [{"storage": s} for s in specs]
 
 
-def _apply_locations(config: Config, tables: list[Any], ctx: _Ctx) -> None:
-    if tables:
-        config.locations = [
-            build(LocationConfig, t, f"locations[{i}]", ctx) for i, t in enumerate(tables)
-        ]
+def _sugar_locations(tables: list[Any], ctx: _Ctx, first: int) -> list[LocationConfig]:
+    return [build(LocationConfig, t, f"locations[{first + i}]", ctx)
+            for i, t in enumerate(tables)]
 
 
 def apply_env(config: Config, env: dict[str, str]) -> list[str]:
-    """HTSGET_* overrides; returns the variables used."""
+    """HTSGET_* overrides; returns the variables used. HTSGET_DATA_DIR / HTSGET_STORAGE
+    locations are added after the file's (see `load_config`), not here."""
     used = []
     for var, dotted in env_vars().items():
         if var in env:
             set_key(config, dotted, env[var], _Ctx(source=var, from_str=True))
             used.append(var)
-    specs = env.get(ENV_STORAGE, "").split()
-    ctx = _Ctx(source=ENV_STORAGE if specs else ENV_DATA_DIR)
-    _apply_locations(config, storage_locations(specs, ctx, env.get(ENV_DATA_DIR)), ctx)
     return used + [v for v in (ENV_DATA_DIR, ENV_STORAGE) if env.get(v)]
 
 
 def apply_cli(config: Config, cli: dict[str, Any]) -> list[str]:
-    """Command-line values by dotted key; `data_dir` / `storage` (a list) are locations sugar.
-    Returns "command line" if anything was set."""
+    """Command-line values by dotted key; `data_dir` / `storage` (a list) are locations sugar,
+    added by `load_config`. Returns "command line" if anything was set."""
     ctx = _Ctx(source="command line")
     used = False
     for dotted, value in cli.items():
@@ -564,8 +583,43 @@ def apply_cli(config: Config, cli: dict[str, Any]) -> list[str]:
             set_key(config, dotted, value, ctx)
             used = True
     specs, data_dir = cli.get("storage") or [], cli.get("data_dir")
-    _apply_locations(config, storage_locations(specs, ctx, data_dir), ctx)
     return ["command line"] if used or specs or data_dir else []
+
+
+def _added_locations(
+    config: Config, env: dict[str, str], cli: dict[str, Any]
+) -> list[LocationConfig]:
+    """The locations `--data-dir` / `--storage` name (else HTSGET_DATA_DIR / HTSGET_STORAGE:
+    the command line replaces the variables' ones), numbered after the file's."""
+    specs, data_dir = cli.get("storage") or [], cli.get("data_dir")
+    if specs or data_dir:
+        ctx = _Ctx(source="command line")
+    else:
+        specs, data_dir = env.get(ENV_STORAGE, "").split(), env.get(ENV_DATA_DIR) or None
+        ctx = _Ctx(source=ENV_STORAGE if specs else ENV_DATA_DIR)
+    return _sugar_locations(storage_locations(specs, ctx, data_dir), ctx, len(config.locations))
+
+
+_PROBES = ("x", "NA12878", "a/b/c.d", "cohort/sample-1")
+
+
+def shadowed(config: Config, added: int) -> Optional[str]:
+    """A message when the last `added` locations can never be reached: an earlier one takes
+    every ID (its regex matches anything, no `formats`, no `fall_through`)."""
+    if not added or len(config.locations) <= added:
+        return None
+    for i, loc in enumerate(config.locations[:-added]):
+        if loc.fall_through or loc.formats:
+            continue
+        try:
+            catch_all = all(re.fullmatch(loc.regex, probe) for probe in _PROBES)
+        except re.error:
+            continue
+        if catch_all:
+            return (f"the --data-dir/--storage location(s) come after locations[{i}], whose "
+                    f"regex {loc.regex!r} takes every ID: they are never reached (set "
+                    "fall_through = true there, or give the file's regex a prefix)")
+    return None
 
 
 def load_config(
@@ -575,12 +629,22 @@ def load_config(
 ) -> Config:
     """Defaults < the TOML file (`path`, else HTSGET_CONFIG) < HTSGET_* variables < `cli`.
 
-    With no location anywhere, IDs are files under the current directory.
+    `data_dir` / `storage` (HTSGET_DATA_DIR / HTSGET_STORAGE) add locations after the
+    file's `[[locations]]`, never replace them; with no location anywhere, IDs are files
+    under the current directory. Unknown HTSGET_* variables are logged with the nearest
+    known name.
     """
     env = dict(os.environ if env is None else env)
+    for message in unknown_env(env):
+        log.warning("htsgetr: warning: %s", message)
     path = path or env.get(ENV_CONFIG) or None
     config = read_file(path) if path else Config()
     overrides = apply_env(config, env) + apply_cli(config, cli or {})
+    added = _added_locations(config, env, cli or {})
+    config.locations = config.locations + added
+    problem = shadowed(config, len(added))
+    if problem:
+        log.warning("htsgetr: warning: %s", problem)
     if not config.locations:
         config.locations = [LocationConfig(root=".")]
     source = path or "configuration"

@@ -220,13 +220,15 @@ def test_config_file_from_env_and_locations_from_env(tmp_path: Path) -> None:
     env = {"HTSGET_CONFIG": path, "HTSGET_DATA_DIR": "/from/env"}
     config = load_config(env=env)
     assert config.ticket_server.port == 1000
-    assert [loc.root for loc in config.locations] == ["/from/env"]
+    # HTSGET_DATA_DIR / HTSGET_STORAGE / --data-dir / --storage add locations after the
+    # file's, never replace them (issue 14); the command line's replace the variables'
+    assert [loc.root for loc in config.locations] == ["/from/file", "/from/env"]
     env = {"HTSGET_CONFIG": path, "HTSGET_STORAGE": "a/=file:///x s3://b/p"}
-    a, b = load_config(env=env).locations
-    assert (a.regex, a.root, b.bucket) == ("a/(.*)", "/x", "b")
+    f, a, b = load_config(env=env).locations
+    assert (f.root, a.regex, a.root, b.bucket) == ("/from/file", "a/(.*)", "/x", "b")
     cli = {"data_dir": "/cli", "storage": ["https://h/"]}
-    c, d = load_config(env=env, cli=cli).locations
-    assert (c.root, d.url) == ("/cli", "https://h/")
+    f, c, d = load_config(env=env, cli=cli).locations
+    assert (f.root, c.root, d.url) == ("/from/file", "/cli", "https://h/")
 
 
 def test_short_env_aliases_and_full_names(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from ..index.binning import check_binning_index, check_no_tabix, load_binning_in
 from ..protocol import UNPLACED, Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .base import Piece, Source, missing_index
-from .blocks import IndexedFile, assemble, load_layout
+from .blocks import BgzfLayout, IndexedFile, assemble, load_layout
 from .exact import region_runs, unplaced_chunks
 
 
@@ -88,6 +88,17 @@ def load_bam(source: Source, index_key: str, limits: bgzf.Limits = bgzf.DEFAULT_
     return BamFile(layout, index, index_size, {n: i for i, n in enumerate(names)})
 
 
+def load_bam_layout(source: Source, limits: bgzf.Limits = bgzf.DEFAULT_LIMITS) -> BgzfLayout:
+    """Header and body bounds alone, for a BAM without an index: whole-file and
+    class=header tickets need nothing more."""
+    bgzf.prefetch_open(source, None, limits)
+    prefix, length = bgzf.read_prefix(
+        source.storage, source.key, bam_header_length, limits.max_header_bytes
+    )
+    bam_reference_names(prefix.data[:length])  # a header that does not parse is refused
+    return load_layout(source, prefix, length)
+
+
 class BamHandler:
     format = Format.BAM
     extensions = (".bam",)
@@ -99,10 +110,13 @@ class BamHandler:
         """Files that go with `key`, asked about with it (one listing on S3)."""
         return index_candidates(key, ".bam", ("bai",)) + [key + ".gzi"]
 
-    def open(self, source: Source) -> BamFile:
+    def open(self, source: Source, region: bool = False) -> BamFile:
         index_key = source.find(index_candidates(source.key, ".bam", ("bai",)))
         if index_key is None:
-            raise missing_index(source.key)
+            raise missing_index(source.key, region)
+        return self._open(source, index_key)
+
+    def _open(self, source: Source, index_key: str) -> BamFile:
         limits = self.limits
         return bgzf.load_or_refuse(
             source, "bam", lambda: load_bam(source, index_key, limits), index_key
@@ -113,7 +127,7 @@ class BamHandler:
         first read that is not served from a cache)."""
         regions = query.regions
         if regions and query.klass is not Class.HEADER:
-            bam = self.open(source)
+            bam = self.open(source, region=True)
             bam.read_ahead(source, regions, bam.ref_ids.get)
 
     def reference_names(self, source: Source) -> list[str]:
@@ -123,9 +137,16 @@ class BamHandler:
     def pieces(self, source: Source, query: Query) -> list[Piece]:
         """Header, the regions' records, EOF: exactly the records htslib returns for the
         regions, each once, in file order (formats/exact.py; `query.exact` changes nothing)."""
-        bam = self.open(source)
         if query.klass is Class.HEADER or query.regions is None:
-            return assemble(source, bam.layout, None, query.klass is Class.HEADER)
+            index_key = source.find(index_candidates(source.key, ".bam", ("bai",)))
+            if index_key is None:  # no index: none needed for these
+                limits = self.limits
+                layout = bgzf.load_or_refuse(
+                    source, "bam-layout", lambda: load_bam_layout(source, limits))
+            else:
+                layout = self._open(source, index_key).layout
+            return assemble(source, layout, None, query.klass is Class.HEADER)
+        bam = self.open(source, region=True)
         chunks: list[tuple[int, int]] = []
         for region in merge_regions(query.regions):
             if region.reference_name == UNPLACED:

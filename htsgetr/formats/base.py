@@ -144,5 +144,10 @@ def companions(handler: object, keys: Sequence[str]) -> list[str]:
     return out
 
 
-def missing_index(key: str) -> NotFound:
+def missing_index(key: str, region: bool = False) -> NotFound:
+    """`region`: the query asks for a region, which only an index can find (whole-file and
+    class=header tickets need none)."""
+    if region:
+        return NotFound(f"no index found for {key}: a region needs one (whole-file and"
+                        " class=header tickets do not)")
     return NotFound(f"no index found for {key}")

@@ -22,7 +22,7 @@ from ..protocol import Class, Format, NotFound, Query, merge_regions
 from . import bgzf
 from .bam import index_candidates
 from .base import Piece, Source, missing_index
-from .blocks import IndexedFile, assemble, load_layout
+from .blocks import BgzfLayout, IndexedFile, assemble, load_layout
 from .exact import region_runs
 
 _CONTIG = re.compile(rb"^##contig=<(.*)>\s*$", re.MULTILINE)
@@ -123,11 +123,14 @@ class _VariantHandler:
         """Files that go with `key`, asked about with it (one listing on S3)."""
         return index_candidates(key, self.extensions[0], self._index_exts) + [key + ".gzi"]
 
-    def open(self, source: Source) -> VariantFile:
+    def open(self, source: Source, region: bool = False) -> VariantFile:
         ext = self.extensions[0]
         index_key = source.find(index_candidates(source.key, ext, self._index_exts))
         if index_key is None:
-            raise missing_index(source.key)
+            raise missing_index(source.key, region)
+        return self._open(source, index_key)
+
+    def _open(self, source: Source, index_key: str) -> VariantFile:
         is_bcf = self.format is Format.BCF
         header_length = self._header_length
         limits = self.limits
@@ -138,12 +141,20 @@ class _VariantHandler:
             index_key,
         )
 
+    def _layout(self, source: Source) -> BgzfLayout:
+        """Header and body bounds alone, for a file without an index."""
+        bgzf.prefetch_open(source, None, self.limits)
+        prefix, length = bgzf.read_prefix(
+            source.storage, source.key, self._header_length, self.limits.max_header_bytes
+        )
+        return load_layout(source, prefix, length)
+
     def prefetch(self, source: Source, query: Query) -> None:
         """Remote storage: the blocks `pieces` will read, in one parallel batch (with the
         first read that is not served from a cache)."""
         regions = query.regions
         if regions and query.klass is not Class.HEADER:
-            vf = self.open(source)
+            vf = self.open(source, region=True)
             vf.read_ahead(source, regions, vf.ref_ids.get)
 
     def reference_names(self, source: Source) -> list[str]:
@@ -154,9 +165,16 @@ class _VariantHandler:
     def pieces(self, source: Source, query: Query) -> list[Piece]:
         """Header, the regions' records, EOF: exactly the records htslib returns for the
         regions, each once, in file order (formats/exact.py; `query.exact` changes nothing)."""
-        vf = self.open(source)
         if query.klass is Class.HEADER or query.regions is None:
-            return assemble(source, vf.layout, None, query.klass is Class.HEADER)
+            ext = self.extensions[0]
+            index_key = source.find(index_candidates(source.key, ext, self._index_exts))
+            if index_key is None:  # no index: none needed for these
+                layout = bgzf.load_or_refuse(
+                    source, f"{self.format.value}-layout", lambda: self._layout(source))
+            else:
+                layout = self._open(source, index_key).layout
+            return assemble(source, layout, None, query.klass is Class.HEADER)
+        vf = self.open(source, region=True)
         chunks: list[tuple[int, int]] = []
         is_bcf = self.format is Format.BCF
         kind = _records.BCF if is_bcf else _records.VCF
