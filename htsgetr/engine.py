@@ -19,9 +19,11 @@ from .config import Config, LocationConfig, ServerConfig, load_config, load_doc
 from .formats.bam import BamHandler
 from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source, companions
 from .formats.bgzf import DEFAULT_LIMITS, Limits
+from .formats.blocks import derived_edge
 from .formats.cram import CramHandler
 from .formats.cram_reference import References
 from .formats.derived import (
+    CRAM_PREFIX,
     MAX_PATH,
     Derived,
     Part,
@@ -188,34 +190,41 @@ class Htsget:
         """The bytes of a derived block: `path` below /data/ as `_block` wrote it. NotFound
         for anything else, or when the file changed since (ask for a new ticket)."""
         ref = parse_derived(path)
-        source = self._derived_source(ref.data_path) if ref is not None else None
+        cram = ref is not None and ref.prefix == CRAM_PREFIX
+        formats = (Format.CRAM,) if cram else (Format.BAM, Format.VCF, Format.BCF)
+        source = self._derived_source(ref.data_path, formats) if ref is not None else None
         if ref is None or source is None:
             raise NotFound(f"no such object: {path!r}")
         if version_tag(source.version()) != ref.tag:
             raise NotFound(f"{source.key!r} has changed since the ticket: ask for a new one")
+        if not cram:
+            return derived_edge(source, ref)
         handler = self.handler(Format.CRAM)
         if not isinstance(handler, CramHandler):
             raise NotFound(f"no such object: {path!r}")
         return handler.derived(source, ref)
 
-    def _derived_source(self, data_path: str) -> Optional[Source]:
-        """The CRAM file a ticket of some location could name, by its path below /data/.
-        Unlike its bytes (`Resolver.data_object`), the re-cuts of a file whose tickets point
-        elsewhere (S3 presigned, url redirect) are served here too."""
-        extensions = {Format.CRAM: self.handler(Format.CRAM).extensions}
+    def _derived_source(self, data_path: str, formats: tuple[Format, ...]) -> Optional[Source]:
+        """The file of one of `formats` a ticket of some location could name, by its path
+        below /data/. Unlike its bytes (`Resolver.data_object`), the re-cuts of a file whose
+        tickets point elsewhere (S3 presigned, url redirect) are served here too."""
+        extensions = {fmt: self.handler(fmt).extensions for fmt in formats
+                      if fmt in self.handlers}
+        suffixes = tuple(ext for exts in extensions.values() for ext in exts)
         storage, key = self.resolver.mount_for(data_path)
-        if storage is None or not key.endswith(extensions[Format.CRAM]):
+        if storage is None or not suffixes or not key.endswith(suffixes):
             return None
         if self.resolver.data_object(data_path, extensions) is not None:
             return Source(storage, key, self.cache)
         location = next(loc for _, loc, st in self.resolver.rules if st is storage)
         if location.backend == "file" or location.mode == "proxy":
             return None  # refused by data_object
-        if location.formats and "CRAM" not in {f.upper() for f in location.formats}:
+        fmt = next(f for f, exts in extensions.items() if key.endswith(exts))
+        if location.formats and fmt.value not in {f.upper() for f in location.formats}:
             return None
         if safe_key(key) != key or not visible(key):
             return None
-        stems = [key[: -len(ext)] for ext in extensions[Format.CRAM] if key.endswith(ext)]
+        stems = [key[: -len(ext)] for ext in extensions[fmt] if key.endswith(ext)]
         pattern = stem_pattern(location)
         if not any(pattern.fullmatch(stem) for stem in stems):
             return None

@@ -457,9 +457,14 @@ def test_only_files_a_ticket_could_name(ddir: Path, tmp_path: Path) -> None:
             engine.derived(prefix + data_path)
     remote = Htsget(Config(locations=[LocationConfig(
         backend="url", url="http://127.0.0.1:9/", regex="pub/([a-z]+)", substitution="$1")]))
-    assert remote._derived_source("reads.cram") is not None
+    cram = (Format.CRAM,)
+    assert remote._derived_source("reads.cram", cram) is not None
     for data_path in ["read5.cram", ".x.cram", "reads.bam", "~1/reads.cram"]:
-        assert remote._derived_source(data_path) is None, data_path
+        assert remote._derived_source(data_path, cram) is None, data_path
+    bgzf = (Format.BAM, Format.VCF, Format.BCF)
+    assert remote._derived_source("reads.bam", bgzf) is not None
+    for data_path in ["reads.cram", "reads.bam.bai", ".x.bam", "read5.vcf.gz"]:
+        assert remote._derived_source(data_path, bgzf) is None, data_path
 
 
 @pytest.mark.parametrize("n", [200, 700])

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 from .._ranges import BinningIndex, merge_ranges
-from ..protocol import Class, InternalError, Region
+from ..protocol import Class, InternalError, NotFound, Region
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
+from .derived import DerivedRef, Edge
 
 #: block ends a layout remembers (beside those of the blocks in the worker's block cache);
 #: past that many the table starts again, so a layout's memory stays bounded
@@ -127,6 +128,17 @@ class BgzfLayout:
             blocks.put(key, hit, len(hit))
         return hit
 
+    def edge(
+        self, source: Source, coff: int, ustart: int, uend: Optional[int] = None
+    ) -> Optional[Edge]:
+        """`recut` as a piece that can also be served as a derived block (None for no bytes)."""
+        data = self.recut(source, coff, ustart, uend)
+        if not data:
+            return None
+        if uend is None:
+            uend = len(self.block_data(source, coff))
+        return Edge.of(data, Class.BODY, coff, self.block_end(source, coff), ustart, uend)
+
     def header_recut(self) -> bytes:
         """The header's part of the block where it ends, compressed as a block of its own."""
         if self._header_recut is None:
@@ -200,21 +212,21 @@ def chunk_pieces(source: Source, layout: BgzfLayout, vbeg: int, vend: int) -> li
     cb, ub = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
     ce, ue = bgzf.coffset(vend), bgzf.uoffset(vend)
     if cb == ce:
-        data = layout.recut(source, cb, ub, ue)
-        return [Inline(data, Class.BODY)] if data else []
+        edge = layout.edge(source, cb, ub, ue)
+        return [edge] if edge else []
     pieces: list[Piece] = []
     start = cb
     if ub:
-        head = layout.recut(source, cb, ub)
+        head = layout.edge(source, cb, ub)
         if head:
-            pieces.append(Inline(head, Class.BODY))
+            pieces.append(head)
         start = layout.block_end(source, cb)
     if ce > start:
         pieces.append(ByteRange(start, ce, Class.BODY))
     if ue:
-        tail = layout.recut(source, ce, 0, ue)
+        tail = layout.edge(source, ce, 0, ue)
         if tail:
-            pieces.append(Inline(tail, Class.BODY))
+            pieces.append(tail)
     return pieces
 
 
@@ -242,6 +254,23 @@ def body_pieces(
             else:
                 pieces.append(piece)
     return pieces
+
+
+def derived_edge(source: Source, ref: DerivedRef) -> bytes:
+    """The bytes of a derived BGZF edge a ticket named by url: bytes [ubeg, uend) of the
+    payload of the block [start, end) of the file, compressed again. NotFound unless
+    [start, end) is one whole BGZF block holding that span."""
+    raw = source.read(ref.start, ref.end)
+    ubeg, uend = ref.payload_span
+    try:
+        if len(raw) != ref.end - ref.start or bgzf.block_size(raw[:bgzf.HEADER_SIZE]) != len(raw):
+            raise ValueError("not one BGZF block")
+        payload = bgzf.decompress_block(raw)
+    except (ValueError, struct.error):
+        raise NotFound(f"{source.key}: no BGZF block at {ref.start}-{ref.end}") from None
+    if uend > len(payload):
+        raise NotFound(f"{source.key}: the block at {ref.start} holds {len(payload)} bytes")
+    return bgzf.compress_block(memoryview(payload)[ubeg:uend])
 
 
 def eof_piece(klass: Class) -> Piece:

@@ -1,11 +1,16 @@
 """Derived blocks: re-cut data served through /data instead of inline, so tickets stay small.
 
-A re-encoded CRAM container (cram_recode.py) goes in the ticket as a `data:` url while the
-ticket's inline budget (`max_inline_bytes`, counted as the text of its data: urls) lasts;
-past it, it becomes a url of our /data endpoint that names everything needed to compute the
-same bytes again, deterministically, in any worker:
+A re-encoded CRAM container (cram_recode.py) or a re-cut BGZF edge block (part of one block
+of a BAM, VCF or BCF, blocks.py) goes in the ticket as a `data:` url while the ticket's
+inline budget (`max_inline_bytes`, counted as the text of its data: urls) lasts; past it, it
+becomes a url of our /data endpoint that names everything needed to compute the same bytes
+again in any worker:
 
     /data/~~cram/<version tag>/<container start>-<end>/<selection>/<data path of the file>
+    /data/~~bgzf/<version tag>/<block start>-<end>/<ubeg>-<uend>/<data path of the file>
+
+- BGZF: the block [start, end) of the file (its BSIZE must say so) and the bytes
+  [ubeg, uend) of its inflated payload, compressed again as one BGZF block;
 
 - version tag: a hash of the storage's version of the file (mtime/size/inode, ETag); a file
   changed since the ticket is refused (404), never re-cut from other bytes;
@@ -32,6 +37,8 @@ from .base import Inline, Piece
 
 #: first segment of a derived CRAM block's path below /data/
 CRAM_PREFIX = "~~cram"
+#: first segment of a derived BGZF edge block's path below /data/
+BGZF_PREFIX = "~~bgzf"
 #: what a data: url adds to its payload's base64 text
 DATA_URI_PREFIX = len("data:;base64,")
 #: longest selection spelling accepted in a derived url
@@ -53,6 +60,26 @@ class Recut(Inline):
     start: int = 0
     end: int = 0
     token: str = ""
+
+    #: first segment of its derived path
+    prefix = CRAM_PREFIX
+
+
+@dataclass(frozen=True)
+class Edge(Recut):
+    """Bytes `[ubeg, uend)` of the payload of the BGZF block `[start, end)`, compressed
+    again (`data`): the partial block at either end of a chunk. `token` spells the span."""
+
+    prefix = BGZF_PREFIX
+
+    @classmethod
+    def of(cls, data: bytes, klass: Class, start: int, end: int, ubeg: int, uend: int) -> Edge:
+        return cls(data, klass, start, end, f"{ubeg}-{uend}")
+
+    @property
+    def payload_span(self) -> tuple[int, int]:
+        ubeg, _, uend = self.token.partition("-")
+        return int(ubeg), int(uend)
 
 
 @dataclass(frozen=True)
@@ -78,18 +105,28 @@ def inline_size(n: int) -> int:
     return DATA_URI_PREFIX + 4 * ((n + 2) // 3)
 
 
+#: generous JSON characters of one non-inline ticket entry (a presigned S3 url with its
+#: headers included), for the cheap check that a ticket is far inside its budget
+ENTRY_BOUND = 4096
+
+
 def bound_inline(
     pieces: list[Piece],
     limit: int,
     entry_chars: Callable[[Part], int],
     derivable: Callable[[Recut], bool] = lambda recut: True,
 ) -> list[Part]:
-    """`pieces` with the re-cuts that would take the ticket's JSON past `limit` characters
-    as `Derived` blocks, the smallest inlined first; adjacent inline re-cuts joined in one
-    data: url. `entry_chars(part)` is the JSON size of a non-inline part's ticket entry (a
-    byte range, a derived block). Other inline pieces (EOF markers, BGZF edge blocks) and
-    re-cuts that are not `derivable` stay inline and count first. Without re-cuts, `pieces`
-    unchanged."""
+    """`pieces` with the re-cuts (CRAM containers, BGZF edges) that would take the ticket's
+    JSON past `limit` characters as `Derived` blocks, the smallest inlined first; adjacent
+    inline CRAM re-cuts joined in one data: url. `entry_chars(part)` is the JSON size of a
+    non-inline part's ticket entry (a byte range, a derived block). Other inline pieces (EOF
+    markers, re-cut headers) and re-cuts that are not `derivable` stay inline and count
+    first."""
+    inline_chars = sum(INLINE_ENTRY + inline_size(len(p.data))
+                       for p in pieces if isinstance(p, Inline))
+    others = sum(1 for p in pieces if not isinstance(p, Inline))
+    if inline_chars + ENTRY_BOUND * others <= limit:  # the common ticket: far inside it
+        return _joined(pieces, {i for i, p in enumerate(pieces) if isinstance(p, Recut)})
     recuts = {i: p for i, p in enumerate(pieces) if isinstance(p, Recut) and derivable(p)}
     if not recuts:
         return _joined(pieces, {i for i, p in enumerate(pieces) if isinstance(p, Recut)})
@@ -113,13 +150,14 @@ def bound_inline(
 
 
 def _joined(parts: Sequence[Part], inline: set[int]) -> list[Part]:
-    """`parts` with the re-cuts at `inline` as plain inline pieces, adjacent ones joined."""
-    if not inline:
+    """`parts` with the CRAM re-cuts at `inline` as plain inline pieces, adjacent ones
+    joined (BGZF edges stay as they are: each is already one inline block)."""
+    if not any(not isinstance(parts[i], Edge) for i in inline):
         return list(parts)
     out: list[Part] = []
     joined = False  # out[-1] is an inline re-cut (or several joined)
     for i, p in enumerate(parts):
-        recut = p if i in inline and isinstance(p, Recut) else None
+        recut = p if i in inline and isinstance(p, Recut) and not isinstance(p, Edge) else None
         if recut is None:
             out.append(p)
             joined = False
@@ -139,39 +177,52 @@ def version_tag(version: str) -> str:
 
 
 def derived_path(data_path: str, version: str, recut: Recut) -> str:
-    """The path below /data/ of a derived CRAM block (not yet percent-encoded)."""
+    """The path below /data/ of a derived block (not yet percent-encoded)."""
     return (
-        f"{CRAM_PREFIX}/{version_tag(version)}/{recut.start}-{recut.end}/{recut.token}/"
+        f"{recut.prefix}/{version_tag(version)}/{recut.start}-{recut.end}/{recut.token}/"
         f"{data_path}"
     )
 
 
 @dataclass(frozen=True)
 class DerivedRef:
-    """A parsed derived path: what to re-cut, of which file and version."""
+    """A parsed derived path: what to re-cut (`prefix`: CRAM or BGZF), of which file and
+    version."""
 
     tag: str
     start: int
     end: int
     token: str
     data_path: str
+    prefix: str = CRAM_PREFIX
+
+    @property
+    def payload_span(self) -> tuple[int, int]:
+        """BGZF: the [ubeg, uend) the token spells (checked by parse_derived)."""
+        ubeg, _, uend = self.token.partition("-")
+        return int(ubeg), int(uend)
 
 
 def is_derived(path: str) -> bool:
-    return path.startswith(CRAM_PREFIX + "/")
+    return path.startswith((CRAM_PREFIX + "/", BGZF_PREFIX + "/"))
 
 
 def parse_derived(path: str) -> Optional[DerivedRef]:
     """The parts of a derived path, or None unless it is spelled as `derived_path` spells
-    it (numbers without leading zeros, a 16-hex-digit tag, a bounded selection)."""
+    it (numbers without leading zeros, a 16-hex-digit tag, a bounded selection; BGZF: a
+    payload span inside 64 KiB)."""
     parts = path.split("/", 4)
-    if len(parts) != 5 or parts[0] != CRAM_PREFIX:
+    if len(parts) != 5 or parts[0] not in (CRAM_PREFIX, BGZF_PREFIX):
         return None
-    _, tag, span, token, data_path = parts
+    prefix, tag, span, token, data_path = parts
     m = _SPAN.fullmatch(span)
     if not _TAG.fullmatch(tag) or m is None or not token or len(token) > MAX_TOKEN:
         return None
     start, end = int(m.group(1)), int(m.group(2))
     if end <= start or not data_path:
         return None
-    return DerivedRef(tag, start, end, token, data_path)
+    if prefix == BGZF_PREFIX:
+        u = _SPAN.fullmatch(token)
+        if u is None or not int(u.group(1)) < int(u.group(2)) <= 1 << 16:
+            return None
+    return DerivedRef(tag, start, end, token, data_path, prefix)
