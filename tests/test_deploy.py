@@ -304,3 +304,253 @@ def test_container_serves_the_mounted_config(scheme: str, container_run: Any, da
     down = c.healthcheck()
     assert down.returncode == 1
     assert f"{scheme}://127.0.0.1:{port}/healthz" in down.stderr
+
+
+# --------------------------------------------------------------------------- Helm chart
+#
+# Rendered by helm-python-sdk: Helm v4's own Go code (chart loading, values coalescing,
+# the template engine, lint) through its C ABI, offline. Every object is validated against
+# the Kubernetes OpenAPI schemas kubernetes-validate bundles (strict: unknown fields fail),
+# for the oldest and the newest Kubernetes version it knows.
+
+RELEASE, NAMESPACE = "htsget", "genomics"
+
+EVERYTHING: dict[str, Any] = {
+    "image": {"repository": "registry.example.org/htsgetr", "tag": "1.2.3"},
+    "baseUrl": "",
+    "ingress": {"enabled": True, "className": "nginx", "hosts": ["htsget.example.org"],
+                "tls": [{"secretName": "htsget-tls", "hosts": ["htsget.example.org"]}],
+                "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "1m"}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+    "tls": {"enabled": True},
+    "secrets": {"dataUrlSecret": {"name": "htsget-signing", "key": "secret"},
+                "jwt": {"name": "htsget-jwt"}, "crypt4gh": {"name": "htsget-c4gh"},
+                "tls": {"name": "htsget-pod-tls"}, "awsCredentials": {"name": "htsget-aws"}},
+    "serviceAccount": {"annotations": {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/htsgetr-read"}},
+    "env": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+    "extraVolumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "genomes"}}],
+    "extraVolumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+    "nodeSelector": {"kubernetes.io/arch": "amd64"},
+    "tolerations": [{"key": "genomics", "operator": "Exists", "effect": "NoSchedule"}],
+    "topologySpreadConstraints": [{
+        "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "htsgetr"}}}],
+}
+MINIMAL: dict[str, Any] = {
+    "metrics": {"enabled": False}, "autoscaling": {"enabled": False}, "replicaCount": 1,
+    "podDisruptionBudget": {"enabled": False}, "serviceAccount": {"create": False},
+}
+VALUE_SETS = {"defaults": {}, "everything": EVERYTHING, "minimal": MINIMAL}
+
+
+def helm_sdk() -> Any:
+    return pytest.importorskip("helm_python", reason="helm-python-sdk not installed")
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    import yaml
+
+    chart = helm_sdk().Chart.load(str(CHART))
+    manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for name, text in sorted(manifests.items()):
+        if not name.endswith((".yaml", ".yml")):
+            continue  # NOTES.txt, helpers
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                objects.append(doc)
+    return objects
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for obj in objects:
+        assert obj["kind"] not in out, f"two {obj['kind']}s"
+        out[obj["kind"]] = obj
+    return out
+
+
+#: the fields of monitoring.coreos.com/v1 ServiceMonitor the chart uses (a CRD: not in the
+#: Kubernetes schemas), from the Prometheus operator's API reference
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object", "additionalProperties": False, "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {"type": "object", "additionalProperties": False, "properties": {
+                    "matchLabels": {"type": "object",
+                                    "additionalProperties": {"type": "string"}}}},
+                "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                      "properties": {"matchNames": {
+                                          "type": "array", "items": {"type": "string"}}}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "port": {"type": "string"}, "path": {"type": "string"},
+                        "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                        "scheme": {"enum": ["http", "https"]}}}},
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("values", list(VALUE_SETS), ids=list(VALUE_SETS))
+def test_chart_renders_valid_kubernetes_objects(values: str) -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed")
+    import jsonschema
+
+    objects = render(VALUE_SETS[values])
+    kinds = sorted(o["kind"] for o in objects)
+    expected = {
+        "defaults": ["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+                     "PodDisruptionBudget", "Service", "ServiceAccount"],
+        "everything": ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress",
+                       "PodDisruptionBudget", "Service", "ServiceAccount", "ServiceMonitor"],
+        "minimal": ["ConfigMap", "Deployment", "Service"],
+    }[values]
+    assert kinds == expected
+    versions = ["1.25.0", kv.utils.latest_version()]
+    for obj in objects:
+        assert obj["metadata"]["name"].startswith(RELEASE)
+        if obj["kind"] == "ServiceMonitor":
+            jsonschema.validate(obj, SERVICE_MONITOR_SCHEMA)
+            continue
+        for version in versions:
+            kv.validate(obj, version, strict=True)  # raises with the path of a bad field
+
+
+def test_the_validation_catches_a_bad_object() -> None:
+    """The check above can fail: a typo'd field and a wrong type are refused."""
+    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed")
+    deployment = by_kind(render({}))["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kv.ValidationError):
+        kv.validate(deployment, "1.37.0", strict=True)
+    deployment = by_kind(render({}))["Deployment"]
+    deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "x"
+    with pytest.raises(kv.ValidationError):
+        kv.validate(deployment, "1.37.0", strict=True)
+
+
+def test_helm_lint() -> None:
+    report = helm_sdk().lint(str(CHART), strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def test_deployment_contract() -> None:
+    """Probes on /healthz and /readyz of the serving port, non-root with a read-only root,
+    resources, gevent workers, metrics off the public port, secrets referenced not made."""
+    for name, values in VALUE_SETS.items():
+        objects = by_kind(render(values))
+        pod = objects["Deployment"]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = _env(container)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert int(env["HTSGET_PORT"]) == ports["http"]
+        scheme = "HTTPS" if values.get("tls", {}).get("enabled") else "HTTP"
+        for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"),
+                            ("readinessProbe", "/readyz")):
+            assert container[probe]["httpGet"] == {"path": path, "port": "http",
+                                                   "scheme": scheme}, (name, probe)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert {"mountPath": "/tmp", "name": "tmp"} in container["volumeMounts"]
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert env["HTSGET_TICKET_SERVER_WORKER_CLASS"] == "gevent"
+        service = objects["Service"]
+        http = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+        assert http and http[0]["targetPort"] == "http"
+        assert service["spec"]["selector"] == objects["Deployment"]["spec"]["selector"][
+            "matchLabels"]
+        if values.get("metrics", {}).get("enabled", True):
+            assert ports["metrics"] != ports["http"]
+            assert env["HTSGET_METRICS_PORT"] == str(ports["metrics"])
+            assert env["HTSGET_METRICS_HOST"] in ("0.0.0.0", "::")  # Prometheus reaches it
+        else:
+            assert "metrics" not in ports and env["HTSGET_METRICS_ENABLED"] == "false"
+        volumes = {v["name"] for v in pod["volumes"]}
+        assert {m["name"] for m in container["volumeMounts"]} <= volumes
+        if "Ingress" in objects:
+            for rule in objects["Ingress"]["spec"]["rules"]:
+                for p in rule["http"]["paths"]:
+                    assert p["backend"]["service"]["port"] == {"name": "http"}
+        if "ServiceMonitor" in objects:
+            sm = objects["ServiceMonitor"]["spec"]
+            assert sm["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+            assert sm["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+        if "HorizontalPodAutoscaler" in objects:
+            assert "replicas" not in objects["Deployment"]["spec"]
+    everything = by_kind(render(EVERYTHING))
+    pod = everything["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"htsget-jwt", "htsget-c4gh", "htsget-pod-tls"}
+    assert container["envFrom"] == [{"secretRef": {"name": "htsget-aws"}}]
+    signing = [e for e in container["env"] if e["name"] == "HTSGET_DATA_URL_SECRET"]
+    assert signing[0]["valueFrom"]["secretKeyRef"] == {"name": "htsget-signing", "key": "secret"}
+    assert _env(container)["HTSGET_BASE_URL"] == "https://htsget.example.org"
+    assert everything["ServiceAccount"]["metadata"]["annotations"][
+        "eks.amazonaws.com/role-arn"].endswith(":role/htsgetr-read")
+    assert "Secret" not in everything
+
+
+def test_rendered_pod_runs_and_answers_its_probes(data_dir: Path, tmp_path: Path) -> None:
+    """The pod's configuration (the ConfigMap's config.toml + the container's environment)
+    run as `htsgetr serve`: the probes' paths answer 200 on the http port, tickets name the
+    configured locations, and /metrics is on the metrics port, not on the public one."""
+    port, metrics_port = free_port(), free_port()
+    config_text = f"""
+[[locations]]
+regex = '^cohort/(.*)$'
+substitution = "$1"
+root = "{data_dir}"
+"""
+    objects = by_kind(render({"config": config_text, "server": {"port": port},
+                              "metrics": {"port": metrics_port}}))
+    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    config = tmp_path / "config.toml"
+    config.write_text(objects["ConfigMap"]["data"]["config.toml"])
+    img = image()
+    env = local_env(img, **{**_env(container), "HTSGET_CONFIG": str(config)})
+    from htsgetr.config import load_config
+
+    loaded = load_config(env=env)
+    assert (loaded.ticket_server.host, loaded.ticket_server.port) == ("0.0.0.0", port)
+    assert loaded.ticket_server.worker_class == "gevent"
+    assert (loaded.metrics.host, loaded.metrics.port) == ("0.0.0.0", metrics_port)
+    c = Container(img, env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        c.wait_up(base + "/service-info")
+        ticket = requests.get(base + "/reads/cohort/sample", params={"referenceName": "chr1"},
+                              headers={"Host": f"{RELEASE}-htsgetr.{NAMESPACE}.svc"},
+                              timeout=30)
+        assert ticket.status_code == 200, ticket.text
+        assert any(b["url"].startswith(f"http://{RELEASE}-htsgetr.{NAMESPACE}.svc/data/")
+                   for b in ticket.json()["htsget"]["urls"])
+        probes = {p: requests.get(base + container[p]["httpGet"]["path"], timeout=10)
+                  for p in ("livenessProbe", "readinessProbe")}
+        if probes["livenessProbe"].status_code == 404:
+            pytest.skip("/healthz is not served yet (issue 11, observability half)")
+        assert {p: r.status_code for p, r in probes.items()} == {
+            "livenessProbe": 200, "readinessProbe": 200}
+        assert requests.get(base + "/metrics", timeout=10).status_code == 404
+        scrape = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert scrape.status_code == 200 and "# TYPE" in scrape.text
+    finally:
+        c.stop()
