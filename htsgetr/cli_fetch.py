@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         ClientError,
         InvalidRequest,
         build_request,
+        check_target,
         fetch,
         get_ticket,
         payload_size,
@@ -106,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         headers["Authorization"] = f"Bearer {token}"
     to_stdout = args.output == "-"
     try:
+        if not to_stdout:
+            check_target(args.output)
         url, body = build_request(args.url, regions=args.region or None, format=args.format,
                                   klass=args.klass)
         ticket = get_ticket(url, None, headers, body, args.timeout)

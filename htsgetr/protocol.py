@@ -39,22 +39,32 @@ class HtsgetError(Exception):
 
 
 class InvalidAuthentication(HtsgetError):
+    """401: a token is missing, expired or not valid."""
+
     status, error = 401, "InvalidAuthentication"
 
 
 class PermissionDenied(HtsgetError):
+    """403: a valid token without the right to this ID, region or format."""
+
     status, error = 403, "PermissionDenied"
 
 
 class NotFound(HtsgetError):
+    """404: no such ID, reference, endpoint or format on this server."""
+
     status, error = 404, "NotFound"
 
 
 class PayloadTooLarge(HtsgetError):
+    """413: a request body (POST) past `max_post_bytes`."""
+
     status, error = 413, "PayloadTooLarge"
 
 
 class UnsupportedFormat(HtsgetError):
+    """400: a format htsget does not know, or not served on this endpoint."""
+
     status, error = 400, "UnsupportedFormat"
 
 
@@ -65,14 +75,20 @@ class UnsupportedMediaType(HtsgetError):
 
 
 class InvalidInput(HtsgetError):
+    """400: a parameter that does not parse or does not make sense."""
+
     status, error = 400, "InvalidInput"
 
 
 class InvalidRange(HtsgetError):
+    """400: start after end (GET), start not before end (POST)."""
+
     status, error = 400, "InvalidRange"
 
 
 class InternalError(HtsgetError):
+    """500: a data file or index that cannot be read (corrupt, too large)."""
+
     status, error = 500, "InternalError"
 
 

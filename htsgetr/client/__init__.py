@@ -39,6 +39,7 @@ __all__ = [
     "InvalidRequest",
     "RegionLike",
     "build_request",
+    "check_target",
     "decode_data_url",
     "expected_length",
     "fetch",
@@ -192,12 +193,8 @@ def fetch(
             size += len(chunk)
         out.flush()
         return size
-    target = os.path.abspath(os.fspath(out))
+    target = check_target(out)
     directory = os.path.dirname(target)
-    if os.path.isdir(target):
-        raise InvalidRequest(f"{out}: is a directory")
-    if not os.path.isdir(directory):
-        raise InvalidRequest(f"{out}: no such directory {directory!r}")
     fd, temp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
                                 dir=directory)
     try:
@@ -213,6 +210,18 @@ def fetch(
             os.unlink(temp)
         raise
     return size
+
+
+def check_target(out: Union[str, os.PathLike[str]]) -> str:
+    """The absolute path of an output file whose directory exists, else `InvalidRequest`
+    (checked before anything is downloaded)."""
+    target = os.path.abspath(os.fspath(out))
+    directory = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise InvalidRequest(f"{out}: is a directory")
+    if not os.path.isdir(directory):
+        raise InvalidRequest(f"{out}: no such directory {directory!r}")
+    return target
 
 
 def _umask() -> int:
