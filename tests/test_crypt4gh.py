@@ -768,3 +768,20 @@ def test_shared_reference_files(tmp_path: Path, endpoint: str, id: str, fmt: str
     assert out.returncode == 0, out.stderr[-300:]
     assert out.stdout == client.payload(q)
     assert json.dumps  # keep the import for debugging output
+
+
+def test_accel_hands_over_ciphertext_only(c4: dict[str, Path]) -> None:
+    """With accel = nginx, /data/<x>.c4gh goes to nginx (the stored file), the plaintext
+    name is htsgetr's own decrypted answer: no X-Accel-Redirect for it, ever."""
+    from htsgetr.api.accel import nginx_locations
+    from htsgetr.config import DataServerConfig
+
+    config = config_for(c4)
+    config.data_server = DataServerConfig(accel="nginx")
+    fresh = Client(config)
+    cipher = fresh.http.get("/data/~enc/reads.bam.c4gh", headers={"Range": "bytes=0-99"})
+    assert cipher.headers["X-Accel-Redirect"].endswith("/~enc/reads.bam.c4gh")
+    plain = fresh.http.get("/data/~enc/reads.bam", headers={"Range": "bytes=0-99"})
+    assert "X-Accel-Redirect" not in plain.headers
+    assert plain.get_data() == (c4["plain"] / "reads.bam").read_bytes()[:100]
+    assert f"alias {c4['enc'].resolve()}/;" in nginx_locations(config)

@@ -41,13 +41,13 @@ class _Cipher:
     first: int
     last: int
     keeps: list[tuple[int, int]]
-    klass: Optional[Class]
+    classes: set[Optional[Class]]
 
 
 @dataclass
 class _Made:
     data: bytearray = field(default_factory=bytearray)
-    klass: Optional[Class] = None
+    classes: set[Optional[Class]] = field(default_factory=set)
 
 
 Run = Union[_Cipher, _Made]
@@ -68,10 +68,11 @@ def _runs(storage: Crypt4ghStorage, source: Source, obj: Stored, pieces: list[Pi
 
     def made(data: bytes, klass: Optional[Class]) -> None:
         last = runs[-1] if runs else None
-        if isinstance(last, _Made) and last.klass == klass:
+        if isinstance(last, _Made):  # one run, whatever the classes: padding only between
             last.data += data
+            last.classes.add(klass)
         else:
-            runs.append(_Made(bytearray(data), klass))
+            runs.append(_Made(bytearray(data), {klass}))
 
     for n, piece in enumerate(content):
         if isinstance(piece, Inline):
@@ -88,12 +89,13 @@ def _runs(storage: Crypt4ghStorage, source: Source, obj: Stored, pieces: list[Pi
         if stored_end > start:
             first, last = segment_span(start, stored_end)
             prev = runs[-1] if runs else None
-            if (isinstance(prev, _Cipher) and prev.klass == piece.klass
-                    and prev.first <= first <= prev.last and start >= prev.keeps[-1][1]):
+            if (isinstance(prev, _Cipher) and prev.first <= first <= prev.last
+                    and start >= prev.keeps[-1][1]):
                 prev.last = max(prev.last, last)
                 prev.keeps.append((start, stored_end))
+                prev.classes.add(piece.klass)
             else:
-                runs.append(_Cipher(first, last, [(start, stored_end)], piece.klass))
+                runs.append(_Cipher(first, last, [(start, stored_end)], {piece.klass}))
         if cut is not None:
             made(source.read(cut, end), piece.klass)
     return runs
@@ -128,6 +130,13 @@ def encrypted_ticket(storage: Crypt4ghStorage, source: Source, query: Query,
     fresh = new_session_key() if any(isinstance(r, _Made) for r in runs) else None
     ops: list[tuple[bool, int]] = []
     blocks: list[Block] = []
+    # a block's class is its pieces' one class; a block mixing them: no class anywhere
+    # (the spec allows class on every entry or on none)
+    classed = all(len(r.classes) == 1 for r in runs)
+
+    def klass(run: Run) -> Optional[Class]:
+        return next(iter(run.classes)) if classed else None
+
     for i, run in enumerate(runs):
         if isinstance(run, _Cipher):
             pos = run.first * SEGMENT
@@ -137,7 +146,7 @@ def encrypted_ticket(storage: Crypt4ghStorage, source: Source, query: Query,
             ops.append((False, min(run.last * SEGMENT, obj.size) - pos))
             a, b = cipher_range(run.first, run.last, obj.header.length, obj.cipher_size)
             url, headers = storage.cipher_url(obj.key, a, b)
-            blocks.append(Block(url, headers, run.klass))
+            blocks.append(Block(url, headers, klass(run)))
             continue
         assert fresh is not None
         data = bytes(run.data)
@@ -150,7 +159,7 @@ def encrypted_ticket(storage: Crypt4ghStorage, source: Source, query: Query,
             sealed.append(encrypt_segment(chunk, fresh))
         padded = -len(data) % SEGMENT if not final else 0
         ops += [(True, len(data)), (False, padded)]
-        blocks.append(Block(data_uri(b"".join(sealed)), None, run.klass))
+        blocks.append(Block(data_uri(b"".join(sealed)), None, klass(run)))
     keys = list(obj.header.session_keys) + ([fresh] if fresh is not None else [])
     edits = _normal(ops)
     header = make_header(keys, edits, storage.keys.secret, recipient)
