@@ -196,3 +196,19 @@ def test_module_and_installed_command_agree() -> None:
         pytest.skip("no .venv/bin/htsgetr (not installed by make)")
     proc = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"htsgetr {__version__}"
+
+
+def test_example_data_is_made_quietly(tmp_path: Path) -> None:
+    """`make serve`'s example data: no htslib error or warning on the way (the CRAM is
+    written without a reference), and every example ID has its files."""
+    proc = subprocess.run([sys.executable, "-m", "htsgetr.examples", str(tmp_path / "ex")],
+                          capture_output=True, text=True, timeout=300, env=clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "[E::" not in proc.stderr and "[W::" not in proc.stderr, proc.stderr
+    names = sorted(p.name for p in (tmp_path / "ex").iterdir())
+    for name in ("example.bam", "example.bam.bai", "example.cram", "example.cram.crai",
+                 "example.vcf.gz", "example.vcf.gz.tbi", "example.bcf", "example.fa"):
+        assert name in names
+    view = subprocess.run(["samtools", "view", "-c", str(tmp_path / "ex" / "example.cram")],
+                          capture_output=True, text=True, timeout=60)
+    assert view.returncode == 0 and int(view.stdout) > 0 and "[E::" not in view.stderr
