@@ -417,7 +417,7 @@ def test_crai_offset_beyond_the_file(work: Path) -> None:
 def test_crai_offset_not_at_a_container(work: Path, where: str) -> None:
     """An offset where no container header can be read: too close to the end, or bytes
     that read as a negative length."""
-    from htsgetr.formats.cram import parse_container_header
+    from htsgetr.formats.cram_layout import parse_container_header
 
     lines = crai_lines(work / "v30.cram.crai")
     data = (work / "v30.cram").read_bytes()

@@ -30,10 +30,10 @@ from conftest import Server, free_port, make_bam, reassemble, serve_dir, shared
 
 from htsgetr.config import for_data_dir
 from htsgetr.engine import Htsget
-from htsgetr.formats.cram import (
+from htsgetr.formats.cram import CramHandler
+from htsgetr.formats.cram_layout import (
     EOF_CONTAINER_V2,
     EOF_CONTAINER_V3,
-    CramHandler,
     parse_block,
     parse_container_header,
     read_itf8,

@@ -43,10 +43,10 @@ from conftest import make_bam, shared
 from htsgetr.config import Config, LocationConfig, for_data_dir
 from htsgetr.engine import Htsget
 from htsgetr.formats import cram_recode
-from htsgetr.formats.cram import (
+from htsgetr.formats.cram import CramHandler
+from htsgetr.formats.cram_layout import (
     EOF_CONTAINER_V2,
     EOF_CONTAINER_V3,
-    CramHandler,
     parse_container_header,
     parse_header,
     read_itf8,

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from ..index.crai import Crai
 from ..protocol import Class, InternalError, NotFound, PermissionDenied
 from .base import ByteRange, Piece, Source
-from .cram import (
+from .cram_layout import (
     BLOCK_RAW,
     FILE_DEFINITION_SIZE,
     CramFile,
