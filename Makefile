@@ -10,7 +10,8 @@ APT_PACKAGES := samtools bcftools tabix nginx-light python3-venv python3-dev bui
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: test serve deps apt venv build lint bench bench-check bench-baseline example-data clean
+.PHONY: test serve deps apt venv build lint bench bench-check bench-baseline example-data clean \
+	lambda-zip
 
 test: deps build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -56,6 +57,12 @@ bench-check: deps build
 
 bench-baseline: deps build
 	$(PY) bench/check.py --write-baseline
+
+# AWS Lambda (python3.11, x86_64): build/htsgetr-lambda.zip, dependencies as manylinux
+# wheels + the extensions built here; LAMBDA_CONFIG=file bundles a configuration as
+# htsgetr.toml (README "AWS Lambda" says what the zip assumes)
+lambda-zip: deps build
+	$(PY) deploy/lambda/build_zip.py $(if $(LAMBDA_CONFIG),--config $(LAMBDA_CONFIG))
 
 example-data: $(VENV)/.installed
 	$(PY) -m htsgetr.examples example-data

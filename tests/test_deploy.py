@@ -699,3 +699,80 @@ def test_terraform_module() -> None:
     listing = [b for b in _blocks(policy) if b["Type"] == "condition"]
     assert listing and "${var.data_prefix}*" in _source(
         texts, listing[0]["Body"]["Attributes"]["values"]["Expr"])
+
+
+# --------------------------------------------------------------------------- the Lambda zip
+
+
+@pytest.fixture(scope="module")
+def lambda_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make lambda-zip`'s script, with a bundled configuration (every ID a file under
+    $HTSGET_TEST_DATA, so the test can point it anywhere)."""
+    pytest.importorskip("apig_wsgi")
+    if not list((ROOT / "htsgetr").glob("*.cpython-311-x86_64-linux-gnu.so")):
+        pytest.skip("the zip is built by CPython 3.11 on x86_64 with the extensions built")
+    tmp = tmp_path_factory.mktemp("lambda-zip")
+    config = tmp / "site.toml"
+    config.write_text('[[locations]]\nregex = "^zipped/(.*)$"\nsubstitution = "$1"\n'
+                      'root = "/nonexistent"\n')
+    output = tmp / "htsgetr-lambda.zip"
+    out = subprocess.run([sys.executable, str(ROOT / "deploy" / "lambda" / "build_zip.py"),
+                          "--config", str(config), "--output", str(output),
+                          "--work", str(ROOT / "build" / "lambda")],
+                         capture_output=True, text=True, timeout=900)
+    unreachable = ("NewConnectionError", "Temporary failure in name resolution")
+    if out.returncode != 0 and any(u in out.stderr + out.stdout for u in unreachable):
+        pytest.skip(f"no package index reachable: {out.stderr[-300:]}")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return output
+
+
+ZIP_PROBE = r"""
+import base64, json, sys
+sys.path.insert(0, sys.argv[1])
+import htsgetr, flask, apig_wsgi
+for mod in (htsgetr, flask, apig_wsgi):  # everything from the zip, nothing from a venv
+    assert mod.__file__.startswith(sys.argv[1]), mod.__file__
+from htsgetr import aws_lambda
+def event(path, query="", headers=None):
+    return {"version": "2.0", "rawPath": path, "rawQueryString": query,
+            "headers": {"host": "x.lambda-url.eu-west-1.on.aws", **(headers or {})},
+            "requestContext": {"domainName": "x.lambda-url.eu-west-1.on.aws", "stage": "$default",
+                               "http": {"method": "GET", "path": path, "protocol": "HTTP/1.1",
+                                        "sourceIp": "198.51.100.1"}},
+            "isBase64Encoded": False}
+ticket = aws_lambda.ticket_handler(event("/reads/zipped/sample", "referenceName=chr1"), None)
+data = aws_lambda.data_handler(event("/data/sample.bam", headers={"range": "bytes=0-9999"}), None)
+print(json.dumps({"ticket": ticket, "data": data}))
+"""
+
+
+def test_lambda_zip_runs_on_its_own(lambda_zip: Path, tmp_path: Path, data_dir: Path) -> None:
+    """Unzipped, the package answers events in an interpreter that sees nothing else (no
+    site-packages): its bundled config (IDs zipped/...), tickets, binary /data."""
+    import zipfile
+
+    root = tmp_path / "task"
+    with zipfile.ZipFile(lambda_zip) as zf:
+        names = zf.namelist()
+        zf.extractall(root)
+    assert "htsgetr.toml" in names and "htsgetr/aws_lambda.py" in names
+    assert any(n.startswith("htsgetr/_ranges.cpython-311") for n in names)
+    assert not any(n.endswith(".whl") or "/__pycache__/" in n for n in names)
+    assert not any(n.startswith("gevent/") for n in names)
+    config = (root / "htsgetr.toml").read_text().replace("/nonexistent", str(data_dir))
+    (root / "htsgetr.toml").write_text(config)
+    env = {"PATH": "/usr/bin:/bin", "LAMBDA_TASK_ROOT": str(root), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", ZIP_PROBE, str(root)], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=str(root))
+    assert out.returncode == 0, out.stderr[-3000:]
+    answers = json.loads(out.stdout.splitlines()[-1])
+    ticket = answers["ticket"]
+    assert ticket["statusCode"] == 200, ticket
+    urls = [b["url"] for b in json.loads(ticket["body"])["htsget"]["urls"]]
+    assert any(u.startswith("https://x.lambda-url.eu-west-1.on.aws/data/sample.bam") for u in urls)
+    data = answers["data"]
+    assert data["statusCode"] == 206 and data["isBase64Encoded"] is True
+    import base64
+
+    assert base64.b64decode(data["body"]) == (data_dir / "sample.bam").read_bytes()[:10000]
