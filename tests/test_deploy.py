@@ -197,6 +197,12 @@ def test_bundled_default_config() -> None:
     assert config.ticket_server.port == 8080
     assert config.ticket_server.host == "0.0.0.0"
     assert [(loc.backend, loc.root) for loc in config.locations] == [("file", "/data")]
+    # `-e HTSGET_STORAGE=s3://...` is reached: /data falls through to it
+    config = load_config(env={**img.env, "HTSGET_CONFIG": str(source),
+                              "HTSGET_STORAGE": "s3://bucket/prefix/"})
+    assert [(loc.backend, loc.root or loc.bucket) for loc in config.locations] == [
+        ("file", "/data"), ("s3", "bucket")]
+    assert config.locations[0].fall_through
 
 
 def _site_config(tmp: Path, data_dir: Path, port: int,

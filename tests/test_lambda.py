@@ -473,3 +473,27 @@ def test_s3_tickets_are_presigned(case: tuple, moto_s3: Any, data_dir: Path, tmp
     assert shape(got) == shape(want)
     payload = b"".join(fetch_block(b) for b in got["htsget"]["urls"])  # no AWS credentials
     assert_ticket_records(payload, tmp_path, data_dir / name, regions)
+
+
+def test_a_response_over_lambdas_limit_is_a_clear_error(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A /data range whose base64 body passes Lambda's 6 MB: an htsget error naming the
+    limit, not the opaque 502 API Gateway would give; a smaller range of the same file is
+    served."""
+    big = tmp_path / "big.bam"
+    big.write_bytes(bytes(range(256)) * (5 * 4096))  # 5 MiB
+    monkeypatch.delenv("HTSGET_CONFIG", raising=False)
+    monkeypatch.setenv("HTSGET_DATA_DIR", str(tmp_path))
+    aws_lambda.reset()
+    try:
+        resp = aws_lambda.data_handler(
+            v2_event("GET", "/data/big.bam", headers={"Range": "bytes=0-4999999"}), None)
+        assert resp["statusCode"] == 500
+        error = json.loads(resp["body"])["htsget"]
+        assert error["error"] == "InternalError" and "6 MB" in error["message"]
+        resp = aws_lambda.data_handler(
+            v2_event("GET", "/data/big.bam", headers={"Range": "bytes=0-3999999"}), None)
+        assert resp["statusCode"] == 206
+        assert base64.b64decode(resp["body"]) == big.read_bytes()[:4_000_000]
+    finally:
+        aws_lambda.reset()
