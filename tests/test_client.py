@@ -97,3 +97,25 @@ def test_cli_fetch(server: Server, data_dir: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "htsgetr", "fetch", f"{server.url}/reads/nope",
                           "-o", str(tmp_path / "n")], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "NotFound" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_regions_and_class_against_htsgetr(server: Server, data_dir: Path, tmp_path: Path) -> None:
+    """The keyword API and the command line's --region against a real `htsgetr serve`."""
+    regions = [("chr2", 0, 5000), ("chr1", 200_000, 201_000), ("*", 0, 0)]
+    out = tmp_path / "k.bam"
+    fetch(f"{server.url}/reads/sample", str(out),
+          regions=[("chr2", 0, 5000), "chr1:200001-201000", "*"])
+    assert_ticket_records(out.read_bytes(), tmp_path, data_dir / "sample.bam", regions)
+    header = tmp_path / "h.bam"
+    fetch(f"{server.url}/reads/sample", header, klass="header")
+    with pysam.AlignmentFile(str(header)) as f:
+        assert list(f.references)[:2] and not list(f.fetch(until_eof=True))
+    cli = tmp_path / "cli.bcf"
+    proc = subprocess.run([sys.executable, "-m", "htsgetr", "fetch", f"{server.url}/variants/calls",
+                           "--format", "BCF", "-r", "X:1-100000", "-r", "2", "-o", str(cli), "-q"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    with pysam.VariantFile(str(cli)) as f:
+        got = [str(r) for r in f]
+    want = htslib_records(data_dir / "calls.bcf", [("X", 0, 100_000), ("2", 0, 1 << 29)])
+    assert_records(got, want)
