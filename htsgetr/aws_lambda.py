@@ -211,7 +211,7 @@ class LambdaApp:
         event, base = normalize(event)
         try:
             handler = self.handler_for(base)
-        except ConfigError as err:
+        except (ConfigError, ValueError, OSError) as err:  # storages are built here too
             log.error("configuration error: %s", err)
             return _error(event, 500, "InternalError", "the server's configuration does not load")
         response = handler(event, context)

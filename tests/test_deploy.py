@@ -782,3 +782,12 @@ def test_lambda_zip_runs_on_its_own(lambda_zip: Path, tmp_path: Path, data_dir: 
     import base64
 
     assert base64.b64decode(data["body"]) == (data_dir / "sample.bam").read_bytes()[:10000]
+
+
+def test_values_schema_refuses_mistakes() -> None:
+    """values.schema.json: Helm refuses a misspelt key or a wrong type before rendering."""
+    helm = helm_sdk()
+    for bad in ({"replicas": 3}, {"server": {"port": "8080x"}},
+                {"server": {"workerClass": "eventlet"}}, {"ingress": {"hosts": "a.org"}}):
+        with pytest.raises(helm.HelmError):
+            render(bad)

@@ -497,3 +497,21 @@ def test_a_response_over_lambdas_limit_is_a_clear_error(tmp_path: Path,
         assert base64.b64decode(resp["body"]) == big.read_bytes()[:4_000_000]
     finally:
         aws_lambda.reset()
+
+
+def test_rest_api_behind_a_custom_domain_base_path(functions: Any) -> None:
+    """REST API on a custom domain mapped at /genomics: requestContext.path is what the
+    client asked for, `path` what the API saw; ticket urls keep the base path."""
+    event = {
+        "httpMethod": "GET", "path": "/reads/gen/sample",
+        "headers": {"Host": "htsget.example.org"}, "multiValueHeaders": None,
+        "queryStringParameters": {"referenceName": "chr1"},
+        "multiValueQueryStringParameters": {"referenceName": ["chr1"]}, "body": None,
+        "requestContext": {"stage": "prod", "domainName": "htsget.example.org",
+                           "path": "/genomics/reads/gen/sample"},
+    }
+    resp = functions.ticket_handler(event, None)
+    assert resp["statusCode"] == 200, resp["body"]
+    urls = [b["url"] for b in json.loads(resp["body"])["htsget"]["urls"]]
+    assert any(u.startswith("https://htsget.example.org/genomics/data/sample.bam") for u in urls)
+    assert not any("/prod/" in u for u in urls)
