@@ -24,7 +24,9 @@ RUN pip install --no-cache-dir .
 
 # ---- runtime
 FROM python:3.11-slim-bookworm
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin htsgetr \
+RUN groupadd --system --gid 10001 htsgetr \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin \
+       htsgetr \
     && mkdir -p /data /etc/htsgetr
 COPY --from=build /opt/htsgetr /opt/htsgetr
 COPY deploy/docker/htsgetr.toml /etc/htsgetr/htsgetr.toml
@@ -38,7 +40,7 @@ ENV PATH=/opt/htsgetr/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HTSGET_CONFIG=/etc/htsgetr/htsgetr.toml \
     HTSGET_HOST=0.0.0.0
-USER 10001
+USER 10001:10001
 EXPOSE 8080
 # reads the same configuration as the server: its port, http or https, then GET /healthz
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \

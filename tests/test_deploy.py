@@ -169,8 +169,9 @@ def test_image_shape() -> None:
     assert len(stages) >= 2
     final = stages[-1]
     img = image()
-    assert img.user.isdigit() and int(img.user) != 0
-    assert any(f"--uid {img.user}" in run for run in final.all("RUN"))
+    uid, _, gid = img.user.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and (not gid or int(gid) != 0)
+    assert any(f"--uid {uid}" in run for run in final.all("RUN"))
     for stage in stages:
         for run in stage.all("RUN"):
             if "pip install" in run:
