@@ -24,7 +24,7 @@ from test_crypt4gh import (  # noqa: F401  (c4: the module's data fixture)
 from test_s3 import AWS_ENV, MotoServer, upload_tree
 
 from htsgetr.config import Config, LocationConfig, ServerConfig
-from htsgetr.crypt4gh import Crypt4ghStorage, Crypt4ghConfig
+from htsgetr.crypt4gh import Crypt4ghConfig, Crypt4ghStorage
 
 BUCKET, PREFIX = "htsgetr-c4gh", "archive"
 
