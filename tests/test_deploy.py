@@ -226,14 +226,26 @@ root = "{data_dir}"
     return path
 
 
+def _others_can_run(executable: str) -> bool:
+    """Whether a user with no rights of its own can run `executable` (its real file and
+    every directory above it world-executable): a pyenv under /root is not."""
+    path = Path(os.path.realpath(executable))
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
+
+
 class Container:
     """The final stage's ENTRYPOINT + CMD run as a process with its ENV (+ `-e` extras)."""
 
-    def __init__(self, img: Image, env: dict[str, str]) -> None:
+    def __init__(self, img: Image, env: dict[str, str], as_image_user: bool = False) -> None:
         self.img, self.env = img, env
+        #: as root (CI), the image's USER: a server that needs root anywhere fails here
+        self.ids: dict[str, Any] = {}
+        if as_image_user and os.geteuid() == 0 and _others_can_run(sys.executable):
+            uid, _, gid = img.user.partition(":")
+            self.ids = {"user": int(uid), "group": int(gid or uid), "extra_groups": []}
         self.proc = subprocess.Popen(img.entrypoint + img.cmd, env=env, cwd="/",
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, **self.ids)
 
     def wait_up(self, url: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -249,7 +261,7 @@ class Container:
 
     def healthcheck(self) -> subprocess.CompletedProcess:
         return subprocess.run(self.img.healthcheck, env=self.env, capture_output=True,
-                              text=True, timeout=30, cwd="/")
+                              text=True, timeout=30, cwd="/", **self.ids)
 
     def stop(self) -> str:
         if self.proc.poll() is None:
@@ -264,12 +276,25 @@ class Container:
 
 
 @pytest.fixture
+def mounts() -> Iterator[Path]:
+    """A directory the image's user can read (pytest's own are root's alone): what a
+    container would see mounted."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="htsgetr-mounts-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def container_run(tmp_path: Path) -> Iterator[Any]:
     started: list[Container] = []
 
     def run(config: Path) -> Container:
         img = image()
-        c = Container(img, local_env(img, HTSGET_CONFIG=str(config)))
+        c = Container(img, local_env(img, HTSGET_CONFIG=str(config), HOME="/"),
+                      as_image_user=True)
         started.append(c)
         return c
 
@@ -280,14 +305,29 @@ def container_run(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_container_serves_the_mounted_config(scheme: str, container_run: Any, data_dir: Path,
-                                              tmp_path: Path, cert: tuple[Path, Path]) -> None:
+                                              mounts: Path, cert: tuple[Path, Path]) -> None:
     """Only HTSGET_CONFIG set: that file's port and locations are served (the image's
-    /data and 8080 are not), and the HEALTHCHECK follows its port and scheme."""
+    /data and 8080 are not), and the HEALTHCHECK follows its port and scheme. As root (and
+    where the interpreter is not private to root), the server and the check run as the
+    image's USER."""
     import urllib3
 
     urllib3.disable_warnings()
+    data = mounts / "data"
+    data.mkdir()
+    for name in ("sample.bam", "sample.bam.bai"):
+        shutil.copy(data_dir / name, data / name)
+    tls = None
+    if scheme == "https":
+        tls = (mounts / "cert.pem", mounts / "key.pem")
+        for src, dst in zip(cert, tls):
+            shutil.copy(src, dst)
+            dst.chmod(0o644)
+    for path in (mounts, data, *data.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     port = free_port()
-    config = _site_config(tmp_path, data_dir, port, cert if scheme == "https" else None)
+    config = _site_config(mounts, data, port, tls)
+    config.chmod(0o644)
     c = container_run(config)
     base = f"{scheme}://127.0.0.1:{port}"
     c.wait_up(base + "/service-info")
