@@ -28,7 +28,7 @@ from htsgetr.protocol import Endpoint, HtsgetError, parse_get, parse_post
 
 TOKEN = "s3cr3t-token"
 #: how each non-inline block of a ticket is served, in turn
-MODES = ("plain", "redirect", "flaky", "other")
+MODES = ("plain", "redirect", "flaky", "other", "away")
 
 
 class Mini:
@@ -40,6 +40,7 @@ class Mini:
         self.data_dir = data_dir
         self.token = token
         self.lie = False
+        self.short = False  # an honest Content-Length, 10 bytes short of the Range
         self.delay = 0.0
         self.log: list[tuple[str, str, dict[str, str]]] = []
         self.failures: Counter[str] = Counter()
@@ -58,18 +59,20 @@ class Mini:
         else:
             q = parse_post(ep, id, body, bool(query))
         doc = self.engine.ticket(q).to_json()
-        urls = []
+        urls, n = [], 0
         for block in doc["htsget"]["urls"]:
             if block["url"].startswith("data:"):
                 urls.append(block)
                 continue
             # each range cut in up to four blocks (a server may cut as it likes), served
-            # in turn plainly, through a redirect, after two 503s, from another origin
+            # in turn plainly, through a redirect, after two 503s, from another origin, and
+            # through a redirect to another origin
             key = block["url"].split("/data/", 1)[1]
             first, last = (int(x) for x in block["headers"]["Range"][6:].split("-"))
             step = max(1, (last + 1 - first + 3) // 4)
             for beg in range(first, last + 1, step):
-                mode = MODES[len(urls) % len(MODES)]
+                mode = MODES[n % len(MODES)]
+                n += 1
                 base = self.other_url if mode == "other" else self.url
                 end = min(last, beg + step - 1)
                 urls.append({"url": f"{base}/blob/{mode}/{key}",
@@ -124,9 +127,10 @@ class Mini:
                     return self._ticket(None)
                 _, _, mode, key = self.path.split("/", 3)
                 rng = self.headers.get("Range", "")
-                if mode == "redirect":
-                    self.send_response(302)
-                    self.send_header("Location", f"/blob/plain/{key}")
+                if mode in ("redirect", "away"):
+                    self.send_response(302 if mode == "redirect" else 307)
+                    where = mini.other_url if mode == "away" else ""
+                    self.send_header("Location", f"{where}/blob/plain/{key}")
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -143,6 +147,8 @@ class Mini:
                     return
                 first, last = (int(x) for x in rng[6:].split("-"))
                 data = (mini.data_dir / key).read_bytes()[first:last + 1]
+                if mini.short:
+                    data = data[:-10]
                 with mini.lock:
                     mini.in_flight += 1
                     mini.max_in_flight = max(mini.max_in_flight, mini.in_flight)
@@ -200,7 +206,8 @@ def test_get_region_through_redirects_and_503s(mini: Mini, data_dir: Path, tmp_p
     (method, path, _), *_ = mini.log
     assert method == "GET" and "referenceName=chr1" in path and "start=1000" in path
     modes = Counter(p.split("/")[2] for _, p, _ in mini.blob_requests())
-    assert modes["redirect"] >= 1 and modes["plain"] >= 2 and modes["flaky"] >= 3, modes
+    assert modes["redirect"] >= 1 and modes["away"] >= 1 and modes["flaky"] >= 3, modes
+    assert modes["plain"] >= modes["redirect"] + modes["away"] + 1, modes
     # a redirect re-sends the block's Range (the redirect target refuses a request without)
     assert all("Range" in h for _, _, h in mini.blob_requests())
     assert all(n == 2 for n in mini.failures.values())  # each flaky block: 503, 503, 206
@@ -260,6 +267,10 @@ def test_lying_content_length_leaves_no_file(mini: Mini, tmp_path: Path) -> None
     out.write_bytes(b"before")
     with pytest.raises(ClientError):
         fetch(f"{mini.url}/reads/sample", out, reference_name="chr1", end=50_000, retries=0)
+    assert leftovers(out.parent) == ["lie.bam"] and out.read_bytes() == b"before"
+    mini.lie, mini.short = False, True
+    with pytest.raises(ClientError, match=r"bytes for a \d+-byte range"):
+        fetch(f"{mini.url}/reads/sample", out, reference_name="chr1", end=50_000)
     assert leftovers(out.parent) == ["lie.bam"] and out.read_bytes() == b"before"
 
 
