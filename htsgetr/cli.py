@@ -180,7 +180,60 @@ def load(
         raise ConfigError(str(err), "auth", source) from None
     if not config.allow_missing:
         check_storage(resolver, source)
+    _check_tls(config, source)
     return config
+
+
+def _servers(config: Config) -> list[tuple[str, Any]]:
+    """(name, server table) of each bind `serve` opens."""
+    out: list[tuple[str, Any]] = [("ticket_server", config.ticket_server)]
+    if config.data_server.separate:
+        out.append(("data_server", config.data_server))
+    return out
+
+
+def _check_tls(config: Config, source: str) -> None:
+    """A certificate and key that load together, else a ConfigError (gunicorn would raise
+    its own ValueError, a traceback, while starting)."""
+    import ssl
+
+    for name, server in _servers(config):
+        if not server.tls_cert:
+            continue
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                server.tls_cert, server.tls_key)
+        except FileNotFoundError as err:
+            raise ConfigError(f"no such file {err.filename or server.tls_cert!r}",
+                              f"{name}.tls_cert", source) from None
+        except (OSError, ssl.SSLError) as err:
+            reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+            raise ConfigError(f"{server.tls_cert} / {server.tls_key}: {reason}",
+                              f"{name}.tls_cert", source) from None
+
+
+def _check_binds(config: Config) -> None:
+    """Each address is free to listen on (gunicorn would retry five times, printing ten
+    lines, before giving up)."""
+    import socket
+
+    for name, server in _servers(config):
+        if server.port == 0:
+            continue
+        try:
+            infos = socket.getaddrinfo(server.host or None, server.port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except socket.gaierror as err:
+            raise ConfigError(f"cannot resolve {server.host!r}: {err.strerror}",
+                              f"{name}.host") from None
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as err:
+                raise OSError(err.errno, f"{server.host}:{server.port} ({name}): "
+                              f"{err.strerror}") from None
 
 
 # --------------------------------------------------------------------------- commands
@@ -191,6 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     path, layer = _config_path(args), cli_layer(args)
     config = load(path, layer)
+    _check_binds(config)
     serve(config, lambda: load(path, layer), watch=path)
     return 0
 

@@ -76,9 +76,15 @@ def _render_fields(obj: Any, prefix: Optional[str]) -> list[str]:
     cls = type(obj)
     for f in dataclasses.fields(obj):
         tp, value = hints(cls)[f.name], getattr(obj, f.name)
+        optional_table = any(dataclasses.is_dataclass(a) for a in get_args(tp))
+        if optional_table and prefix is None and value is None:
+            # a location's (or [auth]'s) optional table, e.g. Crypt4GH keys: named, shown empty
+            lines.append(f"# {f.metadata.get('doc', '')} (table)")
+            lines.append(f"# {f.name} = {{}}")
+            continue
         if (
             dataclasses.is_dataclass(tp)
-            or any(dataclasses.is_dataclass(a) for a in get_args(tp))  # Optional[table]
+            or optional_table
             or f.name == "locations"
             or get_origin(tp) is dict
             and (get_args(tp)[1] is Any)

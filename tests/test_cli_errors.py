@@ -212,3 +212,28 @@ def test_example_data_is_made_quietly(tmp_path: Path) -> None:
     view = subprocess.run(["samtools", "view", "-c", str(tmp_path / "ex" / "example.cram")],
                           capture_output=True, text=True, timeout=60)
     assert view.returncode == 0 and int(view.stdout) > 0 and "[E::" not in view.stderr
+
+
+def test_serve_refuses_a_busy_port_and_bad_tls(data_dir: Path, tmp_path: Path,
+                                               cert: tuple[Path, Path]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_line(run("serve", "--data-dir", str(data_dir), "--port", str(port)), 1,
+                 f"127.0.0.1:{port}", "in use")
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    port = free_port()
+    one_line(run("serve", "--data-dir", str(data_dir), "--port", str(port), "--tls-cert",
+                 str(tmp_path / "none.pem"), "--tls-key", str(bad)), 2, "none.pem", "tls_cert")
+    one_line(run("serve", "--data-dir", str(data_dir), "--port", str(port), "--tls-cert",
+                 str(bad), "--tls-key", str(bad)), 2, "tls_cert")
+    crt, key = cert
+    one_line(run("config", "show", "--data-dir", str(data_dir), "--tls-cert", str(crt),
+                 "--tls-key", str(crt)), 2, "tls_cert")  # a key that is not the key
+    ok = run("config", "show", "--data-dir", str(data_dir), "--tls-cert", str(crt),
+             "--tls-key", str(key))
+    assert ok.returncode == 0, ok.stderr
