@@ -138,13 +138,17 @@ class Htsget:
         raise NotFound(f"no {fmt.value} file for ID {id!r}")
 
     def handler(self, fmt: Format) -> FormatHandler:
+        """The format's handler; NotFound when this server has none for it."""
         handler = self.handlers.get(fmt)
         if handler is None:
             raise NotFound(f"format {fmt.value} is not available on this server")
         return handler
 
     def ticket(self, query: Query, encryption: Optional[crypt4gh.Encryption] = None) -> Ticket:
-        """`encryption`: the request's `encryptionScheme` and client key (Crypt4GH)."""
+        """The ticket for `query`: the blocks whose payloads, concatenated, are the file
+        (the records of its regions, or its header); HtsgetError subclasses for what the
+        server would refuse (NotFound, InvalidInput, ...). `encryption`: the request's
+        `encryptionScheme` and client key (Crypt4GH)."""
         source = self.locate(query.id, query.format)
         handler = self.handler(query.format)
         encrypted = crypt4gh.post_step(source, query, encryption)  # mode 1, or a refusal

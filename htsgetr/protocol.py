@@ -35,6 +35,7 @@ class HtsgetError(Exception):
             self.status = status
 
     def to_json(self) -> dict[str, Any]:
+        """The error body the HTTP layer sends."""
         return {"htsget": {"error": self.error, "message": self.message}}
 
 
@@ -633,6 +634,7 @@ class Block:
     klass: Optional[Class] = None
 
     def to_json(self) -> dict[str, Any]:
+        """One entry of a ticket's `urls`: url, and headers and class when set."""
         out: dict[str, Any] = {"url": self.url}
         if self.headers:
             out["headers"] = dict(self.headers)
@@ -656,6 +658,7 @@ class Ticket:
         return self.blocks
 
     def to_json(self) -> dict[str, Any]:
+        """`{"htsget": {"format", "urls", "md5"?}}`, the ticket the HTTP layer sends."""
         body: dict[str, Any] = {
             "format": self.format.value,
             "urls": [b.to_json() for b in self.blocks],
