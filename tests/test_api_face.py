@@ -194,7 +194,7 @@ def test_in_process_tickets_reassemble_to_htslibs_records(
     ]
     for i, (query, name, regions) in enumerate(cases):
         out = tmp_path / f"{i}-{name}"
-        fetch(htsget.ticket(query).to_json(), out)
+        fetch(htsget.ticket(query) if i else htsget.ticket(query).to_json(), out)
         assert_ticket_records(out.read_bytes(), tmp_path, data_dir / name, regions)
 
 

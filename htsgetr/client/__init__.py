@@ -25,6 +25,7 @@ from typing import IO, Any, Optional, Union
 import requests
 from requests.adapters import HTTPAdapter
 
+from .. import protocol
 from .blocks import Fetcher, Progress, block_size, decode_data_url, expected_length
 from .errors import ClientError, InvalidRequest
 from .request import RegionLike, build_request, check_url, get_ticket, parse_region
@@ -33,6 +34,8 @@ CONCURRENCY = 4
 RETRIES = 3
 
 Ticket = dict[str, Any]
+#: a ticket URL, a ticket as JSON (with or without the "htsget" key), or the engine's Ticket
+Source = Union[str, Ticket, protocol.Ticket]
 
 __all__ = [
     "ClientError",
@@ -97,7 +100,7 @@ def request_ticket(
 
 
 def _resolve(
-    ticket_or_url: Union[str, Ticket], body: Optional[dict[str, Any]], session: requests.Session,
+    ticket_or_url: Source, body: Optional[dict[str, Any]], session: requests.Session,
     timeout: float, retries: int, headers: Optional[dict[str, str]], options: dict[str, Any],
 ) -> tuple[Ticket, Optional[str]]:
     """(the ticket, the URL it came from)."""
@@ -112,6 +115,8 @@ def _resolve(
         ticket = request_ticket(ticket_or_url, headers=headers, session=session,
                                 timeout=timeout, retries=retries, **options)
         return ticket, ticket_or_url
+    if isinstance(ticket_or_url, protocol.Ticket):  # Htsget.ticket(...) in a notebook
+        ticket_or_url = ticket_or_url.to_json()
     if not isinstance(ticket_or_url, dict):
         raise InvalidRequest(f"expected a ticket URL or a ticket, got {type(ticket_or_url)}")
     ticket = ticket_or_url.get("htsget", ticket_or_url)
@@ -121,7 +126,7 @@ def _resolve(
 
 
 def iter_blocks(
-    ticket_or_url: Union[str, Ticket],
+    ticket_or_url: Source,
     *,
     reference_name: Optional[str] = None,
     start: Optional[int] = None,
@@ -161,7 +166,7 @@ def iter_blocks(
 
 
 def fetch(
-    ticket_or_url: Union[str, Ticket],
+    ticket_or_url: Source,
     out: Union[str, os.PathLike[str], IO[bytes]],
     *,
     reference_name: Optional[str] = None,
