@@ -536,6 +536,7 @@ OTHER_ENV = {
     ENV_CONFIG, ENV_DATA_DIR, ENV_STORAGE,
     "HTSGET_DATA_URL_SECRET",  # auth/signing.py: the /data url signing secret
     "HTSGET_ROLE",  # wsgi.py: all | ticket | data
+    "HTSGET_CONFIG_TOML",  # aws_lambda.py: the configuration's text
 }
 
 

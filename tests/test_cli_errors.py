@@ -237,3 +237,23 @@ def test_serve_refuses_a_busy_port_and_bad_tls(data_dir: Path, tmp_path: Path,
     ok = run("config", "show", "--data-dir", str(data_dir), "--tls-cert", str(crt),
              "--tls-key", str(key))
     assert ok.returncode == 0, ok.stderr
+
+
+def test_every_variable_the_code_reads_is_known() -> None:
+    """An HTSGET_* name spelt in the package is never reported as unknown (a feature that
+    reads its own variable must list it in config.OTHER_ENV), and README names each."""
+    import re
+
+    from htsgetr.config import unknown_env
+
+    names = set()
+    for path in (ROOT / "htsgetr").rglob("*.py"):
+        names |= set(re.findall(r"[\"'](HTSGET_[A-Z0-9_]*[A-Z0-9])[\"']", path.read_text()))
+    assert {"HTSGET_CONFIG", "HTSGET_DATA_DIR", "HTSGET_DATA_URL_SECRET"} <= names
+    assert unknown_env({n: "1" for n in names}) == []
+    readme = (ROOT / "README.md").read_text()
+    for name in sorted(names):
+        assert name in readme, f"README does not name {name}"
+    assert unknown_env({"HTSGET_TICKET_SERVER_PROT": "1"}) == [
+        "HTSGET_TICKET_SERVER_PROT is not an htsgetr variable (did you mean "
+        "HTSGET_TICKET_SERVER_PORT?); ignored"]
