@@ -63,19 +63,24 @@ def _token(args: argparse.Namespace) -> Optional[str]:
     return given
 
 
-def _bar(total: Optional[int], n_blocks: int) -> tuple[Callable[[int], None], Any]:
-    """A tqdm bar (bytes, rate) whose postfix counts blocks; updates come from threads."""
+def _bar(total: Optional[int], n_blocks: int) -> tuple[Callable[[int, int], None], Any]:
+    """A tqdm bar (bytes, rate) whose postfix counts blocks; updates come from threads.
+    A retried block's bytes count twice: the bar may pass 100 % then."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                dynamic_ncols=True, leave=True, desc="fetch")
     lock = threading.Lock()
+    done = [0]
 
-    def update(n: int) -> None:
+    def update(n: int, blocks: int) -> None:
         with lock:
+            if blocks:
+                done[0] += blocks
+                bar.set_postfix_str(f"{done[0]}/{n_blocks} blocks", refresh=False)
             bar.update(n)
 
-    bar.set_postfix_str(f"{n_blocks} blocks")
+    bar.set_postfix_str(f"0/{n_blocks} blocks")
     return update, bar
 
 

@@ -98,7 +98,7 @@ class Htsget:
         config = Config(ticket_server=ServerConfig(base_url=base_url),
                         locations=[LocationConfig(root=os.fspath(path))])
         htsget = cls(config)
-        check_storage(htsget.resolver, "data directory")
+        check_storage(htsget.resolver, "data directory", "")
         return htsget
 
     @classmethod
@@ -117,7 +117,7 @@ class Htsget:
             loaded = load_config(source, env={})
         htsget = cls(loaded)
         if not loaded.allow_missing:
-            check_storage(htsget.resolver, source)
+            check_storage(htsget.resolver, source, "; allow_missing = true to accept it")
         return htsget
 
     def locate(self, id: str, fmt: Format) -> Source:
@@ -259,7 +259,11 @@ class Htsget:
         return None
 
 
-def check_storage(resolver: Resolver, source: str) -> None:
+def check_storage(
+    resolver: Resolver,
+    source: str,
+    hint: str = "; --allow-missing or allow_missing = true to start anyway",
+) -> None:
     """ConfigError naming the first location whose root (or bucket) is not there: a typo
     would otherwise answer 404 to everything."""
     for i, (_, _, storage) in enumerate(resolver.rules):
@@ -269,8 +273,8 @@ def check_storage(resolver: Resolver, source: str) -> None:
                 usable()
         except ValueError as err:
             raise ConfigError(
-                f"{err} (a typo would answer 404 to everything; --allow-missing or"
-                " allow_missing = true to start anyway)", f"locations[{i}]", source,
+                f"{err} (a typo would answer 404 to everything{hint})", f"locations[{i}]",
+                source,
             ) from None
 
 

@@ -29,8 +29,8 @@ MAX_REDIRECTS = 10
 #: host they were given for
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
-#: called with the bytes just received (from worker threads)
-Progress = Callable[[int], None]
+#: called from worker threads with what just arrived: (bytes, blocks completed)
+Progress = Callable[[int, int], None]
 
 
 def decode_data_url(url: str) -> bytes:
@@ -102,9 +102,11 @@ class Fetcher:
                 data = decode_data_url(url)
                 spool.write(data)
                 if self.progress:
-                    self.progress(len(data))
+                    self.progress(len(data), 1)
             else:
                 self._http(url, dict(block.get("headers") or {}), spool)
+                if self.progress:
+                    self.progress(0, 1)
             spool.seek(0)
             return spool
         except BaseException:
@@ -171,7 +173,7 @@ class Fetcher:
             spool.write(chunk)
             got += len(chunk)
             if self.progress:
-                self.progress(len(chunk))
+                self.progress(len(chunk), 0)
         return got
 
     def ordered(self, blocks: list[dict[str, Any]], concurrency: int) -> Iterator[IO[bytes]]:
