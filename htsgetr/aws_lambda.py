@@ -8,22 +8,24 @@ in the ticket urls, so /data urls point where the client can reach them: the con
 name><stage or base path>` from the event's requestContext (set by API Gateway, never the
 client's Host header). Binary responses (/data) leave base64-encoded.
 
-Configuration: HTSGET_CONFIG (a TOML file; relative to the function's code directory, by
-default its `htsgetr.toml` when that file is bundled) and the HTSGET_* variables, as for
-the server. S3 locations hand out presigned urls (their default mode), so clients read the
-bucket directly and /data only serves proxied, derived or local blocks. The configuration
-is read and the app built once per container (the cold start) and reused by every
-invocation; a configuration that does not load answers 500 (logged) and is tried again on
-the next invocation.
+Configuration: HTSGET_CONFIG (a TOML file; relative to the function's code directory),
+else HTSGET_CONFIG_TOML (the file's text), else `htsgetr.toml` when the zip bundles one;
+and the HTSGET_* variables, as for the server. S3 locations hand out presigned urls (their
+default mode), so clients read the bucket directly and /data only serves proxied, derived
+or local blocks. The configuration is read and the app built once per container (the cold
+start) and reused by every invocation; a configuration that does not load answers 500
+(logged) and is tried again on the next invocation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any, Callable, Optional
 
 from .config import ENV_CONFIG, ENV_DATA_DIR, ENV_STORAGE, Config, ConfigError, load_config
@@ -39,6 +41,8 @@ Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
 #: the bundled configuration file looked for in the code directory when HTSGET_CONFIG is unset
 BUNDLED_CONFIG = "htsgetr.toml"
+#: the configuration's text in a variable (Terraform writes it; Lambda allows 4 KB in all)
+ENV_CONFIG_TOML = "HTSGET_CONFIG_TOML"
 #: a synchronous Lambda response holds at most 6 MB (base64 text for binary bodies)
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024 - 4096
 #: content types that stay text (apig-wsgi base64-encodes everything else)
@@ -53,10 +57,22 @@ def task_root() -> str:
 
 
 def config_path(env: dict[str, str]) -> Optional[str]:
-    """HTSGET_CONFIG (relative paths against the code directory), else the bundled file."""
+    """HTSGET_CONFIG (relative paths against the code directory), else HTSGET_CONFIG_TOML
+    (the file's text, e.g. written by Terraform; saved under /tmp, so paths in it must be
+    absolute), else the bundled file."""
     path = env.get(ENV_CONFIG)
     if path:
         return path if os.path.isabs(path) else os.path.join(task_root(), path)
+    text = env.get(ENV_CONFIG_TOML)
+    if text:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        path = os.path.join(tempfile.gettempdir(), f"htsgetr-{digest}.toml")
+        if not os.path.isfile(path):
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".toml")
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        return path
     bundled = os.path.join(task_root(), BUNDLED_CONFIG)
     return bundled if os.path.isfile(bundled) else None
 
@@ -82,8 +98,9 @@ def load_lambda_config(env: Optional[dict[str, str]] = None) -> Config:
         env[ENV_CONFIG] = path
     if not _names_locations(path, env):
         raise ConfigError(
-            "no [[locations]]: set HTSGET_STORAGE (e.g. s3://bucket/prefix) or bundle a"
-            f" configuration ({BUNDLED_CONFIG} beside the code, or HTSGET_CONFIG)",
+            "no [[locations]]: set HTSGET_STORAGE (e.g. s3://bucket/prefix) or give a"
+            f" configuration ({BUNDLED_CONFIG} beside the code, HTSGET_CONFIG or"
+            f" {ENV_CONFIG_TOML})",
             "locations", path or "environment",
         )
     config = load_config(env=env)

@@ -744,8 +744,9 @@ def test_terraform_module() -> None:
     assert "${var.data_prefix}*" in granted["s3:GetObject"]
     assert "*" not in granted["s3:GetObject"].replace("${var.data_prefix}*", "")
     listing = [b for b in _blocks(policy) if b["Type"] == "condition"]
-    assert listing and "${var.data_prefix}*" in _source(
-        texts, listing[0]["Body"]["Attributes"]["values"]["Expr"])
+    assert len(listing) == 1  # listings only below the prefix ("" would be the whole bucket)
+    assert json.loads(_source(texts, listing[0]["Body"]["Attributes"]["values"]["Expr"])
+                      .replace("${var.data_prefix}", "PREFIX/")) == ["PREFIX/*"]
 
 
 # --------------------------------------------------------------------------- the Lambda zip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -432,25 +433,51 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterato
     server.stop()
 
 
+def terraform_config(bucket: str, prefix: str, region: str) -> str:
+    """The configuration deploy/terraform hands the functions (HTSGET_CONFIG_TOML) when
+    none is given, from main.tf itself."""
+    import textwrap
+
+    main = (Path(__file__).resolve().parent.parent / "deploy" / "terraform" / "main.tf")
+    found = re.search(r"generated_config = <<-EOT\n(.*?)\n\s*EOT", main.read_text(), re.S)
+    assert found, "main.tf has no generated_config heredoc"
+    text = textwrap.dedent(found.group(1))
+    return (text.replace("${var.bucket_name}", bucket).replace("${var.data_prefix}", prefix)
+            .replace("${data.aws_region.current.name}", region))
+
+
+@pytest.mark.parametrize("source", ["terraform-config", "storage-variable"])
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]],
                          ids=lambda c: f"{c[0]}-{c[3]}-{len(c[2])}")
-def test_s3_tickets_are_presigned(case: tuple, moto_s3: Any, data_dir: Path, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """HTSGET_STORAGE=s3://bucket/prefix (what the Terraform module sets): presigned urls
-    with the Range in the ticket, the same ranges as the server's, records as htslib's."""
+def test_s3_tickets_are_presigned(case: tuple, source: str, moto_s3: Any, data_dir: Path,
+                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configuration Terraform writes (HTSGET_CONFIG_TOML: an S3 location with its
+    region), or HTSGET_STORAGE=s3://bucket/prefix: presigned urls with the Range in the
+    ticket, the same ranges as the server's, records as htslib's. With the region named,
+    the function never asks HeadBucket (the IAM policy does not allow it)."""
     endpoint, ident, query, name, regions = case
     ident = ident[len("gen/"):]
     for var, value in moto_s3.env.items():
         monkeypatch.setenv(var, value)
     monkeypatch.delenv("HTSGET_CONFIG", raising=False)
-    monkeypatch.setenv("HTSGET_STORAGE", "s3://htsgetr-lambda/cohort")
+    monkeypatch.delenv("HTSGET_STORAGE", raising=False)
+    if source == "terraform-config":
+        monkeypatch.setenv("HTSGET_CONFIG_TOML",
+                           terraform_config("htsgetr-lambda", "cohort/", "us-east-1"))
+    else:
+        monkeypatch.setenv("HTSGET_STORAGE", "s3://htsgetr-lambda/cohort")
     aws_lambda.reset()
+    before = len(moto_s3.requests_logged())
     try:
         resp = aws_lambda.ticket_handler(
             v2_event("GET", f"/prod/{endpoint}/{ident}", urlencode(query), stage="prod"), None)
     finally:
         aws_lambda.reset()
     assert resp["statusCode"] == 200, resp["body"]
+    asked = [re.sub(r"\x1b\[[0-9;]*m", "", line)  # moto colours some lines
+             for line in moto_s3.requests_logged()[before:]]
+    if source == "terraform-config":
+        assert asked and not any('"HEAD /htsgetr-lambda ' in line for line in asked), asked
     got = json.loads(resp["body"])
     remote = [b for b in got["htsget"]["urls"] if not b["url"].startswith("data:")]
     assert remote

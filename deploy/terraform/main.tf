@@ -3,8 +3,22 @@
 # S3 urls (signed with the ticket function's role), so clients read the bucket directly; the
 # data function serves what must come through htsgetr (proxied locations, re-cut blocks).
 
+data "aws_region" "current" {}
+
 locals {
   bucket_arn = "arn:aws:s3:::${var.bucket_name}"
+  # one S3 location, its region named so that presigning needs no HeadBucket (which the
+  # prefix-limited s3:ListBucket below does not allow)
+  generated_config = <<-EOT
+    [[locations]]
+    storage = "s3://${var.bucket_name}/${var.data_prefix}"
+    region = "${data.aws_region.current.name}"
+  EOT
+  # a file bundled in the zip wins; else the text of var.config_toml or the generated one
+  config_environment = lookup(
+    { "" = { HTSGET_CONFIG_TOML = coalesce(var.config_toml, local.generated_config) } },
+    var.config_file, { HTSGET_CONFIG = var.config_file },
+  )
   functions = {
     ticket = "htsgetr.aws_lambda.ticket_handler"
     data   = "htsgetr.aws_lambda.data_handler"
@@ -89,7 +103,7 @@ data "aws_iam_policy_document" "function" {
     actions   = ["s3:GetObject"]
     resources = ["${local.bucket_arn}/${var.data_prefix}*"]
   }
-  # HEAD of the bucket (its region) and listings limited to the prefix
+  # listings, only below the prefix (htsgetr lists to learn many objects' sizes at once)
   statement {
     sid       = "ListDataPrefix"
     actions   = ["s3:ListBucket"]
@@ -97,7 +111,7 @@ data "aws_iam_policy_document" "function" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["", "${var.data_prefix}*"]
+      values   = ["${var.data_prefix}*"]
     }
   }
   statement {
@@ -146,9 +160,7 @@ resource "aws_lambda_function" "function" {
   environment {
     variables = merge(
       { HTSGET_BASE_URL = aws_apigatewayv2_api.this.api_endpoint },
-      # no config file: the bucket prefix is the one location
-      lookup({ "" = { HTSGET_STORAGE = "s3://${var.bucket_name}/${var.data_prefix}" } },
-      var.config_file, { HTSGET_CONFIG = var.config_file }),
+      local.config_environment,
       lookup({ "" = {} }, var.data_url_secret, { HTSGET_DATA_URL_SECRET = var.data_url_secret }),
       var.environment,
     )

@@ -27,8 +27,14 @@ variable "data_prefix" {
   default     = "data/"
 }
 
+variable "config_toml" {
+  description = "The functions' configuration, TOML text (HTSGET_CONFIG_TOML; paths in it absolute). Empty: one S3 location, s3://bucket_name/data_prefix in this region. Lambda allows 4 KB of environment in all."
+  type        = string
+  default     = ""
+}
+
 variable "config_file" {
-  description = "A configuration bundled in the zip (HTSGET_CONFIG, relative to the code directory; `make lambda-zip LAMBDA_CONFIG=file` puts one in as htsgetr.toml). Empty: locations from HTSGET_STORAGE, i.e. s3://bucket_name/data_prefix."
+  description = "Instead of config_toml: a configuration file bundled in the zip (HTSGET_CONFIG, relative to the code directory; `make lambda-zip LAMBDA_CONFIG=file` bundles one as htsgetr.toml)."
   type        = string
   default     = ""
 }
