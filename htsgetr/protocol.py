@@ -642,6 +642,10 @@ class Block:
             out["class"] = self.klass.value
         return out
 
+    def __getitem__(self, key: str) -> Any:
+        """`block["url"]`, `block["headers"]`, `block["class"]`: as its JSON entry reads."""
+        return self.to_json()[key]
+
 
 @dataclass
 class Ticket:

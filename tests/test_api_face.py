@@ -158,6 +158,9 @@ def test_engine_tickets_equal_the_http_ones(data_dir: Path, url: str, query: Que
     ticket = htsget.ticket(query)
     assert isinstance(ticket, Ticket) and ticket.to_json() == doc
     assert [b.to_json() for b in ticket.urls] == doc["htsget"]["urls"]
+    for block, entry in zip(ticket.urls, doc["htsget"]["urls"]):
+        assert block["url"] == block.url == entry["url"]
+        assert all(block[key] == value for key, value in entry.items())
     assert ticket.md5 == doc["htsget"].get("md5")
 
 
