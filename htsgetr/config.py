@@ -460,6 +460,10 @@ CHECKS: dict[type, Callable[[Any, str, _Ctx], None]] = {
 }
 
 
+def _no_check(obj: Any, key: str, ctx: _Ctx) -> None:
+    """A type without whole-object checks."""
+
+
 def check_tree(obj: Any, key: str, ctx: _Ctx) -> None:
     """Re-run every whole-object check (after overrides changed single keys)."""
     for f in dataclasses.fields(obj):
@@ -470,7 +474,7 @@ def check_tree(obj: Any, key: str, ctx: _Ctx) -> None:
             for i, item in enumerate(value):
                 if dataclasses.is_dataclass(item):
                     check_tree(item, f"{_join(key, f.name)}[{i}]", ctx)
-    CHECKS.get(type(obj), lambda o, k, c: None)(obj, key, ctx)
+    CHECKS.get(type(obj), _no_check)(obj, key, ctx)
 
 
 # --------------------------------------------------------------------------- layers

@@ -24,7 +24,7 @@ def bam_header_length(data: bytes) -> Optional[int]:
     (l_text,) = struct.unpack_from("<i", data, 4)
     if l_text < 0:
         raise ValueError(f"corrupt BAM header: l_text={l_text}")
-    pos = 8 + l_text
+    pos: int = 8 + l_text
     if len(data) < pos + 4:
         return None
     (n_ref,) = struct.unpack_from("<i", data, pos)
@@ -46,7 +46,7 @@ def bam_header_length(data: bytes) -> Optional[int]:
 def bam_reference_names(data: bytes) -> list[str]:
     """Reference names in header order (their position is the reference ID)."""
     (l_text,) = struct.unpack_from("<i", data, 4)
-    pos = 8 + l_text
+    pos: int = 8 + l_text
     (n_ref,) = struct.unpack_from("<i", data, pos)
     pos += 4
     names = []
