@@ -188,6 +188,75 @@ def test_image_shape() -> None:
     assert "127.0.0.1" not in " ".join(img.healthcheck)
 
 
+def _dockerignored(context: Path) -> Any:
+    """A copytree `ignore` for the .dockerignore patterns (the forms this repo uses)."""
+    import fnmatch
+
+    patterns = [ln.strip() for ln in (context / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel_dir = Path(directory).relative_to(context)
+        out = set()
+        for name in names:
+            rel = str(rel_dir / name) if str(rel_dir) != "." else name
+            for pat in patterns:
+                pat = pat.rstrip("/")
+                if fnmatch.fnmatch(rel, pat) or (pat.startswith("**/")
+                                                 and fnmatch.fnmatch(name, pat[3:])):
+                    out.add(name)
+        return out
+
+    return ignore
+
+
+def test_build_stage_builds_from_what_it_copies(tmp_path: Path) -> None:
+    """The build stage's COPY set (after .dockerignore) is enough to build and install the
+    package with its extensions and every subpackage, healthcheck and Lambda handlers
+    included: what `docker build` would do, without Docker."""
+    build = parse_dockerfile(DOCKERFILE)[0]
+    workdir = Path(build.last("WORKDIR") or "/")
+    src = tmp_path / "src"
+    ignore = _dockerignored(ROOT)
+    for args in build.all("COPY"):
+        parts = args.split()
+        assert not parts[0].startswith("--"), args
+        *sources, dest = parts
+        target = src / (Path(dest) if not dest.startswith("/") else
+                        Path(dest).relative_to(workdir))
+        for source in sources:
+            path = ROOT / source
+            if path.is_dir():
+                shutil.copytree(path, target, ignore=ignore)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target / path.name)
+    assert not list(src.rglob("*.so")), ".dockerignore lets built extensions in"
+    prefix = tmp_path / "opt"
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                          "--no-build-isolation", "--ignore-installed", "--prefix", str(prefix),
+                          str(src)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import sysconfig
+
+    site = Path(sysconfig.get_path("platlib", vars={"base": str(prefix),
+                                                    "platbase": str(prefix)}))
+    installed = site / "htsgetr"
+    assert list(installed.glob("_ranges*.so")) and list(installed.glob("_records*.so"))
+    for name in ("healthcheck.py", "aws_lambda.py", "cli.py"):
+        assert (installed / name).is_file(), name
+    for init in (ROOT / "htsgetr").rglob("__init__.py"):
+        rel = init.relative_to(ROOT / "htsgetr")
+        assert (installed / rel).is_file(), f"subpackage {rel.parent} is not installed"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    code = ("import htsgetr.healthcheck as h, htsgetr._ranges as r, htsgetr.aws_lambda as a;"
+            " print(h.__file__, r.__file__, a.__file__)")
+    probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=60, cwd=str(tmp_path))
+    assert probe.returncode == 0, probe.stderr
+    assert all(f.startswith(str(site)) for f in probe.stdout.split()), probe.stdout
+
+
 def test_bundled_default_config() -> None:
     """No HTSGET_CONFIG of the user's: port 8080, every ID a file under /data."""
     from htsgetr.config import load_config
