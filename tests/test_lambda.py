@@ -542,3 +542,56 @@ def test_rest_api_behind_a_custom_domain_base_path(functions: Any) -> None:
     urls = [b["url"] for b in json.loads(resp["body"])["htsget"]["urls"]]
     assert any(u.startswith("https://htsget.example.org/genomics/data/sample.bam") for u in urls)
     assert not any("/prod/" in u for u in urls)
+
+
+def test_signed_data_urls_across_the_two_functions(lambda_config: Path, tmp_path: Path,
+                                                   data_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """[auth] on: the ticket function checks the token and signs /data urls, the data
+    function (another container) verifies them with the shared HTSGET_DATA_URL_SECRET;
+    a url used for another range, or checked with another secret, is refused."""
+    from authkit import Key, claims
+
+    key = Key("EC")
+    pem = tmp_path / "jwt.pem"
+    pem.write_bytes(key.public_pem())
+    config = tmp_path / "auth.toml"
+    config.write_text(lambda_config.read_text() + f"""
+[auth]
+jwt = {{ kind = "public_key", path = "{pem}" }}
+validate_audience = ["htsget-test"]
+""")
+    monkeypatch.setenv("HTSGET_CONFIG", str(config))
+    monkeypatch.setenv("HTSGET_DATA_URL_SECRET", "a" * 40)
+    aws_lambda.reset()
+    try:
+        token = key.sign(claims())
+        event = v2_event("GET", "/prod/reads/gen/sample", "referenceName=chr1&start=0&end=90000",
+                         stage="prod", headers={"Authorization": f"Bearer {token}"})
+        resp = aws_lambda.ticket_handler(event, None)
+        assert resp["statusCode"] == 200, resp["body"]
+        blocks = json.loads(resp["body"])["htsget"]["urls"]
+        remote = [b for b in blocks if not b["url"].startswith("data:")]
+        assert remote and all("sig=" in b["url"] or "signature=" in b["url"].lower()
+                              for b in remote), remote[0]["url"]
+        payload = b"".join(lambda_fetch(b, aws_lambda) for b in blocks)
+        assert_ticket_records(payload, tmp_path, data_dir / "sample.bam", [("chr1", 0, 90000)])
+        block = remote[0]
+        first, last = block["headers"]["Range"].split("=")[1].split("-")
+        other = {"Range": f"bytes={first}-{int(last) - 1}"}
+        refused = aws_lambda.data_handler(event_from_url(block["url"], other), None)
+        assert refused["statusCode"] == 403
+        unsigned = aws_lambda.data_handler(
+            event_from_url(block["url"].split("?")[0], block["headers"]), None)
+        assert unsigned["statusCode"] == 403
+        no_token = aws_lambda.ticket_handler(v2_event("GET", "/prod/reads/gen/sample",
+                                                      stage="prod"), None)
+        assert no_token["statusCode"] == 401
+        # a data function given another secret verifies nothing the ticket one signed
+        monkeypatch.setenv("HTSGET_DATA_URL_SECRET", "b" * 40)
+        aws_lambda._data.config, aws_lambda._data.handlers = None, {}
+        other_secret = aws_lambda.data_handler(event_from_url(block["url"],
+                                                              block["headers"]), None)
+        assert other_secret["statusCode"] == 403
+    finally:
+        aws_lambda.reset()
