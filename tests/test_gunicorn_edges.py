@@ -18,6 +18,8 @@ import pytest
 import requests
 from conftest import ROOT, Server, free_port, make_bam, wait_for
 
+from htsgetr.protocol import CONTENT_TYPE
+
 SECRET = "s3cr3t-t0ken-value"
 
 #: raw requests gunicorn refuses, and the status it must give
@@ -59,7 +61,7 @@ def assert_refusals_are_htsget_json(port: int) -> None:
     for name, (request, status) in MALFORMED.items():
         got, headers, body = raw(port, request)
         assert got == status, (name, got, body[:200])
-        assert headers["content-type"] == "application/json", (name, headers)
+        assert headers["content-type"] == CONTENT_TYPE, (name, headers)
         error = json.loads(body)["htsget"]
         assert error["error"] == "InvalidInput" and error["message"], (name, error)
         assert SECRET.encode() not in body, name
