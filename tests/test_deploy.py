@@ -625,10 +625,16 @@ def test_deployment_contract() -> None:
     assert "Secret" not in everything
 
 
-def test_rendered_pod_runs_and_answers_its_probes(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_rendered_pod_runs_and_answers_its_probes(tls: bool, data_dir: Path, tmp_path: Path,
+                                                  cert: tuple[Path, Path]) -> None:
     """The pod's configuration (the ConfigMap's config.toml + the container's environment)
-    run as `htsgetr serve`: the probes' paths answer 200 on the http port, tickets name the
-    configured locations, and /metrics is on the metrics port, not on the public one."""
+    run as `htsgetr serve`: the probes' paths answer 200 on the http port with the probes'
+    scheme (the chart's TLS secret files where it mounts them), tickets name the configured
+    locations, and /metrics is on the metrics port, not on the public one."""
+    import urllib3
+
+    urllib3.disable_warnings()
     port, metrics_port = free_port(), free_port()
     config_text = f"""
 [[locations]]
@@ -636,9 +642,22 @@ regex = '^cohort/(.*)$'
 substitution = "$1"
 root = "{data_dir}"
 """
-    objects = by_kind(render({"config": config_text, "server": {"port": port},
-                              "metrics": {"port": metrics_port}}))
-    (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    values: dict[str, Any] = {"config": config_text, "server": {"port": port},
+                              "metrics": {"port": metrics_port}}
+    if tls:  # the kubernetes.io/tls Secret's files, where the chart mounts them
+        mount = tmp_path / "tls-secret"
+        mount.mkdir()
+        shutil.copy(cert[0], mount / "tls.crt")
+        shutil.copy(cert[1], mount / "tls.key")
+        values.update(tls={"enabled": True},
+                      secrets={"tls": {"name": "pod-tls", "mountPath": str(mount)}})
+    objects = by_kind(render(values))
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    if tls:
+        mounted = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        secret = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "pod-tls"]
+        assert secret and mounted[secret[0]["name"]] == str(mount)
     config = tmp_path / "config.toml"
     config.write_text(objects["ConfigMap"]["data"]["config.toml"])
     img = image()
@@ -649,23 +668,28 @@ root = "{data_dir}"
     assert (loaded.ticket_server.host, loaded.ticket_server.port) == ("0.0.0.0", port)
     assert loaded.ticket_server.worker_class == "gevent"
     assert (loaded.metrics.host, loaded.metrics.port) == ("0.0.0.0", metrics_port)
+    scheme = container["livenessProbe"]["httpGet"]["scheme"].lower()
+    assert scheme == ("https" if tls else "http")
     c = Container(img, env)
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = f"{scheme}://127.0.0.1:{port}"
         c.wait_up(base + "/service-info")
+        verify = str(cert[0]) if tls else True
         ticket = requests.get(base + "/reads/cohort/sample", params={"referenceName": "chr1"},
                               headers={"Host": f"{RELEASE}-htsgetr.{NAMESPACE}.svc"},
-                              timeout=30)
+                              timeout=30, verify=False)
         assert ticket.status_code == 200, ticket.text
-        assert any(b["url"].startswith(f"http://{RELEASE}-htsgetr.{NAMESPACE}.svc/data/")
+        assert any(b["url"].startswith(f"{scheme}://{RELEASE}-htsgetr.{NAMESPACE}.svc/data/")
                    for b in ticket.json()["htsget"]["urls"])
-        probes = {p: requests.get(base + container[p]["httpGet"]["path"], timeout=10)
-                  for p in ("livenessProbe", "readinessProbe")}
+        # the kubelet's probes: the path and scheme of each, on the "http" port
+        probes = {p: requests.get(base + container[p]["httpGet"]["path"], timeout=10,
+                                  verify=verify)
+                  for p in ("startupProbe", "livenessProbe", "readinessProbe")}
         if probes["livenessProbe"].status_code == 404:
             pytest.skip("/healthz is not served yet (issue 11, observability half)")
         assert {p: r.status_code for p, r in probes.items()} == {
-            "livenessProbe": 200, "readinessProbe": 200}
-        assert requests.get(base + "/metrics", timeout=10).status_code == 404
+            "startupProbe": 200, "livenessProbe": 200, "readinessProbe": 200}
+        assert requests.get(base + "/metrics", timeout=10, verify=verify).status_code == 404
         scrape = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
         assert scrape.status_code == 200 and "# TYPE" in scrape.text
     finally:
