@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
 .PHONY: test serve deps apt venv build lint bench bench-check bench-baseline example-data clean \
-	lambda-zip
+	lambda-zip test-browser browser-deps
 
 test: deps build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -63,6 +63,32 @@ bench-baseline: deps build
 # htsgetr.toml (README "AWS Lambda" says what the zip assumes)
 lambda-zip: deps build
 	$(PY) deploy/lambda/build_zip.py $(if $(LAMBDA_CONFIG),--config $(LAMBDA_CONFIG))
+
+# igv.js in headless Chromium against a real server (tests/browser): Debian's chromium and
+# node, npm igv and playwright-core pinned, installed under build/browser (no browser download)
+IGV_VERSION := 3.8.10
+PLAYWRIGHT_CORE_VERSION := 1.65.1
+BROWSER_DIR := build/browser
+BROWSER_STAMP := $(BROWSER_DIR)/.npm-igv-$(IGV_VERSION)-playwright-core-$(PLAYWRIGHT_CORE_VERSION)
+
+test-browser: deps build browser-deps
+	HTSGETR_BROWSER=1 HTSGETR_NODE_MODULES=$(CURDIR)/$(BROWSER_DIR)/node_modules \
+	  $(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+browser-deps: $(BROWSER_STAMP)
+	@missing=""; for p in chromium node npm; do command -v $$p >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium nodejs npm; \
+	fi
+
+$(BROWSER_STAMP):
+	@command -v npm >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm; }
+	mkdir -p $(BROWSER_DIR)
+	cd $(BROWSER_DIR) && npm install --no-audit --no-fund --no-save --prefix . \
+	  igv@$(IGV_VERSION) playwright-core@$(PLAYWRIGHT_CORE_VERSION)
+	touch $@
 
 example-data: $(VENV)/.installed
 	$(PY) -m htsgetr.examples example-data
