@@ -1,13 +1,15 @@
 """`htsgetr fetch URL -o FILE`: a region of any htsget server into one checked file.
 
-A progress bar (bytes, blocks, rate) on a terminal, nothing otherwise; every failure is
-one line on stderr: exit 2 for a usage mistake (not an http(s) URL, a bad region, a token
-file that cannot be read), 1 for the rest (refused connection, htsget error, bad block).
+A progress bar (bytes, blocks, rate) and a summary on a terminal, nothing otherwise;
+every failure is one line on stderr: exit 2 for a usage mistake (not an http(s) URL, a bad
+region, a token file that cannot be read), 1 for the rest (refused connection, htsget
+error, bad block).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import threading
 from typing import Any, Callable, Optional
@@ -68,8 +70,10 @@ def _bar(total: Optional[int], n_blocks: int) -> tuple[Callable[[int, int], None
     A retried block's bytes count twice: the bar may pass 100 % then."""
     from tqdm import tqdm
 
+    # a terminal that reports no size (a bare pty) gets 100 x 24 rather than no bar
+    size = shutil.get_terminal_size((100, 24))
     bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-               dynamic_ncols=True, leave=True, desc="fetch")
+               ncols=size.columns, nrows=size.lines, leave=True, desc="fetch")
     lock = threading.Lock()
     done = [0]
 
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     to_stdout = args.output == "-"
+    show = False
     try:
         if not to_stdout:
             check_target(args.output)
@@ -132,6 +137,6 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(err), USAGE)
     except ClientError as err:
         return _fail(str(err), RUNTIME)
-    if not to_stdout and not args.quiet:
+    if show and not to_stdout:  # quiet otherwise: scripts see only errors
         print(f"{size} bytes -> {args.output}", file=sys.stderr)
     return 0

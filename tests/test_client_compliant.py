@@ -325,7 +325,7 @@ def test_cli_fetch_regions_token_file_and_stdout(data_dir: Path, tmp_path: Path)
                        "chr1:1-1000", "--region", "chr2:1000-30000", "--token-file",
                        str(token_file))
         assert proc.returncode == 0, proc.stderr
-        assert b"Traceback" not in proc.stderr and b"\r" not in proc.stderr  # no bar: no tty
+        assert proc.stderr == b""  # not a terminal: no bar, no summary
         assert_ticket_records(out.read_bytes(), tmp_path, data_dir / "sample.bam", regions)
         proc = run_cli("fetch", f"{mini.url}/variants/calls?referenceName=X&end=100000",
                        "-o", "-", "--token", TOKEN)
@@ -354,3 +354,23 @@ def test_cli_progress_bar_when_asked(mini: Mini, tmp_path: Path) -> None:
     assert "B/s" in text and "100%" in text, text
     n = re.findall(r"(\d+)/(\d+) blocks", text)[-1]
     assert n[0] == n[1] and int(n[1]) > 1, text
+
+
+def test_cli_progress_bar_on_a_terminal_only(mini: Mini, tmp_path: Path) -> None:
+    """Under a pseudo-terminal (util-linux `script`) the bar shows by itself."""
+    import shlex
+    import shutil
+
+    if shutil.which("script") is None:
+        pytest.skip("no `script` to make a pseudo-terminal")
+    cmd = shlex.join([sys.executable, "-m", "htsgetr", "fetch", f"{mini.url}/reads/sample",
+                      "-o", str(tmp_path / "t.bam"), "-r", "chr2"])
+    proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout
+    text = proc.stdout.decode(errors="replace")
+    assert "100%" in text and "blocks" in text and "bytes ->" in text, text
+    quiet = run_cli("fetch", f"{mini.url}/reads/sample", "-o", str(tmp_path / "q.bam"), "-r",
+                    "chr2")
+    assert quiet.returncode == 0 and quiet.stderr == b""
+    assert (tmp_path / "t.bam").read_bytes() == (tmp_path / "q.bam").read_bytes()
