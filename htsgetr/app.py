@@ -27,6 +27,10 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
     if role in ("all", "ticket"):
         app.register_blueprint(service_info.bp)
         app.register_blueprint(tickets.bp)
+        if config.viewer.enabled:  # the igv.js page (htsgetr/viewer), off by default
+            from .viewer.views import bp as viewer_bp
+
+            app.register_blueprint(viewer_bp)
     if role in ("all", "data"):
         app.register_blueprint(data.bp)
     server = config.data_server if role == "data" else config.ticket_server

@@ -44,6 +44,7 @@ from .typed_config import (
 )
 from .typed_config import fields_of as fields_of  # re-exported
 from .typed_config import to_dict as to_dict  # re-exported
+from .viewer.settings import ViewerConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -361,6 +362,8 @@ class Config:
     auth: Optional[AuthConfig] = _opt(None, "bearer tokens, restrictions, signed /data urls")
     crypt4gh: Crypt4ghConfig = _opt(doc="Crypt4GH (locations with keys)",
                                     factory=Crypt4ghConfig)
+    viewer: ViewerConfig = _opt(doc="GET /viewer/<id>: igv.js on this server (off by default)",
+                                factory=ViewerConfig)
     logging: dict[str, Any] = _opt(doc="logging", factory=dict)
     metrics: dict[str, Any] = _opt(doc="metrics", factory=dict)
 

@@ -10,6 +10,35 @@ const modules = process.env.HTSGETR_NODE_MODULES || "build/browser/node_modules"
 const { chromium } = createRequire(modules.replace(/\/?$/, "/"))("playwright-core");
 
 const [pageUrl, screenshot, locus2] = process.argv.slice(2);
+
+// What igv itself holds for each alignment / variant track (runs in the page): the features
+// it cached for the viewport (the interval it asked the server for), and how many of them
+// lie in the visible window.
+function report() {
+  const tracks = [];
+  for (const trackView of window.igvBrowser.trackViews) {
+    const track = trackView.track;
+    if (!["alignment", "variant"].includes(track.type)) continue;
+    const vp = trackView.viewports[0];
+    const frame = vp.referenceFrame;
+    const start = frame.start, end = frame.start + frame.toBP(vp.getWidth());
+    const cache = vp.featureCache;
+    let features = [];
+    if (cache && track.type === "alignment") {
+      for (const group of cache.features.packedGroups.values()) {
+        for (const row of group.rows) features.push(...row.alignments);
+      }
+    } else if (cache) {
+      features = cache.features;
+    }
+    const key = f => track.type === "alignment" ? f.readName : f.chr + ":" + f.pos;
+    tracks.push({name: track.name, type: track.type, chr: frame.chr, start, end,
+      cacheStart: cache ? cache.bpStart : null, cacheEnd: cache ? cache.bpEnd : null,
+      cached: features.map(key),
+      inView: features.filter(f => f.start < end && f.end > start).length});
+  }
+  return {locus: window.igvBrowser.currentLoci(), tracks};
+}
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 const browser = await chromium.launch({
   executablePath,
@@ -31,11 +60,18 @@ try {
   await page.waitForFunction(() => window.igvResult || window.igvError, null,
     { timeout: 60000 });
   out.error = await page.evaluate(() => window.igvError || null);
-  out.result = await page.evaluate(() => window.igvResult || null);
-  if (!out.error && locus2) {
-    await page.evaluate(async (l) => { await window.igvBrowser.search(l); }, locus2);
-    await page.waitForTimeout(500);
-    out.after = await page.evaluate(async () => await window.igvReport());
+  out.page = await page.evaluate(() => window.igvResult || null);
+  out.status = await page.evaluate(() => {
+    const s = document.getElementById("viewer-status");
+    return s ? s.textContent : null;
+  });
+  if (!out.error) {
+    out.result = await page.evaluate(report);
+    if (locus2) {
+      await page.evaluate(async (l) => { await window.igvBrowser.search(l); }, locus2);
+      await page.waitForTimeout(500);
+      out.after = await page.evaluate(report);
+    }
   }
   if (screenshot) await page.screenshot({ path: screenshot, fullPage: true });
 } finally {

@@ -213,3 +213,58 @@ def test_igv_drops_tracks_when_preflight_refuses_the_header(site: dict[str, Path
     assert failed_tickets or out["error"], out
     loaded = {t["name"]: t for t in (out["result"] or {"tracks": []})["tracks"]}
     assert not any(t["cached"] for t in loaded.values())
+
+
+# --------------------------------------------------------------------------- the viewer
+
+
+def test_viewer_shows_reads_and_variants_with_a_token(site: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    """GET /viewer/<id> on a server that wants a bearer token: the page takes the token from
+    its #fragment, picks the track from the formats the ID has, builds its reference from the
+    header, and igv holds exactly htslib's reads for the region it asked for. Without a token
+    the page says the server refused it."""
+    from authkit import Key, claims
+
+    key = Key("RSA", "main")
+    (tmp_path / "jwt.pub").write_bytes(key.public_pem())
+    server = serve(site["data"], f"""
+[viewer]
+enabled = true
+[auth]
+validate_audience = ["htsget-test"]
+validate_issuer = ["https://idp.test"]
+[auth.jwt]
+kind = "public_key"
+path = "{tmp_path / 'jwt.pub'}"
+[auth.data_urls]
+secret = "viewer-test-data-url-secret"
+""", tmp_path)
+    token = key.sign(claims())
+    try:
+        shot = ARTIFACTS / "viewer-reads.png"
+        reads = run_igv(f"{server.url}/viewer/reads?locus=chr1:10000-12000#token={token}",
+                        shot, "chr2:1000-3000")
+        variants = run_igv(f"{server.url}/viewer/calls?locus=chr2:1-20000#token={token}",
+                           ARTIFACTS / "viewer-variants.png", None)
+        refused = run_igv(f"{server.url}/viewer/reads", None, None)
+        log = server.output()
+    finally:
+        server.stop()
+    assert reads["error"] is None, (reads["error"], reads["console"][-5:])
+    assert reads["page"] == {"track": "alignment", "format": "bam", "references": 2}
+    for report in (reads["result"], reads["after"]):
+        track = report["tracks"][0]
+        q = _last_query(reads["requests"], server.url, "reads", track["chr"])
+        assert q["headers"]["authorization"] == f"Bearer {token}"
+        want = expected_reads(site["data"] / "reads.bam", track["chr"], int(q["start"]),
+                              int(q["end"]))
+        assert want and sorted(track["cached"]) == sorted(want) and track["inView"] > 0
+    assert variants["error"] is None and variants["page"]["track"] == "variant"
+    track = variants["result"]["tracks"][0]
+    assert track["inView"] > 0
+    assert set(track["cached"]) <= set(expected_variants(site["data"] / "calls.vcf.gz", "chr2",
+                                                         0, REFS[1][1]))
+    assert refused["error"] and "InvalidAuthentication" in refused["error"]
+    assert token not in log and token.split(".")[2] not in log
+    assert shot.stat().st_size > 10_000
