@@ -160,16 +160,28 @@ def default_toml() -> str:
     out += ["", _SERVICE_INFO.rstrip()]
     out += ["", _AUTH.rstrip(), "# [auth]"]
     out += ["# " + line.lstrip("# ") for line in _render_fields(AuthConfig(), None)]
-    for name in ("crypt4gh", "logging", "metrics", "tracing", "health"):
-        table = getattr(config, name, None)
-        if dataclasses.is_dataclass(table):  # a feature's own table: its keys
-            f = {f.name: f for f in dataclasses.fields(Config)}[name]
-            out += ["", f"# {f.metadata.get('doc', name)}", f"[{name}]"]
-            out += _render_fields(table, name + ".")
-        else:
+    for f in dataclasses.fields(Config):  # each feature's own table (crypt4gh, metrics, ...)
+        name, table = f.name, getattr(config, f.name)
+        if name in _SPECIAL:
+            continue
+        if isinstance(table, dict):  # a table no feature has claimed yet
             out += ["", f"# {name}: reserved for its feature (env {env_name(name)}, JSON)",
                     f"[{name}]"]
+            continue
+        if not dataclasses.is_dataclass(table):
+            continue
+        out += ["", f"# {f.metadata.get('doc', name)}", f"[{name}]"]
+        out += _render_fields(table, name + ".")
+        for sub in dataclasses.fields(table):  # and their subtables, if any
+            value = getattr(table, sub.name)
+            if dataclasses.is_dataclass(value):
+                out += ["", f"[{name}.{sub.name}]"]
+                out += _render_fields(value, f"{name}.{sub.name}.")
     return "\n".join(out) + "\n"
+
+
+#: tables default_toml renders by hand
+_SPECIAL = frozenset({"ticket_server", "data_server", "auth", "service_info", "locations"})
 
 
 _AUTH = """
