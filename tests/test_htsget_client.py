@@ -265,3 +265,70 @@ def test_cli_stdout_matches_samtools(served: tuple[Server, dict[str, str]], clie
                           capture_output=True, text=True, check=True).stdout.splitlines()
     assert want
     assert_records(view, want, "htsget | samtools view")
+
+
+# --------------------------------------------------------------------------- htslib
+
+
+def _htslib(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    # htslib's libcurl trusts the test CA through CURL_CA_BUNDLE, as a user would point it
+    extra = {"CURL_CA_BUNDLE": env["REQUESTS_CA_BUNDLE"]} if env else {}
+    return subprocess.run(args, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **extra})
+
+
+def _region_text(name: str, start: Optional[int], end: Optional[int]) -> str:
+    """samtools/bcftools notation (1-based, inclusive) of a 0-based half-open region."""
+    if start is None and end is None:
+        return name
+    return f"{name}:{(start or 0) + 1}-{end if end is not None else ''}".rstrip("-")
+
+
+@pytest.mark.parametrize("id", list(FILES))
+def test_htslib_reads_ticket_urls(served: tuple[Server, dict[str, str]], client_dir: Path,
+                                  id: str) -> None:
+    """samtools view / view -H / view -c and bcftools view given ticket URLs (htslib fetches
+    the ticket and its blocks itself): the same lines as on the original file."""
+    srv, env = served
+    endpoint, fmt, suffix = FILES[id]
+    original = str(client_dir / f"{id}{suffix}")
+    tool = (["samtools", "view", "--no-PG"] if endpoint == "reads"
+            else ["bcftools", "view", "--no-version"])
+    url = f"{srv.url}/{endpoint}/{id}?format={fmt}"
+    regions = READ_REGIONS if endpoint == "reads" else VARIANT_REGIONS
+    for name, start, end in regions[:4]:
+        query = f"&referenceName={name}" + (f"&start={start}" if start is not None else "") + \
+            (f"&end={end}" if end is not None else "")
+        body = ["-H"] if endpoint == "variants" else []
+        got = _htslib([*tool, *body, url + query], env)
+        assert got.returncode == 0, got.stderr
+        want = subprocess.run([*tool, *body, original, _region_text(name, start, end)],
+                              capture_output=True, text=True, check=True).stdout
+        assert got.stdout.splitlines() == want.splitlines(), (name, start, end)
+    header = _htslib([*tool, "-h" if endpoint == "variants" else "-H",
+                      url + "&class=header"], env)
+    assert header.returncode == 0, header.stderr
+    want = subprocess.run([*tool, "-h" if endpoint == "variants" else "-H", original],
+                          capture_output=True, text=True, check=True).stdout
+    if endpoint == "variants":  # header only: bcftools -h prints the header lines
+        want = "".join(line + "\n" for line in want.splitlines() if line.startswith("#"))
+    assert header.stdout == want
+    if endpoint == "reads":
+        count = _htslib(["samtools", "view", "-c", url], env)
+        want_n = subprocess.run(["samtools", "view", "-c", original], capture_output=True,
+                                text=True, check=True).stdout
+        assert count.returncode == 0 and count.stdout == want_n and int(want_n) > 1000
+
+
+@pytest.mark.parametrize("probe", ["reads/bam.bai", "reads/bam.csi", "reads/cram.crai",
+                                   "variants/vcf.tbi", "variants/vcf.csi", "variants/bcf.csi",
+                                   "reads/bam.bam.bai"])
+def test_htslib_index_probes_are_a_clean_404(served: tuple[Server, dict[str, str]],
+                                             probe: str) -> None:
+    """htslib asks `<ticket URL>.bai` (and friends) when given a region on the command line:
+    a plain 404 in htsget JSON, never a ticket for another ID nor a 500."""
+    srv, env = served
+    resp = requests.get(f"{srv.url}/{probe}", timeout=30,
+                        verify=env.get("REQUESTS_CA_BUNDLE", True))
+    assert resp.status_code == 404
+    assert resp.json()["htsget"]["error"] == "NotFound"
