@@ -153,6 +153,8 @@ def load_layout(source: Source, prefix: bgzf.Prefix, header_len: int) -> BgzfLay
     size = source.storage.size(source.key)
     tail = source.read(max(0, size - len(bgzf.EOF_MARKER)), size)
     header_end = prefix.voffset(header_len)
+    if tail == bgzf.EOF_MARKER:  # a file of header only: its end is the EOF block's start
+        header_end = min(header_end, bgzf.make_voffset(size - len(bgzf.EOF_MARKER), 0))
     coff = bgzf.coffset(header_end)
     block, block_size = b"", 0
     if bgzf.uoffset(header_end):
