@@ -187,6 +187,8 @@ class Region:
 
 _new = object.__new__
 _set = object.__setattr__
+#: a Region, or ("chr1", start, end) / ("chr1",) as its arguments
+RegionLike = Union[Region, tuple[Any, ...]]
 
 
 def merge_regions(regions: tuple[Region, ...]) -> list[Region]:
@@ -220,7 +222,8 @@ class Query:
     errors and messages: `Query("reads", "NA12878", format="bam", reference_name="chr1",
     start=0, end=10000)`, or several regions with `regions=[Region("chr1", 0, 100), ...]`.
     `format` defaults to the endpoint's first (BAM, VCF, FASTA); `klass="header"` asks for
-    the header alone; `fields`, `tags` and `notags` take lists or comma-separated strings.
+    the header alone; `fields`, `tags` and `notags` take lists or comma-separated strings;
+    `regions` takes Regions or ("chr1", start, end) tuples.
     """
 
     endpoint: Endpoint
@@ -244,7 +247,7 @@ class Query:
         id: str,
         format: Union[Format, str, None] = None,
         klass: Union[Class, str, None] = None,
-        regions: Union[Iterable[Region], Region, None] = None,
+        regions: Union[Iterable[RegionLike], Region, None] = None,
         fields: Union[Iterable[str], str, None] = None,
         tags: Union[Iterable[str], str, None] = None,
         notags: Union[Iterable[str], str, None] = None,
@@ -326,20 +329,23 @@ def _endpoint(value: Union[Endpoint, str]) -> Endpoint:
 
 
 def _regions(
-    name: str, value: Union[Iterable[Region], Region, None]
+    name: str, value: Union[Iterable[RegionLike], Region, None]
 ) -> Optional[tuple[Region, ...]]:
-    """A tuple of Regions from a Region, a list or a tuple of them."""
+    """A tuple of Regions from a Region, or a list of Regions or (name, start, end) tuples."""
     if value is None:
         return None
     if isinstance(value, Region):
         return (value,)
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise InvalidInput(f"{name} must be a list of Region")
-    out = tuple(value)
-    for r in out:
+    out = []
+    for r in value:
+        if isinstance(r, tuple) and 1 <= len(r) <= 3:
+            r = Region(*r)
         if not isinstance(r, Region):
             raise InvalidInput(f"{name} must be a list of Region, got {_show(r)}")
-    return out
+        out.append(r)
+    return tuple(out)
 
 
 def _listed(value: Union[Iterable[str], str, None]) -> Any:

@@ -60,6 +60,9 @@ def test_strings_and_enums_make_the_same_query() -> None:
     one = Query("reads", "s", reference_name="chr1", start=10, end=20)
     assert one.regions == (Region("chr1", 10, 20),)
     assert Query("reads", "s", regions=[Region("chr1", 10, 20)]) == one
+    assert Query("reads", "s", regions=[("chr1", 10, 20)]) == one
+    assert Query("reads", "s", regions=[("chr2",), Region("*")]).regions == (Region("chr2"),
+                                                                            Region("*"))
     assert Query("reads", "s", fields="QNAME,FLAG").fields == ("QNAME", "FLAG")
     assert Query("reads", "s", tags=["NM", "MD"]).tags == ("NM", "MD")
     # what the request parsers give is equal to what the constructor gives
@@ -129,6 +132,7 @@ def test_region_checks() -> None:
     post = error_of(lambda: parse_post(Endpoint.READS, "s", body, False))
     assert post[0] is InvalidRange
     assert error_of(lambda: Query("reads", "s", regions=[Region("chr1", 9, 3)]))[0] is InvalidRange
+    assert error_of(lambda: Query("reads", "s", regions=[("chr1", 9, 3)]))[0] is InvalidRange
     assert error_of(lambda: Query("reads", "s", regions=[]))[1] == \
         error_of(lambda: parse_post(Endpoint.READS, "s", b'{"regions": []}', False))[1]
     assert error_of(lambda: Query("nowhere", "s"))[0] is NotFound
