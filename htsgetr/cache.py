@@ -106,7 +106,8 @@ class LRUCache:
             if key in self._data:
                 self._data.move_to_end(key)
                 self.hits += 1
-                return self._data[key][0]
+                value: T = self._data[key][0]
+                return value
             self.misses += 1
         value = load()  # outside the lock: loads may do I/O
         size = weight(value)

@@ -168,8 +168,8 @@ def edit_list_packet(lengths: Sequence[int]) -> bytes:
 
 def seal_packet(content: bytes, secret: bytes, recipient: bytes) -> bytes:
     """A header packet's content encrypted for `recipient` (method 0, from the server)."""
-    return (0).to_bytes(4, "little") + encrypt_X25519_Chacha20_Poly1305(content, secret,
-                                                                        recipient)
+    sealed: bytes = encrypt_X25519_Chacha20_Poly1305(content, secret, recipient)
+    return (0).to_bytes(4, "little") + sealed
 
 
 def make_header(session_keys: Iterable[bytes], edit_list: Optional[Sequence[int]],

@@ -286,7 +286,8 @@ def block_size(header: bytes) -> int:
     while pos + 4 <= end:
         si1, si2, slen = header[pos], header[pos + 1], struct.unpack_from("<H", header, pos + 2)[0]
         if si1 == 66 and si2 == 67 and slen == 2:
-            return struct.unpack_from("<H", header, pos + 4)[0] + 1
+            bsize: int = struct.unpack_from("<H", header, pos + 4)[0]
+            return bsize + 1
         pos += 4 + slen
     raise ValueError("BGZF block without a BC subfield")
 

@@ -107,7 +107,8 @@ class BgzfLayout:
         key = (self._token, coff)
         hit = blocks.get(key)
         if hit is not None:
-            return hit[0]
+            cached: bytes = hit[0]
+            return cached
         end, raw = self._fetch(source, coff)
         self._raw = None  # inflated: the compressed bytes are not needed again
         try:
@@ -126,7 +127,8 @@ class BgzfLayout:
         if hit is None:
             hit = bgzf.compress_block(memoryview(self.block_data(source, coff))[ustart:uend])
             blocks.put(key, hit, len(hit))
-        return hit
+        recut: bytes = hit
+        return recut
 
     def edge(
         self, source: Source, coff: int, ustart: int, uend: Optional[int] = None

@@ -139,7 +139,8 @@ class CramHandler:
     def _exact_body(self, source: Source, cram: CramFile, query: Query) -> list[Piece]:
         """Exactly the records htslib's region queries return, each once, in file order
         (where a container cannot be re-encoded: the whole container, unless `query.exact`)."""
-        from .cram_recode import Selection, exact_body  # imports this module
+        from .cram_recode import exact_body  # imports this module
+        from .cram_selection import Selection
 
         spans = list(self._spans(cram, query))  # unknown references: NotFound first
         if not spans:

@@ -74,7 +74,8 @@ def stat_many(storage: Storage, keys: Iterable[str]) -> dict[str, Optional[Objec
     """`storage.stat_many(keys)`, or the same answers from one `exists` etc. per key."""
     keys = list(dict.fromkeys(keys))
     if batched(storage):
-        return storage.stat_many(keys)  # type: ignore[attr-defined]
+        metas: dict[str, Optional[ObjectMeta]] = storage.stat_many(keys)  # type: ignore[attr-defined]
+        return metas
     out: dict[str, Optional[ObjectMeta]] = {}
     for key in keys:
         try:
@@ -89,7 +90,8 @@ def read_many(storage: Storage, ranges: Iterable[tuple[str, int, int]]) -> list[
     """`storage.read_many(ranges)`, or one `read` per range."""
     ranges = list(ranges)
     if batched(storage):
-        return storage.read_many(ranges)  # type: ignore[attr-defined]
+        data: list[bytes] = storage.read_many(ranges)  # type: ignore[attr-defined]
+        return data
     return [storage.read(key, start, end) for key, start, end in ranges]
 
 

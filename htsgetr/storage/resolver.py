@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 from .. import crypt4gh
-from ..config import Config, ConfigError, LocationConfig
+from ..config import Config, LocationConfig
 from ..protocol import Format, NotFound
+from ..typed_config import ConfigError
 from .base import Storage
 from .local import BARE_ALIAS, safe_key, visible
 
