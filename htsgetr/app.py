@@ -1,4 +1,4 @@
-"""create_app(config, role) -> Flask: blueprints, CORS, errors (auth and metrics plug in here)."""
+"""create_app(config, role) -> Flask: blueprints, CORS, errors, auth, observability."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Optional
 from flask import Flask
 from flask_cors import CORS
 
+from . import observability
 from .config import Config
 from .cors import flask_cors_options
 from .engine import Htsget
@@ -38,4 +39,7 @@ def create_app(config: Config, role: str = "all", engine: Optional[Htsget] = Non
     auth.register(app, config, role)
     errors.register(app)
     fast.install(app)  # GET tickets and /data without Flask's per-request machinery
+    # /healthz, /readyz, metrics, tracing, and the request ID + access line of every request
+    # (fast path included): the outermost layer
+    observability.install(app, config)
     return app

@@ -26,10 +26,11 @@ from urllib.parse import urlsplit
 
 from .auth.schema import AuthConfig
 from .cors import CorsConfig
-from .crypt4gh.keys import Crypt4ghConfig, KeyPairConfig, KeySource, LocationKeys
+from .crypt4gh.keys import Crypt4ghConfig, LocationKeys
 from .hosts import check_allowed_hosts, parse_networks
 from .location_sugar import _location_list, expand_location
 from .location_sugar import parse_storage as parse_storage  # re-exported
+from .observability.schema import HealthConfig, LoggingConfig, MetricsConfig, TracingConfig
 from .protocol import ENDPOINT_FORMATS, Endpoint, Format
 from .typed_config import (
     ConfigError,
@@ -344,8 +345,9 @@ class Config:
     )
     max_inline_bytes: int = _opt(
         256 << 10,
-        "ticket JSON size, characters, that inline data: urls may fill: CRAM re-cuts that"
-        " would take a ticket past it are served through /data instead (derived blocks)",
+        "ticket JSON size, characters, that inline data: urls may fill: CRAM re-cuts and"
+        " BGZF edge blocks that would take a ticket past it are served through /data"
+        " instead (derived blocks)",
         min=0,
     )
     cram_reference_path: list[str] = _opt(
@@ -364,8 +366,10 @@ class Config:
                                     factory=Crypt4ghConfig)
     viewer: ViewerConfig = _opt(doc="GET /viewer/<id>: igv.js on this server (off by default)",
                                 factory=ViewerConfig)
-    logging: dict[str, Any] = _opt(doc="logging", factory=dict)
-    metrics: dict[str, Any] = _opt(doc="metrics", factory=dict)
+    logging: LoggingConfig = _opt(doc="log lines and the access line", factory=LoggingConfig)
+    metrics: MetricsConfig = _opt(doc="Prometheus metrics", factory=MetricsConfig)
+    tracing: TracingConfig = _opt(doc="OpenTelemetry traces", factory=TracingConfig)
+    health: HealthConfig = _opt(doc="GET /healthz and /readyz", factory=HealthConfig)
 
     @classmethod
     def _prepare(cls, table: dict[str, Any], key: str, ctx: _Ctx) -> dict[str, Any]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 
 from .config import ConfigError, load_config
+from .observability import gunicorn_hooks, logs
+from .observability.metrics import MultiprocDir, start_server
 from .server import gunicorn_settings
-from .workers import install_json_errors, raise_nofile
+from .workers import patch_gunicorn, raise_nofile
 
 try:
     _config = load_config()
@@ -26,4 +28,19 @@ _server = _config.data_server if _role == "data" else _config.ticket_server
 # gunicorn reads the module's names that are settings and ignores the rest
 globals().update(gunicorn_settings(_server, _role))
 raise_nofile(_server.worker_connections + 1024)
-install_json_errors()
+patch_gunicorn()
+# observability: log format and level, one metrics directory for every worker (made here,
+# before any fork; removed on exit), the hooks that keep the counts right across workers
+logs.configure(_config.logging)
+globals().update(gunicorn_hooks(_config))
+_metrics_dir = MultiprocDir()
+
+
+def on_exit(server: object) -> None:
+    _metrics_dir.cleanup()
+
+
+def when_ready(server: object) -> None:
+    metrics = _config.metrics
+    if metrics.enabled and metrics.port is not None:
+        start_server(metrics.host, metrics.port)

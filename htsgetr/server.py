@@ -23,12 +23,13 @@ from typing import Any, Callable, Optional
 
 from gunicorn.app.base import BaseApplication
 
+from . import observability
 from .app import create_app
 from .config import Config, ServerConfig
 from .workers import (
     Deadlines,
-    install_json_errors,
     lazy_handshake,
+    patch_gunicorn,
     raise_nofile,
     worker_class,
 )
@@ -36,15 +37,12 @@ from .workers import (
 log = logging.getLogger("htsgetr")
 
 
-def _ensure_logging() -> None:
-    """Our log lines go to stderr beside gunicorn's unless logging is configured elsewhere."""
-    if not log.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] htsgetr: %(message)s")
-        )
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+def _ensure_logging(config: Config) -> None:
+    """Our log lines go to stderr beside gunicorn's, in `[logging]`'s format and level,
+    unless logging is configured elsewhere (observability/logs.py)."""
+    from .observability import logs
+
+    logs.configure(config.logging)
 
 
 class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
@@ -72,7 +70,8 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
         self.arbiter: Any = None
         self._loaded_once = False
         self._stopping = False
-        _ensure_logging()
+        self.metrics_server: Any = None
+        _ensure_logging(config)
         super().__init__()
 
     # ------------------------------------------------------------------ gunicorn settings
@@ -83,6 +82,7 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
         self._loaded_once = True
         server = self.config.data_server if self.role == "data" else self.config.ticket_server
         settings = gunicorn_settings(server, self.role)
+        settings.update(observability.gunicorn_hooks(self.config))  # log level, metrics hooks
         settings.update(when_ready=self._when_ready, on_reload=self._on_reload,
                         on_exit=self._on_exit)
         if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: one per master
@@ -90,7 +90,7 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
         for key, value in settings.items():
             self.cfg.set(key, value)
         raise_nofile(server.worker_connections + 1024)
-        install_json_errors()
+        patch_gunicorn()
 
     def _reload(self) -> None:
         assert self.reload_config is not None
@@ -108,6 +108,7 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
                       " restart", ", ".join(moved))
             return
         self.config = new
+        _ensure_logging(new)
         log.info("configuration reloaded (%d locations)", len(new.locations))
 
     def load(self) -> Callable[..., Any]:
@@ -139,6 +140,16 @@ class HtsgetrServer(BaseApplication):  # type: ignore[misc,unused-ignore]
 
     def _when_ready(self, arbiter: Any) -> None:
         self.arbiter = arbiter
+        metrics = self.config.metrics
+        if self.role != "data" and metrics.enabled and metrics.port is not None:
+            from .observability.metrics import start_server
+
+            try:  # scrapes answered here, in the master: off the public port, across reloads
+                self.metrics_server, port = start_server(metrics.host, metrics.port)
+                log.info("metrics at http://%s/metrics", _bind(metrics.host, port))
+            except OSError as exc:
+                log.error("metrics cannot listen on %s: %s", _bind(metrics.host, metrics.port),
+                          exc)
         parent = os.getppid()
         target = self._watch_parent if self.role == "data" else self._monitor
         threading.Thread(target=target, args=(parent,), name="htsgetr-monitor", daemon=True).start()
@@ -226,13 +237,19 @@ def _signal(pid: int, sig: int) -> None:
 def _bind_changes(old: Config, new: Config) -> list[str]:
     """Keys whose change needs new sockets (a restart), not new workers."""
     keys = ("host", "port", "tls_cert", "tls_key")
-    return [
+    moved = [
         f"{name}.{key}"
         for name in ("ticket_server", "data_server")
         for key in keys
         if getattr(getattr(old, name), key) != getattr(getattr(new, name), key)
         and (name == "ticket_server" or old.data_server.separate)
     ]
+    # the master's own metrics listener (observability/metrics.py)
+    if old.metrics.port != new.metrics.port or (
+            new.metrics.port is not None and old.metrics.host != new.metrics.host):
+        moved += [f"metrics.{key}" for key in ("port", "host")
+                  if getattr(old.metrics, key) != getattr(new.metrics, key)]
+    return moved
 
 
 def gunicorn_settings(server: ServerConfig, role: str) -> dict[str, Any]:
@@ -278,4 +295,12 @@ def serve(
     # one /data url signing secret for every worker and the data server this master forks
     # (a reload that turns auth on finds it already there)
     shared_secret(None)
-    HtsgetrServer(config, reload_config, watch=watch).run()
+    # every worker (of both servers) writes its metrics there: made before any fork, removed
+    # by this process when it stops (observability/metrics.py)
+    from .observability.metrics import MultiprocDir
+
+    metrics_dir = MultiprocDir()
+    try:
+        HtsgetrServer(config, reload_config, watch=watch).run()
+    finally:
+        metrics_dir.cleanup()  # only in this process: not in a worker leaving through here

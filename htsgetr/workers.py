@@ -224,13 +224,42 @@ def write_htsget_error(sock: Any, status_int: int, reason: str, mesg: str) -> No
     write_nonblock(sock, head.encode("latin-1") + body)
 
 
-def install_json_errors() -> None:
-    """Make gunicorn answer its own refusals (400, 414, 431, ...) in htsget JSON. Worker
-    classes call `gunicorn.util.write_error` by module attribute, so one assignment in the
-    process that runs them (a master before it forks, or a worker) covers every class."""
+def patch_gunicorn() -> None:
+    """Two repairs to gunicorn, made in the process that runs its workers (a master before
+    it forks, or a worker): its own refusals (400, 414, 431, ...) answer in htsget JSON,
+    and the bytes it sends with sendfile(2) count in the access log."""
     import gunicorn.util
 
+    # worker classes call `gunicorn.util.write_error` by module attribute: one assignment
+    # covers every class
     gunicorn.util.write_error = write_htsget_error
+    count_sendfile_bytes()
+
+
+def count_sendfile_bytes() -> None:
+    """Make gunicorn count the bytes it sends with sendfile(2) (`/data` ranges) in
+    `Response.sent`, which its access log reports: gunicorn 27 leaves it at 0."""
+    from gunicorn.http import wsgi
+
+    original = wsgi.Response.sendfile
+    if getattr(original, "_htsgetr_counts", False):
+        return
+
+    def sendfile(self: Any, respiter: Any) -> bool:
+        try:
+            fileno = respiter.filelike.fileno()
+            offset = os.lseek(fileno, 0, os.SEEK_CUR)
+            size = os.fstat(fileno).st_size
+        except (AttributeError, OSError, ValueError):
+            return bool(original(self, respiter))
+        done = bool(original(self, respiter))
+        if done and not getattr(self, "_omits_body", False):
+            length = self.response_length
+            self.sent += max(0, (size - offset) if length is None else length)
+        return done
+
+    sendfile._htsgetr_counts = True  # type: ignore[attr-defined]
+    wsgi.Response.sendfile = sendfile
 
 
 def raise_nofile(want: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from .app import create_app
 from .auth.signing import SECRET_ENV
 from .config import ConfigError, load_config
-from .workers import Deadlines, install_json_errors
+from .workers import Deadlines, patch_gunicorn
 
 
 def _fail(message: str) -> NoReturn:
@@ -39,7 +39,7 @@ def _app() -> Any:
         _fail("auth is on: set auth.data_urls.secret or HTSGET_DATA_URL_SECRET, the same"
               " on every worker and replica, so /data urls signed by one verify on another")
     role = os.environ.get("HTSGET_ROLE", "all")
-    install_json_errors()  # this worker's own refusals (bad request line, 431) in htsget JSON
+    patch_gunicorn()  # this worker's refusals in htsget JSON, sendfile bytes counted
     server = config.data_server if role == "data" else config.ticket_server
     return Deadlines(create_app(config, role), server)
 

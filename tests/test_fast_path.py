@@ -14,6 +14,7 @@ from flask import Flask
 from htsgetr.api import auth, fast
 from htsgetr.app import create_app
 from htsgetr.config import Config, for_data_dir, load_config
+from htsgetr.observability.middleware import Observe
 
 RESTRICTIONS = {"version": 1, "htsgetAuth": [
     {"location": {"prefix": "sample"}, "rules": [{"referenceName": "chr1"}]}]}
@@ -104,15 +105,29 @@ DATA_REQUESTS: list[tuple[str, dict[str, str]]] = [
 
 def _answer(app: Flask, path: str, headers: dict[str, str], method: str = "GET"
             ) -> tuple[str, list[tuple[str, str]], bytes]:
+    headers = {"X-Request-ID": "same-for-both", **headers}  # echoed back by both
     resp = app.test_client().open(path, method=method, headers=headers)
     return resp.status, list(resp.headers.items()), resp.get_data()
+
+
+def _shortcut(app: Flask) -> fast.FastTickets:
+    """The app's `FastTickets` (inside observability's `Observe`, the outermost layer)."""
+    layer = app.wsgi_app
+    assert isinstance(layer, Observe)
+    assert isinstance(layer.app, fast.FastTickets)
+    return layer.app
+
+
+def _flask_only(app: Flask) -> None:
+    """`app` answers everything through Flask (still observed: same request-ID header)."""
+    app.wsgi_app.app = _shortcut(app).flask  # type: ignore[attr-defined]
 
 
 def _pair(config: Config) -> tuple[Flask, Flask]:
     """An app with the shortcut, and the same app answering through Flask only."""
     ours, ref = create_app(config), create_app(config)
-    assert isinstance(ours.wsgi_app, fast.FastTickets)
-    ref.wsgi_app = ref.wsgi_app.flask  # type: ignore[attr-defined,method-assign]
+    _shortcut(ours)
+    _flask_only(ref)
     for app in (ours, ref):
         signer = app.extensions[auth.EXTENSION].signer
         if signer is not None:
@@ -122,8 +137,7 @@ def _pair(config: Config) -> tuple[Flask, Flask]:
 
 
 def _compare(ours: Flask, ref: Flask, requests: list[tuple[str, dict[str, str]]]) -> int:
-    shortcut = ours.wsgi_app
-    assert isinstance(shortcut, fast.FastTickets)
+    shortcut = _shortcut(ours)
     assert shortcut.enabled, "the shortcut should be on for this app"
     before = shortcut.served
     for path, headers in requests:
@@ -163,7 +177,7 @@ def test_same_answers_per_role(data_dir: Path, role: str) -> None:
     config = for_data_dir(str(data_dir))
     config.data_server.separate = True
     ours, ref = create_app(config, role), create_app(config, role)
-    ref.wsgi_app = ref.wsgi_app.flask  # type: ignore[attr-defined,method-assign]
+    _flask_only(ref)
     for app in (ours, ref):
         app.test_client().get("/service-info")
     assert _compare(ours, ref, DATA_REQUESTS + REQUESTS[:10]) >= 10

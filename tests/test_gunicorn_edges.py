@@ -151,3 +151,30 @@ def test_plain_gunicorn_has_the_deadlines(plain_gunicorn: int) -> None:
     status, _, body = raw(plain_gunicorn, liar)
     assert status == 408, body[:200]
     assert 1.5 < time.monotonic() - t0 < 2 + 5
+
+
+def test_sendfile_bytes_are_counted_in_the_access_line(small_dir: Path) -> None:
+    """/data ranges go out with sendfile(2), which gunicorn 27 does not count: the access
+    line (and the bytes metric) would say 0."""
+    port = free_port()
+    srv = Server(["--data-dir", str(small_dir), "--port", str(port),
+                  "--set", "logging.format='json'"], port).start()
+    try:
+        ticket = requests.get(f"{srv.url}/reads/sample?referenceName=chr1", timeout=10).json()
+        block = next(b for b in ticket["htsget"]["urls"] if b["url"].startswith("http"))
+        first, last = (int(x) for x in block["headers"]["Range"].split("=")[1].split("-"))
+        r = requests.get(block["url"], headers=block["headers"], timeout=10)
+        assert r.status_code == 206 and len(r.content) == last - first + 1
+        whole = requests.get(f"{srv.url}/data/sample.bam", timeout=10)
+        assert whole.status_code == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = [json.loads(ln) for ln in srv.output().splitlines()
+                     if ln.startswith("{") and '"/data/sample.bam' in ln]
+            if len(lines) >= 2:
+                break
+            time.sleep(0.1)
+    finally:
+        srv.stop()
+    sent = sorted(line["bytes"] for line in lines)
+    assert sent == sorted([last - first + 1, (small_dir / "sample.bam").stat().st_size]), lines

@@ -37,6 +37,7 @@ from flask import Flask, Response, signals
 from werkzeug.http import HTTP_STATUS_CODES
 
 from ..crypt4gh import Encryption
+from ..observability.keys import QUERY, TICKET
 from ..protocol import CONTENT_TYPE, Endpoint, HtsgetError, parse_get
 from ..storage.local import LocalStorage
 from . import auth, data, tickets
@@ -105,8 +106,9 @@ class FastTickets:
         site: tickets.Site = extensions[tickets.SITE]
         try:
             origin = site.origin(environ)  # tickets._check_host
-            query = parse_get(endpoint, id, args)
-            ticket = extensions["htsgetr"].ticket(query, Encryption.of_get(args, environ))
+            query = environ[QUERY] = parse_get(endpoint, id, args)  # for the access line
+            ticket = environ[TICKET] = extensions["htsgetr"].ticket(
+                query, Encryption.of_get(args, environ))
             body = tickets.ticket_json(ticket, site, origin, extensions[auth.EXTENSION].signer)
         except HtsgetError as err:
             if err.status >= 500:  # logged, as Flask's handler logs it

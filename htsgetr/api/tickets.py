@@ -16,6 +16,7 @@ from ..config import Config
 from ..crypt4gh import Encryption
 from ..engine import Htsget
 from ..hosts import HostPolicy, host_policy
+from ..observability.keys import QUERY, TICKET
 from ..protocol import (
     CONTENT_TYPE,
     Endpoint,
@@ -182,10 +183,11 @@ def ticket_view(endpoint: Endpoint, id: str) -> Response:
     else:
         query = parse_get(endpoint, id, request.args)
         encryption = Encryption.of_get(request.args, request.environ)
+    request.environ[QUERY] = query  # the ticket's ID, format, class, regions: access line
     query, allowed = authorize(query)
     site: Site = current_app.extensions[SITE]
-    text = ticket_json(engine.ticket(query, encryption), site, _request_origin(), signer(),
-                       allowed)
+    ticket = request.environ[TICKET] = engine.ticket(query, encryption)
+    text = ticket_json(ticket, site, _request_origin(), signer(), allowed)
     return Response(text, content_type=CONTENT_TYPE)
 
 
