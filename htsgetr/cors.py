@@ -22,7 +22,7 @@ ALL, MIRROR = "All", "Mirror"
 #: unset `allow_headers`: echo the requested headers (htsget spec, CORS)
 DEFAULT_HEADERS = MIRROR
 DEFAULT_METHODS = ["GET", "HEAD", "POST", "OPTIONS"]
-DEFAULT_EXPOSE = ["Content-Range", "Content-Length", "Accept-Ranges", "ETag"]
+DEFAULT_EXPOSE = ["Content-Range", "Content-Length", "Accept-Ranges", "ETag", "X-Request-ID"]
 #: the htsget spec's preflight lifetime: 30 days
 THIRTY_DAYS = 30 * 24 * 3600
 
@@ -53,7 +53,7 @@ class CorsConfig:
     allow_methods: Any = _opt(None, 'list, "All" or "Mirror" (default: GET, HEAD, POST,'
                               ' OPTIONS)', check=_list_or(ALL, MIRROR))
     expose_headers: Any = _opt(None, 'list or "All" (default: Content-Range, Content-Length,'
-                               ' Accept-Ranges, ETag)', check=_list_or(ALL))
+                               ' Accept-Ranges, ETag, X-Request-ID)', check=_list_or(ALL))
     allow_credentials: bool = _opt(False, "let browsers send cookies / Authorization")
     max_age: int = _opt(THIRTY_DAYS, "seconds a preflight answer may be cached (default: 30"
                         " days, as the htsget spec asks)", min=0)

@@ -119,4 +119,6 @@ def test_served_preflight_and_cross_origin_get(cors_server: Server) -> None:
     assert data.status_code == 206
     assert data.headers["Access-Control-Allow-Origin"] in ("*", "https://igv.example")
     exposed = {h.strip().lower() for h in data.headers["Access-Control-Expose-Headers"].split(",")}
-    assert {"content-range", "content-length"} <= exposed
+    assert {"content-range", "content-length", "x-request-id"} <= exposed
+    # a browser script can read the request id the server echoed (access-log correlation)
+    assert data.headers["X-Request-ID"]
