@@ -216,7 +216,9 @@ class LambdaApp:
         from apig_wsgi import make_lambda_handler
 
         from .app import create_app
+        from .observability.logs import configure
 
+        configure(config.logging)  # [logging] format and level (Lambda keeps its handler)
         if base:
             server = dataclasses.replace(config.ticket_server, base_url=base)
             config = dataclasses.replace(config, ticket_server=server)

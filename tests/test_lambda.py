@@ -595,3 +595,36 @@ validate_audience = ["htsget-test"]
         assert other_secret["statusCode"] == 403
     finally:
         aws_lambda.reset()
+
+
+def test_json_access_lines_under_lambda(lambda_config: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """`[logging] format = "json"` holds in the functions too: one JSON access line per
+    event (the message itself is the JSON object, so Lambda's own formatter keeps it), with
+    the request id the client sent and no signature."""
+    import json
+    import logging
+
+    from htsgetr.observability import logs
+
+    config = tmp_path / "json.toml"
+    config.write_text('[logging]\nformat = "json"\n\n' + lambda_config.read_text())
+    for var in ("HTSGET_STORAGE", "HTSGET_DATA_DIR", "HTSGET_BASE_URL", "LAMBDA_TASK_ROOT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTSGET_CONFIG", str(config))
+    aws_lambda.reset()
+    try:
+        with caplog.at_level(logging.INFO):
+            resp = aws_lambda.ticket_handler(v2_event(
+                "GET", "/reads/gen/sample", "sig=SECRETSIG",
+                headers={"X-Request-ID": "lambda-1"}), None)
+        assert resp["statusCode"] == 200
+        lines = [json.loads(r.getMessage()) for r in caplog.records
+                 if r.getMessage().startswith("{") and '"request_id"' in r.getMessage()]
+        assert [ln["request_id"] for ln in lines] == ["lambda-1"]
+        assert lines[0]["status"] == 200 and lines[0]["ticket"]["id"] == "gen/sample"
+        assert "SECRETSIG" not in caplog.text
+    finally:
+        aws_lambda.reset()
+        logs.CONFIG = type(logs.CONFIG)()
