@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from . import cli_fetch
@@ -119,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     show = csub.add_parser("show", help="the effective configuration (secrets redacted)")
     _config_options(show)
     csub.add_parser("default", help="a commented configuration file with every default")
+    nginx = csub.add_parser(
+        "nginx", help="an nginx server in front of htsgetr: proxy + X-Accel-Redirect locations")
+    _config_options(nginx)
+    nginx.add_argument("--listen", default="8088", metavar="[HOST:]PORT",
+                       help="where nginx listens (default 8088)")
+    nginx.add_argument("--upstream", metavar="HOST:PORT",
+                       help="htsgetr's bind (default: the configuration's ticket server)")
+    nginx.add_argument("-o", "--output", metavar="FILE", help="write it here, not to stdout")
 
     completion = sub.add_parser("completion", help="print the shell completion script")
     completion.add_argument("shell", nargs="?", default="bash", choices=["bash", "zsh", "fish"])
@@ -288,8 +297,30 @@ def _config_command(args: argparse.Namespace) -> int:
     if args.config_command == "default":
         sys.stdout.write(default_toml())
         return 0
+    if args.config_command == "nginx":
+        return _nginx_config(args)
     args.config_help(sys.stderr)
     return 2
+
+
+def _nginx_config(args: argparse.Namespace) -> int:
+    """`htsgetr config nginx`: nginx in front, serving /data files htsgetr hands over; the
+    configuration must say `[data_server] accel = "nginx"` (`--set` does)."""
+    from .api.accel import nginx_server
+
+    config = load(_config_path(args), cli_layer(args))
+    if config.data_server.accel != "nginx":
+        print('htsgetr: error: the configuration needs [data_server] accel = "nginx"'
+              " (or --set data_server.accel='nginx')", file=sys.stderr)
+        return 2
+    server = config.ticket_server
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    text = nginx_server(config, args.listen, args.upstream or f"{host}:{server.port}")
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _completion(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import base64
 import collections
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
+#: nginx, where `make test` installs it (Debian puts it in /usr/sbin, not always on PATH)
+NGINX_BIN = shutil.which("nginx") or (
+    "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 pysam = pytest.importorskip("pysam")
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -188,3 +189,63 @@ def test_cors_headers_survive_the_internal_redirect(world: dict[str, Any]) -> No
     assert r.headers["Access-Control-Allow-Origin"] in ("*", "https://igv.example")
     assert "Content-Range" in r.headers["Access-Control-Expose-Headers"]
     assert r.headers["Cache-Control"] == "no-store"
+
+
+def test_htsgetr_config_nginx_serves_exact_tickets(tmp_path: Path) -> None:
+    """`htsgetr config nginx` (what the Helm chart's sidecar runs) writes a working nginx
+    server: tickets through it reassemble to htslib's records, /data ranges leave nginx
+    by X-Accel-Redirect, and the internal location is refused from outside."""
+    import sys
+
+    from conftest import assert_ticket_records, reassemble
+
+    root = tmp_path / "data"
+    root.mkdir()
+    make_bam(root / "sample.bam", seed=5)
+    port, nginx_port = free_port(), free_port()
+    accel = "--set", "data_server.accel='nginx'"
+    site = tmp_path / "htsgetr-site.conf"
+    made = subprocess.run(
+        [sys.executable, "-m", "htsgetr", "config", "nginx", "--data-dir", str(root), *accel,
+         "--port", str(port), "--listen", f"127.0.0.1:{nginx_port}", "-o", str(site)],
+        capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"{user}daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;\nevents {{}}\n"
+        "http {\n  log_format accel '$request_uri $status "
+        "x-accel=[$upstream_http_x_accel_redirect]';\n"
+        f"  access_log {tmp}/access.log accel;\n"
+        f"  client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};\n"
+        f"  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n  include {site};\n}}\n")
+    srv = Server(["--data-dir", str(root), "--port", str(port), *accel,
+                  "--set", "ticket_server.allowed_hosts=['127.0.0.1:*']"], port).start()
+    assert NGINX is not None
+    nginx = subprocess.Popen([NGINX, "-c", str(conf)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{nginx_port}"
+    try:
+        for _ in range(100):
+            try:
+                requests.get(url + "/service-info", timeout=1)
+                break
+            except requests.RequestException:
+                assert nginx.poll() is None, nginx.stdout.read() if nginx.stdout else ""
+                time.sleep(0.1)
+        region = ("chr1", 30_000, 90_000)
+        ticket = requests.get(f"{url}/reads/sample?referenceName=chr1&start=30000&end=90000",
+                              timeout=10).json()
+        blocks = [b["url"] for b in ticket["htsget"]["urls"] if b["url"].startswith("http")]
+        assert blocks and all(b.startswith(url + "/data/") for b in blocks)
+        assert_ticket_records(reassemble(ticket), tmp_path, root / "sample.bam", [region])
+        assert requests.get(f"{url}/_protected/sample.bam", timeout=10).status_code == 404
+        time.sleep(0.1)
+        log = (tmp / "access.log").read_text()
+        assert "/data/sample.bam 206 x-accel=[/_protected/sample.bam]" in log, log
+    finally:
+        os.killpg(nginx.pid, signal.SIGTERM)
+        nginx.wait(10)
+        srv.stop()

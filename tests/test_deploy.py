@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -454,7 +455,14 @@ MINIMAL: dict[str, Any] = {
     "metrics": {"enabled": False}, "autoscaling": {"enabled": False}, "replicaCount": 1,
     "podDisruptionBudget": {"enabled": False}, "serviceAccount": {"create": False},
 }
-VALUE_SETS = {"defaults": {}, "everything": EVERYTHING, "minimal": MINIMAL}
+NGINX_SIDECAR: dict[str, Any] = {
+    "config": '[[locations]]\nroot = "/data"\n',
+    "nginx": {"enabled": True},
+    "extraVolumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "genomes"}}],
+    "extraVolumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+}
+VALUE_SETS = {"defaults": {}, "everything": EVERYTHING, "minimal": MINIMAL,
+              "nginx": NGINX_SIDECAR}
 
 
 def helm_sdk() -> Any:
@@ -526,6 +534,8 @@ def test_chart_renders_valid_kubernetes_objects(values: str) -> None:
         "everything": ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress",
                        "PodDisruptionBudget", "Service", "ServiceAccount", "ServiceMonitor"],
         "minimal": ["ConfigMap", "Deployment", "Service"],
+        "nginx": ["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+                  "PodDisruptionBudget", "Service", "ServiceAccount"],
     }[values]
     assert kinds == expected
     versions = ["1.25.0", kv.utils.latest_version()]
@@ -558,6 +568,11 @@ def test_helm_lint() -> None:
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
+def htsgetr_container(pod: dict[str, Any]) -> dict[str, Any]:
+    (container,) = [c for c in pod["containers"] if c["name"] == "htsgetr"]
+    return container
+
+
 def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
 
@@ -568,7 +583,7 @@ def test_deployment_contract() -> None:
     for name, values in VALUE_SETS.items():
         objects = by_kind(render(values))
         pod = objects["Deployment"]["spec"]["template"]["spec"]
-        (container,) = pod["containers"]
+        container = htsgetr_container(pod)
         env = _env(container)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert int(env["HTSGET_PORT"]) == ports["http"]
@@ -586,7 +601,20 @@ def test_deployment_contract() -> None:
         assert env["HTSGET_TICKET_SERVER_WORKER_CLASS"] == "gevent"
         service = objects["Service"]
         http = [p for p in service["spec"]["ports"] if p["name"] == "http"]
-        assert http and http[0]["targetPort"] == "http"
+        sidecar = values.get("nginx", {}).get("enabled", False)
+        assert http and http[0]["targetPort"] == ("proxy" if sidecar else "http")
+        assert [c["name"] for c in pod["containers"]] == (
+            ["nginx", "htsgetr"] if sidecar else ["htsgetr"])
+        if sidecar:  # nginx: the Service's port; htsgetr hands it files by X-Accel-Redirect
+            (init,) = pod["initContainers"]
+            nginx = pod["containers"][0]
+            assert env["HTSGET_DATA_SERVER_ACCEL"] == "nginx"
+            assert init["args"][:2] == ["config", "nginx"]
+            assert {p["name"]: p["containerPort"] for p in nginx["ports"]} == {
+                "proxy": int(init["args"][init["args"].index("--listen") + 1])}
+            data = {"name": "data", "mountPath": "/data", "readOnly": True}
+            assert data in nginx["volumeMounts"] and data in init["volumeMounts"]
+            assert nginx["securityContext"]["readOnlyRootFilesystem"] is True
         assert service["spec"]["selector"] == objects["Deployment"]["spec"]["selector"][
             "matchLabels"]
         if values.get("metrics", {}).get("enabled", True):
@@ -609,7 +637,7 @@ def test_deployment_contract() -> None:
             assert "replicas" not in objects["Deployment"]["spec"]
     everything = by_kind(render(EVERYTHING))
     pod = everything["Deployment"]["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
+    container = htsgetr_container(pod)
     secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert secrets == {"htsget-jwt", "htsget-c4gh", "htsget-pod-tls"}
     assert container["envFrom"] == [{"secretRef": {"name": "htsget-aws"}}]
@@ -926,3 +954,74 @@ def test_values_schema_refuses_mistakes() -> None:
                 {"server": {"workerClass": "eventlet"}}, {"ingress": {"hosts": "a.org"}}):
         with pytest.raises(helm.HelmError):
             render(bad)
+
+
+def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: Path) -> None:
+    """The chart's nginx option run as the pod would: the init container's command writes
+    nginx's server block from the ConfigMap's config.toml, htsgetr serves with the
+    container's environment (accel = nginx), and a real nginx with that block answers on the
+    Service's target port: tickets reassemble to htslib's records, /data leaves by
+    X-Accel-Redirect."""
+    from conftest import NGINX_BIN, assert_ticket_records, reassemble
+
+    if NGINX_BIN is None:
+        pytest.skip("nginx is not installed (make test installs it)")
+    port, nginx_port = free_port(), free_port()
+    values = {**NGINX_SIDECAR, "config": f'[[locations]]\nroot = "{data_dir}"\n',
+              "server": {"port": port}, "nginx": {"enabled": True, "port": nginx_port},
+              "metrics": {"enabled": False}}
+    objects = by_kind(render(values))
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    config = tmp_path / "config.toml"
+    config.write_text(objects["ConfigMap"]["data"]["config.toml"])
+    (init,) = pod["initContainers"]
+    args = list(init["args"])
+    site = tmp_path / "htsgetr.conf"
+    args[args.index("--output") + 1] = str(site)
+    img = image()
+    init_env = local_env(img, **{**_env(init), "HTSGET_CONFIG": str(config)})
+    made = subprocess.run([*img.entrypoint, *args], env=init_env, capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (tmp / "nginx.conf").write_text(
+        f"{user}daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;\nevents {{}}\n"
+        f"http {{\n  log_format accel '$request_uri $status [$upstream_http_x_accel_redirect]';\n"
+        f"  access_log {tmp}/access.log accel;\n  client_body_temp_path {tmp};\n"
+        f"  proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp};\n"
+        f"  scgi_temp_path {tmp};\n  include {site};\n}}\n")
+    env = local_env(img, **{**_env(htsgetr_container(pod)), "HTSGET_CONFIG": str(config)})
+    c = Container(img, env)
+    nginx = subprocess.Popen([NGINX_BIN, "-c", str(tmp / "nginx.conf")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        c.wait_up(f"http://127.0.0.1:{port}/service-info")
+        base = f"http://127.0.0.1:{nginx_port}"
+        host = {"Host": f"{RELEASE}-htsgetr.{NAMESPACE}.svc"}
+        for _ in range(100):
+            try:
+                requests.get(base + "/service-info", headers=host, timeout=1)
+                break
+            except requests.RequestException:
+                assert nginx.poll() is None, nginx.stdout.read() if nginx.stdout else ""
+                time.sleep(0.1)
+        ticket = requests.get(base + "/reads/sample", headers=host, timeout=30,
+                              params={"referenceName": "chr1", "start": 1000, "end": 60000})
+        assert ticket.status_code == 200, ticket.text
+        # the ticket names the Service; a client in the cluster reaches nginx there
+        blocks = ticket.json()
+        for b in blocks["htsget"]["urls"]:
+            b["url"] = b["url"].replace(f"http://{RELEASE}-htsgetr.{NAMESPACE}.svc", base)
+            if not b["url"].startswith("data:"):
+                b.setdefault("headers", {}).update(host)
+        assert_ticket_records(reassemble(blocks), tmp_path, data_dir / "sample.bam",
+                              [("chr1", 1000, 60000)])
+        time.sleep(0.1)
+        assert "/data/sample.bam 206 [/_protected/sample.bam]" in (tmp / "access.log").read_text()
+    finally:
+        os.killpg(nginx.pid, signal.SIGTERM)
+        nginx.wait(10)
+        c.stop()

@@ -84,3 +84,32 @@ def nginx_locations(config: Config, indent: str = "    ") -> str:
                 f"{indent}}}\n"
             )
     return "".join(out)
+
+
+def nginx_server(config: Config, listen: str, upstream: str) -> str:
+    """A whole nginx `server` (with its `upstream`) for nginx in front of htsgetr on the same
+    host or pod — `htsgetr config nginx`, the Helm chart's sidecar: every request goes to
+    htsgetr over kept-alive connections, and the files it hands over with X-Accel-Redirect
+    come from the `internal` locations (`nginx_locations`), sent with sendfile."""
+    return (
+        "upstream htsgetr_upstream {\n"
+        f"    server {upstream};\n"
+        "    keepalive 32;\n"
+        "}\n"
+        "server {\n"
+        f"    listen {listen};\n"
+        "    sendfile on;\n"
+        f"    client_max_body_size {config.max_post_bytes};\n"
+        "    location / {\n"
+        "        proxy_pass http://htsgetr_upstream;\n"
+        "        proxy_http_version 1.1;\n"
+        '        proxy_set_header Connection "";\n'
+        "        proxy_set_header Host $http_host;\n"
+        "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+        "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+        "        proxy_buffering off;  # stream proxied bodies: nothing on a read-only disk\n"
+        "        proxy_request_buffering off;\n"
+        "    }\n"
+        + nginx_locations(config)
+        + "}\n"
+    )
