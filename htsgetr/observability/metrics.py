@@ -344,7 +344,7 @@ def registry() -> Any:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         reg = CollectorRegistry()
-        MultiProcessCollector(reg)
+        MultiProcessCollector(reg)  # type: ignore[no-untyped-call,unused-ignore]
         return reg
     return families().registry
 
@@ -391,7 +391,7 @@ def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess as mp
 
         try:
-            mp.mark_process_dead(worker.pid)
+            mp.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call,unused-ignore]
         except OSError:  # pragma: no cover - the directory went away
             pass
 

@@ -11,6 +11,7 @@ untouched; anywhere else the body is wrapped and `finish` runs when it is closed
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -50,7 +51,7 @@ class Observer:
         self.recorder = recorder
         self.metrics_path = metrics_path
         self.exclude = frozenset(logging_config.access_exclude)
-        self.access_log = logs.logging.getLogger(logs.ACCESS_LOGGER)
+        self.access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
     def finish(self, environ: dict[str, Any], status: int, sent: Optional[int], seconds: float,
                access_log: Any = "default") -> None:

@@ -101,9 +101,9 @@ def install(app: Any, engine: Any, config: TracingConfig, exporter: Any = None) 
             if isinstance(value, str):
                 span.set_attribute(name, redact_url(value))
 
-    FlaskInstrumentor().instrument_app(app, request_hook=request_hook,
-                                       response_hook=response_hook,
-                                       tracer_provider=tracer_provider)
+    FlaskInstrumentor().instrument_app(  # type: ignore[no-untyped-call,unused-ignore]
+        app, request_hook=request_hook, response_hook=response_hook,
+        tracer_provider=tracer_provider)
     instrument_engine(engine, tracer)
 
 
