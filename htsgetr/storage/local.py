@@ -17,6 +17,9 @@ from ..protocol import HtsgetError, InternalError, NotFound
 from .base import range_header
 
 PATH_TTL = 2.0
+#: how long the stat() of `exists` may serve the `size`/`version` asked right after it (the
+#: same ticket: locate, then the cache key), seconds; older answers are asked again
+STAT_REUSE = 0.005
 PATH_CACHE = 4096
 #: open files kept per storage and process (least recently used closed past it)
 OPEN_FILES = 64
@@ -229,6 +232,9 @@ class LocalStorage:
         self.name = f"file:{self.root}"
         self._paths: dict[str, tuple[str, float]] = {}
         self.files = OpenFiles()
+        #: stat() results `exists` just got, by path: (result, monotonic deadline), each
+        #: used once by the `size`/`version` that follows in the same ticket
+        self._fresh: dict[str, tuple[os.stat_result, float]] = {}
 
     def check(self) -> None:
         """ValueError unless the root is a directory we can list (checked at start)."""
@@ -265,16 +271,27 @@ class LocalStorage:
 
     def exists(self, key: str) -> bool:
         try:
-            return os.path.isfile(self.path(key))
-        except NotFound:
+            path = self.path(key)
+            st = os.stat(path)
+        except (NotFound, OSError, ValueError):
             return False
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if len(self._fresh) >= 64:
+            self._fresh.clear()
+        self._fresh[path] = (st, time.monotonic() + STAT_REUSE)
+        return True
 
     def _stat(self, key: str) -> os.stat_result:
         path = self.path(key)
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError) as err:
-            raise os_error(key, err) from None
+        fresh = self._fresh.pop(path, None)
+        if fresh is not None and fresh[1] > time.monotonic():
+            st = fresh[0]  # `exists` asked a moment ago: one stat() for both
+        else:
+            try:
+                st = os.stat(path)
+            except (OSError, ValueError) as err:
+                raise os_error(key, err) from None
         if not stat.S_ISREG(st.st_mode):
             raise NotFound(f"no such object: {key!r}")
         self.files.check(path, st)
