@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
@@ -90,14 +91,21 @@ def ticket_json(ticket: Ticket, site: Site, origin: Optional[str],
 
 
 _INLINE = "data:;base64,"
+#: characters json.dumps escapes in an ASCII string
+_ESCAPED = re.compile(r'[\x00-\x1f"\\]').search
+#: a Range header value as the engine writes it
+_RANGE = re.compile(r"bytes=[0-9]{1,20}-[0-9]{1,20}").fullmatch
+#: a block's "class" entry, spelled
+_CLASS = {"header": '"class": "header"', "body": '"class": "body"'}
 
 
 def _dumps_ticket(body: dict[str, Any]) -> str:
     """`json.dumps(body)`, character for character, joined once, without running the
-    encoder's escaping over inline blocks: base64 (the engine's `data_uri`) needs none, and
-    a ticket of re-cut edges carries tens of them, ~100 KB in all (escaping them was most of
-    the HTTP layer's time per ticket). Any other string, and an inline url that is not plain
-    base64 text, goes through `json.dumps`."""
+    encoder over what needs no escaping: inline blocks (base64, from the engine's
+    `data_uri`; a ticket of re-cut edges carries tens of them, ~100 KB in all), plain ASCII
+    urls, Range headers and classes as the engine writes them (a ticket of many blocks
+    spent most of its HTTP time in json.dumps calls). Anything else goes through
+    `json.dumps`."""
     dumps = json.dumps
     out = ['{"htsget": {']
     for i, (key, value) in enumerate(body["htsget"].items()):
@@ -106,15 +114,21 @@ def _dumps_ticket(body: dict[str, Any]) -> str:
         if key != "urls":
             out.append(f"{dumps(key)}: {dumps(value)}")
             continue
-        out.append(f"{dumps(key)}: [")
+        out.append('"urls": [')
         for j, block in enumerate(value):
             out.append(", {" if j else "{")
             for k, (name, text) in enumerate(block.items()):
                 if k:
                     out.append(", ")
-                if (name == "url" and text.startswith(_INLINE) and text.isascii()
-                        and '"' not in text and "\\" not in text):
+                if name == "url" and text.isascii() and (
+                        '"' not in text and "\\" not in text if text.startswith(_INLINE)
+                        else not _ESCAPED(text)):
                     out += ('"url": "', text, '"')
+                elif name == "class" and text in _CLASS:
+                    out.append(_CLASS[text])
+                elif (name == "headers" and len(text) == 1 and isinstance(text.get("Range"), str)
+                      and _RANGE(text["Range"])):
+                    out += ('"headers": {"Range": "', text["Range"], '"}')
                 else:
                     out.append(f"{dumps(name)}: {dumps(text)}")
             out.append("}")
