@@ -339,7 +339,12 @@ def test_ticket_text_is_json_dumps(data_dir: Path) -> None:
                   {"url": 'data:;base64,"quoted"\\', "headers": {"Range": "bytes=0-1"}},
                   {"url": "data:;base64,\u00e9\n", "class": "body"},
                   {"url": "https://h/data/a b?x=\"1\"", "headers": {"Range": "bytes=2-3",
-                                                                  "X": "\u2603"}}],
+                                                                  "X": "\u2603"}},
+                  {"url": "https://h/data/x\x01y\\z", "headers": {"Range": "bytes=5-"}},
+                  {"url": "https://h/data/\u00e9", "headers": {"Range": 'bytes="1"-2'},
+                   "class": "other"},
+                  {"url": "https://h/data/ok", "headers": {"Range": "bytes=10-20"},
+                   "class": "body"}],
                   "md5": "0" * 32, "allowed": [{"referenceName": "chr1", "start": 0}]}}]
     engine = create_app(for_data_dir(str(data_dir))).extensions["htsgetr"]
     from htsgetr.protocol import Endpoint, parse_get
