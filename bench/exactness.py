@@ -125,7 +125,7 @@ class _Format:
             return self.keys(f.fetch(until_eof=True) if self.reads else f)
 
 
-def _reassemble(client: Any, ticket: dict[str, Any]) -> bytes:
+def reassemble_via(client: Any, ticket: dict[str, Any]) -> bytes:
     parts = []
     for block in ticket["htsget"]["urls"]:
         url = block["url"]
@@ -177,7 +177,7 @@ def exactness(files: dict[str, Path], regions: int = 50, seed: int = 5,
                                f"&format={fmt}")
                 if r.status_code != 200:
                     raise AssertionError(f"{fmt} {query}: {r.status_code} {r.get_data()[:200]!r}")
-                got = case.records_of(_reassemble(client, r.get_json()), Path(tmp))
+                got = case.records_of(reassemble_via(client, r.get_json()), Path(tmp))
                 want = case.expected(ref, begin, end)
                 if got == want:
                     exact += 1

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from exactness import _reassemble  # noqa: E402
+from exactness import reassemble_via  # noqa: E402
 from results import record  # noqa: E402
 
 EOF_BYTES = 28
@@ -158,7 +158,7 @@ def bench_cover(files: dict[str, tuple[str, Path]], regions: int = 40, seed: int
                            f"&start={start}&end={end}")
             if r.status_code != 200:
                 raise AssertionError(f"{label} {ref}:{start}-{end}: {r.status_code}")
-            ours = len(_reassemble(client, r.get_json()))
+            ours = len(reassemble_via(client, r.get_json()))
             total_ours += ours
             total_min += minimal
             worst = max(worst, ours / minimal)

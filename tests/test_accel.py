@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 import requests
-from conftest import Server, free_port, make_bam
+from conftest import Server, free_port, make_bam, start_nginx
 
 from htsgetr.api.accel import nginx_locations
 from htsgetr.config import load_config
@@ -78,20 +78,9 @@ secret = "accel-test-secret"
         "  }\n}\n")
     srv = Server(["--config", str(config_path), "--port", str(port), "--workers", "1"], port)
     srv.start()
-    assert NGINX is not None
-    nginx = subprocess.Popen([NGINX, "-c", str(conf)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{nginx_port}"
+    nginx = start_nginx(conf, url)
     try:
-        for _ in range(100):
-            try:
-                requests.get(url + "/service-info", timeout=1)
-                break
-            except requests.RequestException:
-                if nginx.poll() is not None:
-                    out = nginx.stdout.read().decode() if nginx.stdout else ""
-                    raise RuntimeError(out) from None
-                time.sleep(0.1)
         yield {"url": url, "root": root, "log": tmp / "access.log", "conf": conf}
     finally:
         os.killpg(nginx.pid, signal.SIGTERM)
@@ -223,18 +212,9 @@ def test_htsgetr_config_nginx_serves_exact_tickets(tmp_path: Path) -> None:
         f"  uwsgi_temp_path {tmp}; scgi_temp_path {tmp};\n  include {site};\n}}\n")
     srv = Server(["--data-dir", str(root), "--port", str(port), *accel,
                   "--set", "ticket_server.allowed_hosts=['127.0.0.1:*']"], port).start()
-    assert NGINX is not None
-    nginx = subprocess.Popen([NGINX, "-c", str(conf)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{nginx_port}"
+    nginx = start_nginx(conf, url)
     try:
-        for _ in range(100):
-            try:
-                requests.get(url + "/service-info", timeout=1)
-                break
-            except requests.RequestException:
-                assert nginx.poll() is None, nginx.stdout.read() if nginx.stdout else ""
-                time.sleep(0.1)
         region = ("chr1", 30_000, 90_000)
         ticket = requests.get(f"{url}/reads/sample?referenceName=chr1&start=30000&end=90000",
                               timeout=10).json()

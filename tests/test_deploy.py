@@ -962,7 +962,7 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
     container's environment (accel = nginx), and a real nginx with that block answers on the
     Service's target port: tickets reassemble to htslib's records, /data leaves by
     X-Accel-Redirect."""
-    from conftest import NGINX_BIN, assert_ticket_records, reassemble
+    from conftest import NGINX_BIN, assert_ticket_records, reassemble, start_nginx
 
     if NGINX_BIN is None:
         pytest.skip("nginx is not installed (make test installs it)")
@@ -994,20 +994,12 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
         f"  scgi_temp_path {tmp};\n  include {site};\n}}\n")
     env = local_env(img, **{**_env(htsgetr_container(pod)), "HTSGET_CONFIG": str(config)})
     c = Container(img, env)
-    nginx = subprocess.Popen([NGINX_BIN, "-c", str(tmp / "nginx.conf")],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    base = f"http://127.0.0.1:{nginx_port}"
+    host = {"Host": f"{RELEASE}-htsgetr.{NAMESPACE}.svc"}
+    nginx: Optional[subprocess.Popen] = None
     try:
         c.wait_up(f"http://127.0.0.1:{port}/service-info")
-        base = f"http://127.0.0.1:{nginx_port}"
-        host = {"Host": f"{RELEASE}-htsgetr.{NAMESPACE}.svc"}
-        for _ in range(100):
-            try:
-                requests.get(base + "/service-info", headers=host, timeout=1)
-                break
-            except requests.RequestException:
-                assert nginx.poll() is None, nginx.stdout.read() if nginx.stdout else ""
-                time.sleep(0.1)
+        nginx = start_nginx(tmp / "nginx.conf", base)
         ticket = requests.get(base + "/reads/sample", headers=host, timeout=30,
                               params={"referenceName": "chr1", "start": 1000, "end": 60000})
         assert ticket.status_code == 200, ticket.text
@@ -1022,6 +1014,7 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
         time.sleep(0.1)
         assert "/data/sample.bam 206 [/_protected/sample.bam]" in (tmp / "access.log").read_text()
     finally:
-        os.killpg(nginx.pid, signal.SIGTERM)
-        nginx.wait(10)
+        if nginx is not None:
+            os.killpg(nginx.pid, signal.SIGTERM)
+            nginx.wait(10)
         c.stop()

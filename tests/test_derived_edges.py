@@ -10,19 +10,30 @@ signed like every /data url; samtools reads such a ticket end to end.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 import requests
-from conftest import Server, Spec, assert_ticket_records, free_port, make_bam, make_vcf
+from conftest import (
+    ROOT,
+    Server,
+    Spec,
+    assert_ticket_records,
+    free_port,
+    make_bam,
+    make_vcf,
+)
+
+sys.path.insert(0, str(ROOT / "bench"))
+from exactness import reassemble_via  # noqa: E402  (the bench's in-app client)
 
 from htsgetr.app import create_app
 from htsgetr.config import for_data_dir
@@ -57,21 +68,6 @@ def regions_for(fmt: str, n: int, seed: int) -> list[Spec]:
     return out
 
 
-def fetch_all(client: Any, ticket: dict[str, Any], headers: Optional[dict] = None) -> bytes:
-    parts = []
-    for block in ticket["htsget"]["urls"]:
-        url = block["url"]
-        if url.startswith("data:"):
-            parts.append(base64.b64decode(url.split(",", 1)[1]))
-            continue
-        u = urlparse(url)
-        r = client.get(u.path + (f"?{u.query}" if u.query else ""),
-                       headers={**(block.get("headers") or {}), **(headers or {})})
-        assert r.status_code in (200, 206), (url, r.status_code, r.get_data()[:200])
-        parts.append(r.get_data())
-    return b"".join(parts)
-
-
 def post(client: Any, fmt: str, regions: list[Spec]) -> dict[str, Any]:
     endpoint, name = FILES[fmt]
     body = {"format": fmt, "regions": [
@@ -98,14 +94,14 @@ def test_many_regions_stay_in_budget_and_exact(edir: Path, fmt: str, tmp_path: P
     assert derived_urls(ticket), "no edge was derived: the bound was not reached"
     # the EOF marker and header re-cut always stay inline; edges only while the budget lasts
     assert inline_chars(ticket) <= BOUND, inline_chars(ticket)
-    payload = fetch_all(bounded, ticket)
+    payload = reassemble_via(bounded, ticket)
     assert_ticket_records(payload, tmp_path, edir / FILES[fmt][1], regions)
     # the same ticket with everything inline reassembles to the same bytes
     free = create_app(config).test_client()
     unbounded = post(free, fmt, regions)
     assert not derived_urls(unbounded)
     assert inline_chars(unbounded) > BOUND
-    assert fetch_all(free, unbounded) == payload
+    assert reassemble_via(free, unbounded) == payload
 
 
 def _bounded(edir: Path) -> Any:
