@@ -126,6 +126,8 @@ class _Format:
 
 
 def reassemble_via(client: Any, ticket: dict[str, Any]) -> bytes:
+    """A ticket's payload as a client gets it, through a Flask test `client`: inline blocks
+    decoded, every other url's path (and query) asked of the app with its headers."""
     parts = []
     for block in ticket["htsget"]["urls"]:
         url = block["url"]
