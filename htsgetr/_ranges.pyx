@@ -70,6 +70,16 @@ cdef inline int64_t _bin_first(int level) noexcept nogil:
     return ((<int64_t>1 << (3 * level)) - 1) // 7
 
 
+cdef inline int64_t _meta_bin(int depth) noexcept nogil:
+    # The pseudo-bin, as htslib numbers it: ((1 << (3*depth + 3)) - 1) / 7 + 1 (CSIv1). htslib
+    # computes it in a 32-bit int, whose shift overflows at depth 10 (x86 takes the count mod
+    # 32: 1 << 1), so its CSI files of depth 10 (bcftools index -m 4 on a 2 Gbp contig) hold
+    # the pseudo-bin as bin 1, and htslib reads them so. Depth 10 is the deepest CSI we take.
+    if depth == 10:
+        return 1
+    return _bin_first(depth + 1) + 1
+
+
 cdef inline int64_t _bin_parent(int64_t b) noexcept nogil:
     return (b - 1) >> 3
 
@@ -173,7 +183,8 @@ cdef class BinningIndex:
     cdef int64_t _len
     cdef bint _csi
     cdef int64_t _n_bins        # number of real bins: (8**(depth+1) - 1) / 7
-    cdef int64_t _meta_bin      # the pseudo-bin: _n_bins + 1
+    cdef int64_t _meta_bin      # the pseudo-bin: _n_bins + 1 (htslib's: see _meta_bin)
+    cdef int64_t _max_bin       # the largest bin number allowed: max(_n_bins - 1, _meta_bin)
     cdef int64_t _max_coord     # 1 << (min_shift + 3 * depth)
     cdef int64_t *_ref_pos      # byte offset of each reference's n_bin field
     cdef int32_t *_ref_nbin
@@ -256,7 +267,8 @@ cdef class BinningIndex:
         self.min_shift = min_shift
         self.depth = depth
         self._n_bins = _bin_first(depth + 1)
-        self._meta_bin = self._n_bins + 1
+        self._meta_bin = _meta_bin(depth)
+        self._max_bin = max(self._n_bins - 1, self._meta_bin)
         self._max_coord = <int64_t>1 << (min_shift + 3 * depth)
         return 0
 
@@ -286,8 +298,8 @@ cdef class BinningIndex:
         head = 16 if self._csi else 8   # bin, [loffset,] n_chunk
         # Besides the bounds, gather what validate() compares with the data file, in the
         # same pass (the index is read from memory once): see the fields' comment.
-        bitmap_bytes = (self._meta_bin >> 3) + 1
-        if self._meta_bin < (1 << 22):
+        bitmap_bytes = (self._max_bin >> 3) + 1
+        if self._max_bin < (1 << 22):
             seen = <unsigned char *>calloc(bitmap_bytes, 1)
             if seen == NULL:
                 raise MemoryError()
@@ -343,7 +355,7 @@ cdef class BinningIndex:
                         p = self._ref_pos[i] + 4
                         for j in range(n_bin):
                             b = htsr_le32(self._buf + p)
-                            if <int64_t>b <= self._meta_bin:
+                            if <int64_t>b <= self._max_bin:
                                 seen[b >> 3] = 0
                             p += head + <int64_t>_i32(self._buf + p + head - 4) * 16
                 if not self._csi:
@@ -679,7 +691,7 @@ cdef class BinningIndex:
         # something is wrong (or the scheme is too large for the scan's bitmap): walk again
         # to name the first offence
         head = 16 if self._csi else 8
-        n_bits = self._meta_bin + 1
+        n_bits = self._max_bin + 1
         use_bitmap = n_bits <= (1 << 23)   # 1 MiB at most; larger schemes sort instead
         if use_bitmap:
             seen = <unsigned char *>calloc((n_bits + 7) >> 3, 1)

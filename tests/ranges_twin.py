@@ -101,7 +101,8 @@ class BinningIndex:
         self.names: list[str] = []
         self.refs: list[Ref] = []
         self.n_bins = bin_first(depth + 1)
-        self.meta_bin = self.n_bins + 1
+        # htslib's 32-bit arithmetic numbers the pseudo-bin 1 at depth 10 (see _ranges.pyx)
+        self.meta_bin = 1 if depth == 10 else self.n_bins + 1
         self.max_coord = 1 << (min_shift + 3 * depth)
 
     # -- parsing ------------------------------------------------------------------------
@@ -194,7 +195,8 @@ class BinningIndex:
 
     def bin_overlaps(self, b: int, beg: int, end: int) -> bool:
         """Does bin b cover part of [beg, end)? (What reg2bins lists, asked the other way.)"""
-        if b >= self.n_bins:  # the pseudo-bin and out-of-range numbers cover nothing
+        if b >= self.n_bins or b == self.meta_bin:  # the pseudo-bin and out-of-range numbers
+            # cover nothing
             return False
         level = bin_level(b)
         shift = self.min_shift + 3 * (self.depth - level)

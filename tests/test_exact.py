@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -619,3 +620,45 @@ def test_reference_files(tmp_path: Path, kind: str, name: str, fmt: Format) -> N
         assert got == case.expected(regions), regions
     whole = tuple(Region(ref) for ref in spans)
     assert case.got(engine, whole, tmp_path)[0] == case.expected(whole)
+
+
+@pytest.mark.skipif(shutil.which("bcftools") is None, reason="bcftools not installed")
+@pytest.mark.parametrize("kind", ["vcf", "bcf"])
+def test_depth_10_csi_from_htslib(tmp_path: Path, kind: str) -> None:
+    """`bcftools index -m 4` on a ~2 Gbp contig writes a CSI of depth 10, where htslib's
+    32-bit arithmetic numbers the pseudo-bin 1 (not CSIv1's 1227133514): such an index is
+    htslib's own and must serve (found by tests/test_diff_fuzz.py; it was refused as corrupt,
+    a 500)."""
+    import sys
+
+    from conftest import ROOT, assert_ticket_records
+
+    from htsgetr.app import create_app
+    from htsgetr.config import for_data_dir
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from exactness import reassemble_via
+
+    length = 2_147_483_393
+    vcf = tmp_path / "deep.vcf"
+    lines = ["##fileformat=VCFv4.2", "##contig=<ID=1,length=1000>",
+             f"##contig=<ID=big,length={length}>",
+             "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
+    lines += [f"1\t{p}\tv{p}\tA\tG\t50\tPASS\t." for p in (10, 500)]
+    lines += [f"big\t{p}\tw{p}\tA\tG\t50\tPASS\t." for p in (5, 1_000_000, 1_627_694_679,
+                                                             2_100_000_000)]
+    vcf.write_text("\n".join(lines) + "\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / ("calls.vcf.gz" if kind == "vcf" else "calls.bcf")
+    subprocess.run(["bcftools", "view", "-O", "z" if kind == "vcf" else "b", "-o", str(path),
+                    str(vcf)], check=True)
+    subprocess.run(["bcftools", "index", "-m", "4", str(path)], check=True)
+    client = create_app(for_data_dir(str(data))).test_client()
+    for region in [("big", 1_627_690_000, 1_627_700_000), ("big", 0, 2_000_000),
+                   ("1", None, None), ("big", 2_000_000_000, length)]:
+        query = f"format={kind.upper()}&referenceName={region[0]}" + (
+            f"&start={region[1]}&end={region[2]}" if region[1] is not None else "")
+        r = client.get(f"/variants/calls?{query}")
+        assert r.status_code == 200, r.get_data()[:300]
+        assert_ticket_records(reassemble_via(client, r.get_json()), tmp_path, path, [region])
