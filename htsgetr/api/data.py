@@ -9,7 +9,7 @@ decompressed by clients.
 from __future__ import annotations
 
 import re
-from typing import IO, Any, Iterable, Iterator, Optional
+from typing import IO, Any, Iterable, Iterator, Optional, Union
 
 from flask import Blueprint, Response, current_app, request
 from flask.sansio.blueprints import BlueprintSetupState
@@ -80,9 +80,9 @@ def _file_body(path: str, start: int, length: int, environ: dict[str, Any]
     return _limited(f, length)
 
 
-def _derived(payload: bytes) -> Response:
-    """A derived block (formats/derived.py): bytes the engine re-cut, with Range support."""
-    size = len(payload)
+def _ranged(size: int) -> Union[Response, tuple[int, int, int, dict[str, str]]]:
+    """The request's Range against an object of `size` bytes: a 416 answer, or (start, end,
+    status, headers) for the bytes to send."""
     rng = parse_range(request.headers.get("Range"), size)
     headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
     if rng == (-1, -1):
@@ -91,8 +91,17 @@ def _derived(payload: bytes) -> Response:
     start, end = rng if rng else (0, size)
     if rng:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return start, end, 206 if rng else 200, headers
+
+
+def _derived(payload: bytes) -> Response:
+    """A derived block (formats/derived.py): bytes the engine re-cut, with Range support."""
+    ranged = _ranged(len(payload))
+    if isinstance(ranged, Response):
+        return ranged
+    start, end, status, headers = ranged
     body = b"" if request.method == "HEAD" else payload[start:end]
-    resp = Response(body, status=206 if rng else 200, headers=headers)
+    resp = Response(body, status=status, headers=headers)
     resp.headers["Content-Length"] = str(end - start)
     return resp
 
@@ -157,16 +166,10 @@ def data(path: str) -> Response:
             storage, key, request.method, request.headers.get("Range"), request.environ,
             current_app.extensions.get(ACCEL))
         return Response(body, status=status, headers=headers_list, direct_passthrough=True)
-    size = storage.size(key)
-    rng = parse_range(request.headers.get("Range"), size)
-    headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
-    if rng == (-1, -1):
-        headers["Content-Range"] = f"bytes */{size}"
-        return Response(b"", status=416, headers=headers)
-    start, end = rng if rng else (0, size)
-    status = 206 if rng else 200
-    if rng:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    ranged = _ranged(storage.size(key))
+    if isinstance(ranged, Response):
+        return ranged
+    start, end, status, headers = ranged
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
         resp = Response(b"", status=status, headers=headers)
