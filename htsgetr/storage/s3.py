@@ -344,6 +344,16 @@ class S3Storage:
         except _Miss:
             return _UNKNOWN
 
+    def _denied_as_missing(self, err: Denied, bucket: str, obj: str, key: str) -> NotFound:
+        """A bare 403 on an object: NotFound, logged (without s3:ListBucket S3 says 403 for
+        a missing object too); credential errors are re-raised as they are."""
+        if err.code in CREDENTIAL_CODES:
+            raise err
+        log.warning(
+            "%s: S3 denied access to s3://%s/%s; answering NotFound (grant s3:ListBucket "
+            "to tell missing from forbidden)", self.name, bucket, obj)
+        return NotFound(f"no such object: {key!r}")
+
     def _remember(self, ident: tuple[str, str], value: Union[ObjectMeta, NotFound]) -> None:
         """Cache an answer learnt from a listing or a GET (a fresh one already cached stays)."""
 
@@ -453,12 +463,7 @@ class S3Storage:
             self._remember(ident, err)
             return []
         except Denied as err:
-            if err.code in CREDENTIAL_CODES:
-                raise
-            log.warning(
-                "%s: S3 denied access to s3://%s/%s; answering NotFound (grant s3:ListBucket "
-                "to tell missing from forbidden)", self.name, bucket, obj)
-            self._remember(ident, NotFound(f"no such object: {key!r}"))
+            self._remember(ident, self._denied_as_missing(err, bucket, obj, key))
             return []
         except HtsgetError as err:
             if not isinstance(err, ArchivedObject) and "InvalidRange" not in err.message:
@@ -559,12 +564,7 @@ class S3Storage:
                 f"GET {key}", self.client.get_object, Bucket=bucket, Key=obj, Range="bytes=0-0"
             )
         except Denied as err:
-            if err.code in CREDENTIAL_CODES:
-                raise
-            log.warning(
-                "%s: S3 denied access to s3://%s/%s; answering NotFound (grant s3:ListBucket "
-                "to tell missing from forbidden)", self.name, bucket, obj)
-            raise NotFound(f"no such object: {key!r}") from None
+            raise self._denied_as_missing(err, bucket, obj, key) from None
         resp["Body"].close()
         total = resp.get("ContentRange", "").rpartition("/")[2]
         size = int(total) if total.isdigit() else int(resp.get("ContentLength", 0))
