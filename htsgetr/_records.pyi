@@ -20,14 +20,15 @@ def runs(
     beg: int,
     end: int,
     open_end: bool,
-) -> tuple[int, int, list[tuple[int, int]], int]:
+) -> tuple[int, int, list[tuple[int, int]], int, int]:
     """Walk records from `pos` while they start before `limit` (-1: no limit in `buf`) and
     report maximal runs of consecutive records overlapping [beg, end), overlap exactly as
     htslib 1.24 decides it (BAM: CIGAR reference length, at least 1; BCF: POS + rlen; VCF:
     tabix's REF / END / SVLEN / LEN rules).
 
-    Returns (outcome, pos, runs, odd): `runs` as (start, end) buffer positions, `pos` where
-    the walk stopped, `odd` the VCF lines walked that tabix does not read as records. PAST:
+    Returns (outcome, pos, runs, odd, reach): `runs` as (start, end) buffer positions, `pos`
+    where the walk stopped, `odd` the VCF lines walked that tabix does not read as records,
+    `reach` the furthest end of the records walked past (-1 for none). PAST:
     a record of another reference or at/after `end`; OPEN_END (only with `open_end`): the
     record at `pos` and all later ones of the reference overlap.
     """

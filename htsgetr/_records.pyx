@@ -239,10 +239,12 @@ def runs(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
     """Walk records from `pos` while they start before `limit` (-1: the chunk goes on past
     the data given) and report maximal runs of consecutive records overlapping [beg, end).
 
-    Returns (outcome, pos, runs, odd): `runs` a list of (start, end) buffer positions, a
-    run's end being the start of the record after it; `pos` where the walk stopped (a record
-    start); `odd` the number of VCF lines walked that tabix does not read as records ('#'
-    lines, which htslib skips; blank or unparsable ones, where it fails), never in a run.
+    Returns (outcome, pos, runs, odd, reach): `runs` a list of (start, end) buffer positions,
+    a run's end being the start of the record after it; `pos` where the walk stopped (a
+    record start); `odd` the number of VCF lines walked that tabix does not read as records
+    ('#' lines, which htslib skips; blank or unparsable ones, where it fails), never in a
+    run; `reach` the furthest end of the records walked past (-1 for none): every record
+    before `pos` that the walk saw ends there or before (formats/waypoints.py).
     PAST: a record of another reference, or starting at or after `end` (htslib stops there
     too). OPEN_END (only when `open_end`): the record at `pos` starts after `beg`, so it and
     every later record of the reference overlap [beg, end).
@@ -250,7 +252,7 @@ def runs(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
     cdef Py_ssize_t n = buf.shape[0]
     cdef const unsigned char *p = NULL
     cdef Py_ssize_t nxt, l_name, n_cigar, j, run_start = -1, odd = 0
-    cdef int64_t rbeg = 0, rend = 0, rlen
+    cdef int64_t rbeg = 0, rend = 0, rlen, reach = -1
     cdef int32_t rec_ref
     cdef uint32_t op, flag
     cdef bint same = False, record
@@ -320,10 +322,12 @@ def runs(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
                 with gil:
                     found.append((run_start, pos))
                 run_start = -1
+            if record and rend > reach:
+                reach = rend
             pos = nxt
     if run_start >= 0:
         found.append((run_start, pos))
-    return outcome, pos, found, odd
+    return outcome, pos, found, odd, reach
 
 
 def head(const unsigned char[:] buf, Py_ssize_t pos, int kind, int64_t ref_id,

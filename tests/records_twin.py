@@ -193,10 +193,10 @@ def runs(
     beg: int,
     end: int,
     open_end: bool,
-) -> tuple[int, int, list[tuple[int, int]], int]:
+) -> tuple[int, int, list[tuple[int, int]], int, int]:
     """The same walk as `htsgetr._records.runs`, one record at a time in Python."""
     found: list[tuple[int, int]] = []
-    run_start, odd = -1, 0
+    run_start, odd, reach = -1, 0, -1
     while True:
         if 0 <= limit <= pos:
             outcome = LIMIT
@@ -220,10 +220,12 @@ def runs(
         elif run_start >= 0:
             found.append((run_start, pos))
             run_start = -1
+        if rec_ref is not None:
+            reach = max(reach, rec_end)
         pos = nxt
     if run_start >= 0:
         found.append((run_start, pos))
-    return outcome, pos, found, odd
+    return outcome, pos, found, odd, reach
 
 
 def head(buf: bytes, pos: int, parse: ExactParser, ref: RefKey) -> tuple[int, int]:

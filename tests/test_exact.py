@@ -507,8 +507,9 @@ def test_the_guard_is_never_hit_by_long_reads(data: Path, tmp_path: Path,
     walked: list[int] = []
     original = exact._Walk.run
 
-    def run(self: exact._Walk, todo: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        out = original(self, todo)
+    def run(self: exact._Walk, todo: list[tuple[int, int]], start: int = 0
+            ) -> list[tuple[int, int]]:
+        out = original(self, todo, start)
         walked.append(self.walked)
         return out
 

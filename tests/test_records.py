@@ -73,8 +73,29 @@ def test_outcomes(tmp_path: Path) -> None:
     body, starts, _, _, ckind = STREAMS["BAM"]
     assert _records.runs(body, 0, 0, ckind, 0, b"", 0, 10, False)[0] == _records.LIMIT
     assert _records.runs(body[:10], 0, -1, ckind, 0, b"", 0, 10, False)[0] == _records.NEED_MORE
-    outcome, pos, _, odd = _records.runs(body, 0, -1, ckind, 0, b"", 0, 1, False)
+    outcome, pos, _, odd, _ = _records.runs(body, 0, -1, ckind, 0, b"", 0, 1, False)
     assert outcome == _records.PAST and pos in starts and odd == 0
+
+
+@pytest.mark.parametrize("kind", ["BAM", "VCFX", "BCFX"])
+def test_reach_is_the_furthest_end_walked_past(kind: str) -> None:
+    """`reach`: the largest end of the records the walk stepped past, not of the one it
+    stopped at (formats/waypoints.py relies on it for every record before `pos`)."""
+    body, starts, refs, parse, ckind = STREAMS[kind]
+    recs = [parse(body, p) for p in starts[:-1]]
+    ref = next(r[1] for r in recs if r[1] is not None)
+    ref_id = ref if isinstance(ref, int) else -1
+    ref_name = ref if isinstance(ref, bytes) else b""
+    n = next(i for i, r in enumerate(recs) if r[1] != ref and r[1] is not None) \
+        if any(r[1] != ref and r[1] is not None for r in recs) else len(recs)
+    ends = [r[3] for r in recs[:n] if r[1] == ref]
+    for k in (1, 5, n // 2, n):
+        limit = starts[k]
+        outcome, pos, _, _, reach = _records.runs(body, 0, limit, ckind, ref_id, ref_name,
+                                                   0, 1 << 40, False)
+        assert (outcome, pos) == (_records.LIMIT, limit)
+        assert reach == max((r[3] for r in recs[:k] if r[1] == ref), default=-1)
+    assert max(ends) > 0
 
 
 def test_placed_unmapped_read_covers_one_base() -> None:
@@ -145,7 +166,7 @@ def test_tabix_spans(line: bytes, span: object) -> None:
     assert (None if got is None else got[1:]) == span
     if span is None:
         out = _records.runs(line + b"\n", 0, -1, _records.VCF, -1, b"X", 0, 1 << 40, False)
-        assert out == (_records.NEED_MORE, len(line) + 1, [], 1)
+        assert out == (_records.NEED_MORE, len(line) + 1, [], 1, -1)
         return
     assert isinstance(span, tuple)
     beg, end = span
@@ -153,8 +174,10 @@ def test_tabix_spans(line: bytes, span: object) -> None:
     for lo, hi in [(end - 1, end), (end, end + 1), (beg - 1, beg), (beg, beg + 1), (beg, end)]:
         if lo < 0 or hi <= lo:
             continue
-        _, _, runs, _ = _records.runs(buf, 0, -1, _records.VCF, -1, b"X", lo, hi, False)
+        _, _, runs, _, reach = _records.runs(buf, 0, -1, _records.VCF, -1, b"X", lo, hi,
+                                             False)
         overlaps = end > lo and beg < hi
+        assert reach == (end if hi > beg else -1)  # walked past unless it starts past hi
         assert runs == ([(0, len(buf))] if overlaps else []), (lo, hi)
 
 

@@ -20,10 +20,14 @@ from ..protocol import Class, InternalError, NotFound, Region
 from . import bgzf
 from .base import ByteRange, Inline, Piece, Source
 from .derived import DerivedRef, Edge
+from .waypoints import Waypoints
 
 #: block ends a layout remembers (beside those of the blocks in the worker's block cache);
 #: past that many the table starts again, so a layout's memory stays bounded
 BLOCK_ENDS = 4096
+#: a file keeps a waypoint per this many compressed bytes at most (blocks of records
+#: compress to 15-40 KiB; the table's memory follows the file's size)
+WAYPOINT_SPACING = 8192
 #: a BGZF block's compressed size at most (SAMv1 4.1: BSIZE - 1 fits 16 bits)
 _MAX_BSIZE = 0x10000
 #: per-process tokens naming one layout (one version of one file) in the block cache
@@ -181,11 +185,18 @@ class IndexedFile:
     index_size: int  # bytes the parsed index keeps
     #: a VCF body line that is no record was seen (formats/exact.py)
     odd_lines: bool = field(default=False, kw_only=True)
+    #: record boundaries earlier region walks passed (formats/exact.py), about one per
+    #: block at most
+    waypoints: Waypoints = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.waypoints = Waypoints(self.layout.size // WAYPOINT_SPACING)
 
     @property
     def nbytes(self) -> int:
-        """For the cache budget: the index bytes the parser keeps, plus the layout."""
-        return self.index_size + self.layout.nbytes
+        """For the cache budget: the index bytes the parser keeps, the layout, and a full
+        table of waypoints."""
+        return self.index_size + self.layout.nbytes + self.waypoints.nbytes
 
     def read_ahead(
         self, source: Source, regions: Sequence[Region], ref_id: Callable[[str], Optional[int]]

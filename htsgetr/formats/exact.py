@@ -91,7 +91,7 @@ def region_runs(
     todo = merge_ranges([(max(u, lo), min(v, hi)) for u, v in found if min(v, hi) > max(u, lo)])
     target = Target(target_ref, beg, end)
     walk = _Walk(source, indexed, kind, target, ref_id, max_off, region.reference_name)
-    return walk.run(todo)
+    return walk.run(todo, indexed.waypoints.start(ref_id, lo, beg))
 
 
 class _Walk:
@@ -118,13 +118,17 @@ class _Walk:
         # bounded regions skip their middle, from the first record starting inside
         self.may_skip = not self.open_end and not indexed.odd_lines
         self.walked = 0  # decompressed bytes read, for the guard
+        # every record walked past, and every one before the walk's start, ends by `reach`
+        # (formats/waypoints.py), until the walk skips records it does not read
+        self.reach, self.learning = target.beg, True
         self.label = f"{name}:{target.beg}-{target.end}"  # for the guard's warning
         self.out: list[tuple[int, int]] = []
         # per block in the buffer: (buffer position, offset, uoffset there, length, next block)
         self.spans: list[tuple[int, int, int, int, int]] = []
 
-    def run(self, todo: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        i, resume = 0, 0
+    def run(self, todo: list[tuple[int, int]], start: int = 0) -> list[tuple[int, int]]:
+        """The runs, walking `todo` (the clamped chunks) from virtual offset `start` on."""
+        i, resume = 0, start
         while i < len(todo):
             vbeg, vend = todo[i]
             if vend <= resume:
@@ -161,10 +165,12 @@ class _Walk:
         return bgzf.make_voffset(self.spans[-1][4], 0)
 
     def _runs(self, buf: bytearray, pos: int, limit: int, stop_inside: bool) -> tuple[int, int]:
-        outcome, pos, found, odd = _records.runs(
+        outcome, pos, found, odd, reach = _records.runs(
             buf, pos, limit, self.kind, self.ref_id, self.ref_name, self.beg, self.end,
             stop_inside,
         )
+        if reach > self.reach:
+            self.reach = reach
         for start, stop in found:
             self.add(self.voffset(start), self.voffset(stop))
         if odd and not self.indexed.odd_lines:
@@ -183,7 +189,7 @@ class _Walk:
         layout, source = self.layout, self.source
         coff, uoff = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
         end_coff, end_uoff = bgzf.coffset(vend), bgzf.uoffset(vend)
-        buf, pos, limit = bytearray(), 0, -1
+        buf, pos, limit, pending = bytearray(), 0, -1, -1
         stop_inside = self.open_end or self.may_skip
         self.spans = []
         while True:
@@ -212,12 +218,17 @@ class _Walk:
                 limit = limit - pos if limit >= 0 else -1
                 pos = 0
             self.spans.append((len(buf), coff, uoff, len(data), nxt))
+            buf += data
+            if pending >= 0:  # where the record at the last waypoint starts
+                state, rbeg = _records.head(buf, pos, self.kind, self.ref_id, self.ref_name)
+                if state == 1:
+                    self.indexed.waypoints.learn_head(self.index_ref, pending, rbeg)
+                pending = -1
             if limit < 0:
                 if coff == end_coff:
-                    limit = len(buf) + max(0, end_uoff - uoff)
+                    limit = len(buf) - len(data) + max(0, end_uoff - uoff)
                 elif end_uoff == 0 and nxt == end_coff:
-                    limit = len(buf) + len(data)
-            buf += data
+                    limit = len(buf)
             coff, uoff = nxt, 0
             while True:
                 outcome, pos = self._runs(buf, pos, limit, stop_inside)
@@ -231,9 +242,14 @@ class _Walk:
                     resume = self._skip_target(here)
                     if resume is not None:
                         self.add(here, resume)
+                        self.learning = False
                         return SKIPPED, resume
             if outcome != _records.NEED_MORE:
                 return outcome, self.voffset(pos)
+            # the block ran out inside the walk: a waypoint for later walks
+            pending = self.voffset(pos)
+            if self.learning:
+                self.indexed.waypoints.learn(self.index_ref, pending, self.reach)
 
     def _skip_target(self, start: int) -> Optional[int]:
         """The furthest record boundary after `start` (the first record starting inside the
@@ -262,9 +278,13 @@ class _Walk:
                 found.update((u, v))
         upper = min(self.max_off, self.layout.data_end << 16)
         # a boundary in the block after start's saves nothing: it is inflated either way
-        after = self.layout.block_end(self.source, bgzf.coffset(start))
-        cands = sorted(c for c in found if (after + 1) << 16 <= c < upper)
-        lo, hi, best = 0, len(cands) - 1, None
+        after = ((self.layout.block_end(self.source, bgzf.coffset(start)) + 1) << 16) - 1
+        known = self.indexed.waypoints.last_inside(
+            self.index_ref, self.beg, self.end, after, upper)
+        if known is not None:
+            after = known
+        cands = sorted(c for c in found if after < c < upper)
+        lo, hi, best = 0, len(cands) - 1, known
         while lo <= hi:
             mid = (lo + hi) // 2
             if self._starts_inside(cands[mid]):
@@ -276,6 +296,10 @@ class _Walk:
     def _starts_inside(self, voff: int) -> bool:
         """True when the record at `voff` is on the reference and starts inside the region
         (after its start: then it overlaps it, whatever its length)."""
+        waypoints = self.indexed.waypoints
+        known = waypoints.head(self.index_ref, voff)
+        if known is not None:
+            return self.beg < known < self.end
         coff, uoff = bgzf.coffset(voff), bgzf.uoffset(voff)
         head = b""
         while coff < self.layout.data_end:
@@ -284,6 +308,8 @@ class _Walk:
             head += data
             state, pos = _records.head(head, 0, self.kind, self.ref_id, self.ref_name)
             if state >= 0:
+                if state == 1:
+                    waypoints.learn_head(self.index_ref, voff, pos)
                 return bool(state == 1 and self.beg < pos < self.end)
             if len(head) > 1 << 20:  # a VCF CHROM or POS field this long is no record
                 return False
@@ -298,7 +324,7 @@ class _Walk:
             return _records.LIMIT, end
         if self.kind != _records.VCF:
             raise InternalError(f"{self.source.key}: the data ends inside a record")
-        outcome, stop, found, _ = _records.runs(
+        outcome, stop, found, _, _ = _records.runs(
             buf + b"\n", pos, limit, self.kind, self.ref_id, self.ref_name, self.beg,
             self.end, self.open_end,
         )
