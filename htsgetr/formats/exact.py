@@ -164,7 +164,8 @@ class _Walk:
                 return bgzf.make_voffset(coff, uoff + p - start)
         return bgzf.make_voffset(self.spans[-1][4], 0)
 
-    def _runs(self, buf: bytearray, pos: int, limit: int, stop_inside: bool) -> tuple[int, int]:
+    def _runs(self, buf: Union[bytearray, memoryview], pos: int, limit: int, stop_inside: bool
+              ) -> tuple[int, int]:
         outcome, pos, found, odd, reach = _records.runs(
             buf, pos, limit, self.kind, self.ref_id, self.ref_name, self.beg, self.end,
             stop_inside,
@@ -189,7 +190,8 @@ class _Walk:
         layout, source = self.layout, self.source
         coff, uoff = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
         end_coff, end_uoff = bgzf.coffset(vend), bgzf.uoffset(vend)
-        buf, pos, limit, pending = bytearray(), 0, -1, -1
+        buf: Union[bytearray, memoryview] = memoryview(b"")
+        pos, limit, pending = 0, -1, -1
         stop_inside = self.open_end or self.may_skip
         self.spans = []
         while True:
@@ -204,11 +206,12 @@ class _Walk:
                     "superset of its records)", source.key, self.walked >> 20, self.label,
                 )
                 return GUARDED, self.voffset(pos)
-            data = layout.block_data(source, coff)[uoff:]
+            block = layout.block_data(source, coff)
+            data = memoryview(block)[uoff:]
             nxt = layout.block_end(source, coff)
-            self.walked += len(data) + uoff
+            self.walked += len(block)
+            carried: Union[bytearray, memoryview] = buf
             if pos:  # drop the records already walked
-                del buf[:pos]
                 kept = []
                 for start, c, u, length, after in self.spans:
                     if start + length > pos:
@@ -216,9 +219,13 @@ class _Walk:
                         kept.append((start + cut - pos, c, u + cut, length - cut, after))
                 self.spans = kept
                 limit = limit - pos if limit >= 0 else -1
-                pos = 0
-            self.spans.append((len(buf), coff, uoff, len(data), nxt))
-            buf += data
+                carried, pos = buf[pos:], 0
+            if len(carried):  # a record runs on into this block
+                buf = bytearray(carried)
+                buf += data
+            else:  # walked where it lies, not copied
+                buf = data
+            self.spans.append((len(buf) - len(data), coff, uoff, len(data), nxt))
             if pending >= 0:  # where the record at the last waypoint starts
                 state, rbeg = _records.head(buf, pos, self.kind, self.ref_id, self.ref_name)
                 if state == 1:
@@ -316,7 +323,8 @@ class _Walk:
             coff, uoff = self.layout.block_end(self.source, coff), 0
         return False
 
-    def _data_end(self, buf: bytearray, pos: int, limit: int) -> tuple[int, int]:
+    def _data_end(self, buf: Union[bytearray, memoryview], pos: int, limit: int
+                  ) -> tuple[int, int]:
         """The file's data ended inside the chunk: a VCF's last line may lack its newline
         (htslib reads it all the same); any other partial record is a truncated file."""
         end = bgzf.make_voffset(self.layout.data_end, 0)
@@ -325,7 +333,7 @@ class _Walk:
         if self.kind != _records.VCF:
             raise InternalError(f"{self.source.key}: the data ends inside a record")
         outcome, stop, found, _, _ = _records.runs(
-            buf + b"\n", pos, limit, self.kind, self.ref_id, self.ref_name, self.beg,
+            bytes(buf) + b"\n", pos, limit, self.kind, self.ref_id, self.ref_name, self.beg,
             self.end, self.open_end,
         )
         for start, run_end in found:
