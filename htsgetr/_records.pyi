@@ -11,7 +11,7 @@ LIMIT: int
 OPEN_END: int
 
 def runs(
-    buf: bytes | bytearray,
+    buf: bytes | bytearray | memoryview,
     pos: int,
     limit: int,
     kind: int,
@@ -34,7 +34,7 @@ def runs(
     """
 
 def head(
-    buf: bytes | bytearray, pos: int, kind: int, ref_id: int, ref_name: bytes
+    buf: bytes | bytearray | memoryview, pos: int, kind: int, ref_id: int, ref_name: bytes
 ) -> tuple[int, int]:
     """(state, beg) of the record starting at `pos`: -1 when `buf` is too short to tell,
     0 when it is not a record or is on another reference, 1 when it is on the reference
