@@ -69,6 +69,41 @@ def test_stem_bai_and_csi_discovery(root: Path, tmp_path: Path) -> None:
     assert_records(records(expected, tmp_path), want, "BAI")
 
 
+def test_index_found_once_per_version(root: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same engine: once the index is found, later tickets look at it only (not at the
+    missing `.csi` first); moved away, the next ticket finds where it went; a new version of
+    the data file looks again from the start."""
+    from htsgetr.storage.local import LocalStorage
+
+    engine = Htsget(for_data_dir(str(root)))
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1", 0, 100_000),))
+    want = htslib_records(root / "a.bam", [("chr1", 0, 100_000)])
+    asked: list[str] = []
+    exists = LocalStorage.exists
+
+    def counting(self: LocalStorage, key: str) -> bool:
+        asked.append(key)
+        return exists(self, key)
+
+    monkeypatch.setattr(LocalStorage, "exists", counting)
+    engine.ticket(q)
+    assert "a.bam.csi" in asked
+    asked.clear()
+    assert_records(records(payload(engine, root, q), tmp_path), want, "again")
+    assert asked == ["a.bam"]  # the data file's existence; the index: its version stat
+    os.rename(root / "a.bam.bai", root / "a.bai")
+    asked.clear()
+    assert_records(records(payload(engine, root, q), tmp_path), want, "moved")
+    assert "a.bai" in asked
+    pysam.index("-c", str(root / "a.bam"))  # a CSI now, and a new data file
+    shutil.copy(root / "a.bam", root / "b.bam")
+    os.replace(root / "b.bam", root / "a.bam")
+    asked.clear()
+    assert_records(records(payload(engine, root, q), tmp_path), want, "new version")
+    assert asked[:2] == ["a.bam", "a.bam.csi"]  # (and the .gzi, for the new layout)
+
+
 def test_gzi_and_block_headers_agree(root: Path) -> None:
     """Block ends from a .gzi and from BGZF headers give the same ticket."""
     q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr2", 5000, 60_000),))

@@ -59,8 +59,26 @@ class Source:
             keys = list(candidates)
             found = stat_many(self.storage, keys)
             return next((key for key in keys if found.get(key) is not None), None)
-        for candidate in candidates:
+        # which one it was, per version of this file: the next ticket stats that one only
+        # (the stat `cached` needs for its version anyway), not the missing ones before it
+        names = tuple(candidates)
+        try:
+            memo: Optional[tuple[str, ...]] = (
+                "sidecar", self.storage.name, self.key, self.version(), *names)
+        except NotFound:
+            memo = None
+        blocks = self.cache.blocks
+        known = blocks.get(memo) if memo is not None else None
+        if known is not None:
+            try:
+                self.version(known)
+                return str(known)
+            except NotFound:  # gone since: look again
+                pass
+        for candidate in names:
             if self.storage.exists(candidate):
+                if memo is not None:
+                    blocks.put(memo, candidate, 100 + len(candidate))
                 return candidate
         return None
 
