@@ -10,10 +10,11 @@ beside them, each once, in file order.
 
 What keeps that cheap:
 - Records starting inside the region all overlap it. So an open-ended region takes the rest
-  of its chunks whole from its first such record, and a bounded one skips from there to the
-  furthest record boundary the index knows that still starts inside the region (the index
-  entries nearest its end, found by bisection, one record head per probe): only its edges
-  are decompressed, never its middle.
+  of its chunks whole from its first such record, and a bounded one walks on to the end of
+  the block at hand (a narrow region ends there) and then skips to the furthest record
+  boundary known to start inside the region (learned by earlier walks, formats/waypoints.py,
+  or the index entries nearest its end, found by bisection, one record head per probe):
+  only its edges are decompressed, never its middle.
 - Blocks come through the layout's block cache (`BgzfLayout.block_data`), so the edge blocks
   the walk read are not inflated again when they are re-cut (`blocks.chunk_pieces`).
 - A scan guard for pathological files only: past `WALK_GUARD_BYTES` decompressed for one
@@ -121,6 +122,7 @@ class _Walk:
         # every record walked past, and every one before the walk's start, ends by `reach`
         # (formats/waypoints.py), until the walk skips records it does not read
         self.reach, self.learning = target.beg, True
+        self.inside = False  # a record starting inside the (bounded) region was walked
         self.label = f"{name}:{target.beg}-{target.end}"  # for the guard's warning
         self.out: list[tuple[int, int]] = []
         # per block in the buffer: (buffer position, offset, uoffset there, length, next block)
@@ -237,38 +239,38 @@ class _Walk:
                 elif end_uoff == 0 and nxt == end_coff:
                     limit = len(buf)
             coff, uoff = nxt, 0
-            while True:
-                outcome, pos = self._runs(buf, pos, limit, stop_inside)
-                if outcome != _records.OPEN_END or self.open_end:
-                    break
-                # the first record starting inside the bounded region: skip to near its end
-                stop_inside = False
-                if self.may_skip:
-                    self.may_skip = False
-                    here = self.voffset(pos)
-                    resume = self._skip_target(here)
-                    if resume is not None:
-                        self.add(here, resume)
-                        self.learning = False
-                        return SKIPPED, resume
+            outcome, pos = self._runs(buf, pos, limit, stop_inside)
+            if outcome == _records.OPEN_END and not self.open_end:
+                # the first record starting inside the bounded region: the rest of the block
+                # at hand overlaps it too; walked, it may hold the region's end (no skip)
+                self.inside, stop_inside = True, False
+                outcome, pos = self._runs(buf, pos, limit, False)
             if outcome != _records.NEED_MORE:
                 return outcome, self.voffset(pos)
             # the block ran out inside the walk: a waypoint for later walks
             pending = self.voffset(pos)
             if self.learning:
                 self.indexed.waypoints.learn(self.index_ref, pending, self.reach)
+            if self.inside and self.may_skip:  # skip to near the region's end
+                self.may_skip = False
+                resume = self._skip_target(pending)
+                if resume is not None:
+                    self.add(pending, resume)
+                    self.learning = False
+                    return SKIPPED, resume
 
     def _skip_target(self, start: int) -> Optional[int]:
-        """The furthest record boundary after `start` (the first record starting inside the
-        region) whose record still starts inside the region, or None.
+        """The furthest record boundary after `start` (a record boundary at or after the
+        first record starting inside the region) whose record still starts inside the
+        region, or None.
 
         Exact because the chunk starts and ends of a binning index are record boundaries
         and an indexed file is sorted: every record from `start` to that boundary starts
         inside the region, so it overlaps it, and need not be decompressed. The boundaries
         come from index queries at the region's window starts (sampled when many) and its
-        last base, kept below max_off (records there start past the end) and two blocks
-        after `start`'s at least (nearer ones save nothing); a bisection over them reads one
-        record head per probe.
+        last base, kept below max_off (records there start past the end) and past `start`'s
+        block (nearer ones save nothing); a bisection over them reads one record head per
+        probe.
         """
         index = self.indexed.index
         shift = index.min_shift
@@ -284,8 +286,8 @@ class _Walk:
             for u, v in index.query(self.index_ref, x, x + 1):
                 found.update((u, v))
         upper = min(self.max_off, self.layout.data_end << 16)
-        # a boundary in the block after start's saves nothing: it is inflated either way
-        after = ((self.layout.block_end(self.source, bgzf.coffset(start)) + 1) << 16) - 1
+        # a boundary in start's block saves nothing: it is inflated either way
+        after = ((bgzf.coffset(start) + 1) << 16) - 1
         known = self.indexed.waypoints.last_inside(
             self.index_ref, self.beg, self.end, after, upper)
         if known is not None:
