@@ -49,12 +49,16 @@ from .protocol import (
 )
 from .storage.base import batched, stat_many
 from .storage.local import LocalStorage, mount_path, safe_key, visible
-from .storage.resolver import Resolver, stem_pattern
+from .storage.resolver import Match, Resolver, stem_pattern
 from .typed_config import ConfigError
 
 RESERVED_IDS = frozenset({"service-info"})
 #: characters a url may grow by after the engine: "?exp=...&sig=..." and a longer host
 URL_MARGIN = 128
+
+
+#: IDs whose locations `Htsget.locate` remembers, at most (past that: start again)
+MAX_PLANS = 4096
 
 
 def default_handlers(config: Optional[Config] = None) -> dict[Format, FormatHandler]:
@@ -86,6 +90,8 @@ class Htsget:
         self.resolver = resolver or Resolver(config)
         self.cache = LRUCache(config.cache_entries, config.cache_bytes, config.block_cache_bytes)
         self.handlers = default_handlers(config)
+        #: per (ID, format): the matching locations and the keys to look for in each
+        self._plans: dict[tuple[str, Format], tuple[tuple[Match, tuple[str, ...]], ...]] = {}
 
     @classmethod
     def from_data_dir(
@@ -125,13 +131,20 @@ class Htsget:
         if id in RESERVED_IDS or safe_key(id) is None:
             raise NotFound(f"no {fmt.value} file for ID {id!r}")
         handler = self.handler(fmt)
-        for match in self.resolver.matches(id, fmt):
+        plan = self._plans.get((id, fmt))
+        if plan is None:  # the locations' answer for an ID does not change: worked out once
+            plan = tuple(
+                (match, tuple(k for k in (match.key + ext for ext in handler.extensions)
+                              if safe_key(k) is not None))
+                for match in self.resolver.matches(id, fmt))
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[(id, fmt)] = plan
+        for match, keys in plan:
             if batched(match.storage):  # remote: the file and its companions in one ask
-                keys = [match.key + ext for ext in handler.extensions]
-                stat_many(match.storage, companions(handler, [k for k in keys if safe_key(k)]))
-            for ext in handler.extensions:
-                key = match.key + ext
-                if safe_key(key) is not None and match.storage.exists(key):
+                stat_many(match.storage, companions(handler, list(keys)))
+            for key in keys:
+                if match.storage.exists(key):
                     return Source(match.storage, key, self.cache)
             if not match.location.fall_through:
                 break

@@ -159,8 +159,12 @@ class FastTickets:
     def _args(self, query_string: str) -> dict[str, str]:
         """`request.args` as the views read it: `.get` gives the first value."""
         args: dict[str, str] = {}
-        for key, value in self.parse_qsl(query_string, keep_blank_values=True,
-                                         errors="werkzeug.url_quote"):
+        if "%" in query_string or "+" in query_string:  # something to decode: parse_qsl
+            pairs: Iterable[Any] = self.parse_qsl(query_string, keep_blank_values=True,
+                                                  errors="werkzeug.url_quote")
+        else:  # plain `a=1&b=2` (ASCII, checked before): split as parse_qsl would
+            pairs = (part.partition("=")[::2] for part in query_string.split("&") if part)
+        for key, value in pairs:
             args.setdefault(key, value)
         return args
 
