@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from htsgetr.config import for_data_dir  # noqa: E402
 from htsgetr.engine import Htsget  # noqa: E402
-from htsgetr.protocol import Endpoint, parse_get  # noqa: E402
+from htsgetr.protocol import Endpoint, Query, parse_get  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import http_load  # noqa: E402
@@ -402,6 +402,28 @@ def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
         key = f"inprocess.{kind.lower()}_random"
         print(f"  {kind} random regions   {_stats_us(times, key)}   CPU mean {cpu * 1e6:7.0f} us")
         record(f"{key}.cpu_mean_us", cpu * 1e6, "us")
+    # a long-running worker: the walks of earlier tickets left waypoints (formats/waypoints.py)
+    rng = random.Random(12)
+
+    def region() -> Query:
+        s = rng.randrange(0, 9_900_000)
+        return parse_get(Endpoint.READS, "deep15", {
+            "referenceName": "chrD", "start": str(s), "end": str(s + rng.randint(1000, 20000))})
+
+    for _ in range(4 * n):
+        engine.ticket(region())
+    queries = [region() for _ in range(n)]
+    times = []
+    cpu0 = time.process_time()
+    for q in queries:
+        t0 = time.perf_counter()
+        engine.ticket(q)
+        times.append(time.perf_counter() - t0)
+    cpu = (time.process_time() - cpu0) / n
+    key = "inprocess.bam_random_warm"
+    print(f"  BAM, after {5 * n} tickets {_stats_us(times, key)}   CPU mean {cpu * 1e6:7.0f} us"
+          "   (new regions; the walks start at waypoints earlier ones left)")
+    record(f"{key}.cpu_mean_us", cpu * 1e6, "us")
     small = parse_get(Endpoint.READS, "genome", {
         "referenceName": "chr7", "start": "5000000", "end": "5001000"})
     engine.ticket(small)
