@@ -267,16 +267,24 @@ class _Walk:
         Exact because the chunk starts and ends of a binning index are record boundaries
         and an indexed file is sorted: every record from `start` to that boundary starts
         inside the region, so it overlaps it, and need not be decompressed. The boundaries
-        come from index queries at the region's window starts (sampled when many) and its
-        last base, kept below max_off (records there start past the end) and past `start`'s
-        block (nearer ones save nothing); a bisection over them reads one record head per
-        probe.
+        are the furthest one earlier walks learned (formats/waypoints.py) and those of
+        index queries at the region's last base (and, when no walk learned one, at its
+        window starts, sampled when many), kept below max_off (records there start past the
+        end) and past `start`'s block (nearer ones save nothing); a bisection over the index's
+        reads one record head per probe.
         """
+        upper = min(self.max_off, self.layout.data_end << 16)
+        # a boundary in start's block saves nothing: it is inflated either way
+        after = ((bgzf.coffset(start) + 1) << 16) - 1
+        known = self.indexed.waypoints.last_inside(
+            self.index_ref, self.beg, self.end, after, upper)
         index = self.indexed.index
         shift = index.min_shift
         first, last = (self.beg >> shift) + 1, (self.end - 1) >> shift
         where = {self.end - 1}
-        if last >= first:
+        if known is not None:  # beyond it: the index boundaries nearest the end, if any
+            after = known
+        elif last >= first:
             n = last - first + 1
             step = max(1, n // SKIP_SAMPLES)
             where.update((w << shift) for w in range(first, last + 1, step))
@@ -285,13 +293,6 @@ class _Walk:
         for x in where:
             for u, v in index.query(self.index_ref, x, x + 1):
                 found.update((u, v))
-        upper = min(self.max_off, self.layout.data_end << 16)
-        # a boundary in start's block saves nothing: it is inflated either way
-        after = ((bgzf.coffset(start) + 1) << 16) - 1
-        known = self.indexed.waypoints.last_inside(
-            self.index_ref, self.beg, self.end, after, upper)
-        if known is not None:
-            after = known
         cands = sorted(c for c in found if after < c < upper)
         lo, hi, best = 0, len(cands) - 1, known
         while lo <= hi:
