@@ -819,7 +819,9 @@ def parse_csi(data):
     min_shift = _i32(idx._buf + 4)
     depth = _i32(idx._buf + 8)
     l_aux = _i32(idx._buf + 12)
-    if min_shift < 0 or depth < 0 or depth > 10 or min_shift + 3 * depth > 62:
+    # (each bounded first: their sum in 32 bits would wrap past the check)
+    if min_shift < 0 or min_shift > 62 or depth < 0 or depth > 10 \
+            or min_shift + 3 * depth > 62:
         raise ValueError(f"corrupt CSI index: unsupported min_shift={min_shift}, "
                          f"depth={depth}")
     if l_aux < 0:
@@ -838,7 +840,8 @@ def reg2bins(beg, end, int min_shift, int depth):
     cdef int64_t b, e, t, max_coord
     cdef int level, s
     cdef list bins = []
-    if min_shift < 0 or depth < 0 or min_shift + 3 * depth > 62:
+    if min_shift < 0 or min_shift > 62 or depth < 0 or depth > 20 \
+            or min_shift + 3 * depth > 62:
         raise ValueError(f"unsupported min_shift={min_shift}, depth={depth}")
     max_coord = <int64_t>1 << (min_shift + 3 * depth)
     if beg < 0:

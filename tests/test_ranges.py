@@ -382,6 +382,9 @@ def test_reg2bins_clamps():
     assert cy.reg2bins((1 << 29) - 1, 1 << 40, 14, 5)[-1] == 37448
     with pytest.raises(ValueError):
         cy.reg2bins(0, 1, 30, 11)
+    for min_shift, depth in [((1 << 31) - 1, 5), (14, (1 << 31) - 1), ((1 << 31) - 3, 1)]:
+        with pytest.raises(ValueError):  # the sum wraps in 32 bits
+            cy.reg2bins(0, 1, min_shift, depth)
 
 
 @HYP
@@ -709,6 +712,10 @@ def test_corrupt_headers_raise():
         (cy.parse_csi, b"CSI\1" + struct.pack("<iii", 14, 5, 100) + bytes(20)),
         (cy.parse_csi, b"CSI\1" + struct.pack("<iiii", 14, 20, 0, 0)),
         (cy.parse_csi, b"CSI\1" + struct.pack("<iiii", -1, 5, 0, 0)),
+        # min_shift + 3 * depth wraps in 32 bits (found by the mutation fuzzer)
+        (cy.parse_csi, b"CSI\1" + struct.pack("<iiii", (1 << 31) - 1, 5, 0, 0)),
+        (cy.parse_csi, b"CSI\1" + struct.pack("<iiii", 14, (1 << 31) - 1, 0, 0)),
+        (cy.parse_csi, b"CSI\1" + struct.pack("<iiii", (1 << 31) - 3, 1, 0, 0)),
         (cy.parse_csi, b"CSI\1" + struct.pack("<iiii", 14, 5, 0, 2) + bytes(4)),
         (cy.parse_tbi, b"TBI\1" + struct.pack("<i7i", 0, 2, 1, 2, 0, 35, 0, -1)),
         (cy.parse_tbi, b"TBI\1" + struct.pack("<i7i", 0, 2, 1, 2, 0, 35, 0, 50) + b"x\0"),
