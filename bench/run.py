@@ -373,6 +373,27 @@ def _stats_us(times: list[float], key: str = "") -> str:
             f"p99 {p99 * 1e6:7.0f} us")
 
 
+def _deep_regions(rng: random.Random, endpoint: Endpoint, n: int) -> list[Query]:
+    """`n` random 1-20 kbp regions of the deep test data (deep15, chrD: 10 Mbp)."""
+    out = []
+    for _ in range(n):
+        s = rng.randrange(0, 9_900_000)
+        out.append(parse_get(endpoint, "deep15", {
+            "referenceName": "chrD", "start": str(s), "end": str(s + rng.randint(1000, 20000))}))
+    return out
+
+
+def _timed_tickets(engine: Htsget, queries: list[Query]) -> tuple[list[float], float]:
+    """Each ticket's wall time, and the mean CPU time per ticket."""
+    times = []
+    cpu0 = time.process_time()
+    for q in queries:
+        t0 = time.perf_counter()
+        engine.ticket(q)
+        times.append(time.perf_counter() - t0)
+    return times, (time.process_time() - cpu0) / len(queries)
+
+
 def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
     """`Htsget.ticket()` in-process: random 1-20 kbp regions on the deep BAM and VCF (distinct
     regions: the block cache, not a cache of tickets, is what helps), the same small region
@@ -382,44 +403,19 @@ def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
     engine = Htsget(for_data_dir(str(data)))
     print(f"in-process tickets, {n} random 1-20 kbp regions (block_cache_bytes = "
           f"{engine.config.block_cache_bytes >> 20} MiB)")
-    for endpoint, name in ((Endpoint.READS, "deep15"), (Endpoint.VARIANTS, "deep15")):
-        rng = random.Random(11)
-        queries = []
-        for _ in range(n):
-            s = rng.randrange(0, 9_900_000)
-            e = s + rng.randint(1000, 20000)
-            queries.append(parse_get(endpoint, name, {
-                "referenceName": "chrD", "start": str(s), "end": str(e)}))
+    for endpoint in (Endpoint.READS, Endpoint.VARIANTS):
+        queries = _deep_regions(random.Random(11), endpoint, n)
         engine.ticket(queries[0])
-        times = []
-        cpu0 = time.process_time()
-        for q in queries:
-            t0 = time.perf_counter()
-            engine.ticket(q)
-            times.append(time.perf_counter() - t0)
-        cpu = (time.process_time() - cpu0) / n
+        times, cpu = _timed_tickets(engine, queries)
         kind = "BAM" if endpoint is Endpoint.READS else "VCF"
         key = f"inprocess.{kind.lower()}_random"
         print(f"  {kind} random regions   {_stats_us(times, key)}   CPU mean {cpu * 1e6:7.0f} us")
         record(f"{key}.cpu_mean_us", cpu * 1e6, "us")
     # a long-running worker: the walks of earlier tickets left waypoints (formats/waypoints.py)
     rng = random.Random(12)
-
-    def region() -> Query:
-        s = rng.randrange(0, 9_900_000)
-        return parse_get(Endpoint.READS, "deep15", {
-            "referenceName": "chrD", "start": str(s), "end": str(s + rng.randint(1000, 20000))})
-
-    for _ in range(4 * n):
-        engine.ticket(region())
-    queries = [region() for _ in range(n)]
-    times = []
-    cpu0 = time.process_time()
-    for q in queries:
-        t0 = time.perf_counter()
+    for q in _deep_regions(rng, Endpoint.READS, 4 * n):
         engine.ticket(q)
-        times.append(time.perf_counter() - t0)
-    cpu = (time.process_time() - cpu0) / n
+    times, cpu = _timed_tickets(engine, _deep_regions(rng, Endpoint.READS, n))
     key = "inprocess.bam_random_warm"
     print(f"  BAM, after {5 * n} tickets {_stats_us(times, key)}   CPU mean {cpu * 1e6:7.0f} us"
           "   (new regions; the walks start at waypoints earlier ones left)")
