@@ -37,7 +37,7 @@ from typing import Optional
 
 #: waypoints one file version keeps at most, however large; past its capacity a table
 #: starts again (bounded memory)
-MAX_WAYPOINTS = 1 << 16
+MAX_WAYPOINTS = 1 << 15
 #: ... and at least
 MIN_WAYPOINTS = 64
 #: bytes one waypoint costs, for the cache budget (a list slot, a dict entry, two ints)
