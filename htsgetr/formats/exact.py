@@ -122,6 +122,7 @@ class _Walk:
         # every record walked past, and every one before the walk's start, ends by `reach`
         # (formats/waypoints.py), until the walk skips records it does not read
         self.reach, self.learning = target.beg, True
+        self.frontier = -1  # where the walk may go on learning: its start, until a gap
         self.inside = False  # a record starting inside the (bounded) region was walked
         self.label = f"{name}:{target.beg}-{target.end}"  # for the guard's warning
         self.out: list[tuple[int, int]] = []
@@ -129,8 +130,11 @@ class _Walk:
         self.spans: list[tuple[int, int, int, int, int]] = []
 
     def run(self, todo: list[tuple[int, int]], start: int = 0) -> list[tuple[int, int]]:
-        """The runs, walking `todo` (the clamped chunks) from virtual offset `start` on."""
+        """The runs, walking `todo` (the clamped chunks) from virtual offset `start` on
+        (the index's lower bound, or a waypoint past it: every record before it ends by the
+        region's start)."""
         i, resume = 0, start
+        self.frontier = start
         while i < len(todo):
             vbeg, vend = todo[i]
             if vend <= resume:
@@ -190,6 +194,12 @@ class _Walk:
         """Walk the records starting in [vbeg, vend), and the one running past vend to its
         end (htslib reads it whole too). Returns (outcome, voffset where the walk stopped)."""
         layout, source = self.layout, self.source
+        if vbeg != self.frontier:
+            # records were passed over unread: those between the region's chunks lie in bins
+            # the region does not overlap, before it or after it, so how far they reach is
+            # unknown (a long record's chunk may come after short ones past the region)
+            self.learning = False
+        self.frontier = -1  # the next chunk starts past a gap (merged chunks never touch)
         coff, uoff = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
         end_coff, end_uoff = bgzf.coffset(vend), bgzf.uoffset(vend)
         buf: Union[bytearray, memoryview] = memoryview(b"")

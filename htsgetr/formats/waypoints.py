@@ -9,16 +9,16 @@ On its way the walk learns facts that hold for every later region of the same re
 `v`, the start of the record it was reading when a block ran out, every record of the
 reference before `v` ends at or before `reach`, the larger of
 
-- the start of the region walked: records before the index's lower bound end before it
-  (that is what the bound means, and what htslib's own skipping relies on), and so do records
-  between the region's chunks (they lie in bins the region does not overlap, and a record
-  after them in the file overlaps it, so those bins lie before it);
+- the start of the region walked: records before the walk's start end before it (the index's
+  lower bound means that, and htslib's own skipping relies on it; a waypoint says so too);
 - the furthest end of the records the walk stepped over (`_records.runs` reports it).
 
-A later region of that reference starting at or after `reach` overlaps none of those records,
-so its walk may start at `v`: it skips only records htslib would read and drop. Facts from
-after a walk skipped the middle of its region are not learned: the ends of the records it
-skipped are unknown.
+That holds only while the walk has read every record since its start: once it passes over
+records unread (a gap between the region's chunks holds records of bins the region does not
+overlap, before it or after it, so how far they reach is unknown; or the middle it skips)
+it learns no more of these. A later region of that reference starting at or after `reach`
+overlaps none of the records before `v`, so its walk may start at `v`: it skips only records
+htslib would read and drop.
 
 Walks (and the probes of their skips) also learn where the record at `v` starts. A bounded
 region skips from its first record starting inside it to the furthest record boundary known
