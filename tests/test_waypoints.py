@@ -212,3 +212,31 @@ def test_records_between_chunks_are_not_vouched_for(tmp_path: Path, kind: str) -
                     (Region("0", 8000, 9000),), (Region("0", 23000, 23200),)]:
         got, _ = case.got(engine, regions, tmp_path)
         assert got == case.expected(regions), regions
+
+
+def test_reads_between_chunks_are_not_vouched_for(tmp_path: Path) -> None:
+    """The same shape in a BAM: short reads right of `[0, 1)`, then a spliced read whose
+    span puts it in a high bin (the region's only chunk), every record across blocks."""
+    from test_exact import rechunk
+
+    header = {"HD": {"VN": "1.6", "SO": "coordinate"}, "SQ": [{"SN": "0", "LN": 300_000}]}
+    path = tmp_path / "x.bam"
+    with pysam.AlignmentFile(str(path), "wb", header=header) as out:
+        for name, pos, cigar in [("a", 8865, "20M"), ("b", 14044, "2M"),
+                                 ("c", 22931, "10M195772N10M"), ("d", 23123, "30M"),
+                                 ("e", 250586, "5M")]:
+            a = pysam.AlignedSegment(out.header)
+            a.query_name, a.reference_id, a.reference_start, a.cigarstring = name, 0, pos, cigar
+            n = a.infer_query_length()
+            a.query_sequence, a.query_qualities = "A" * n, pysam.qualitystring_to_array("I" * n)
+            a.mapping_quality = 60
+            out.write(a)
+    rechunk(path, seed=4, smallest=30, largest=60)
+    pysam.index("-c", "-m", "9", str(path))
+    case = Case(tmp_path, "x.bam", Format.BAM)
+    engine = Htsget(for_data_dir(str(tmp_path)))
+    for regions in [(Region("0", 0, 1),), (Region("0", 14044, 14047),),
+                    (Region("0", None, 1), Region("0", 14044, None)),
+                    (Region("0", 8000, 9000),), (Region("0", 23000, 23200),)]:
+        got, _ = case.got(engine, regions, tmp_path)
+        assert got == case.expected(regions), regions
