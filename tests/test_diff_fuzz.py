@@ -14,7 +14,8 @@ The files are what real data throws at the byte-range logic, drawn at random:
 - VCF: SNVs, indels, symbolic alleles (<DEL>, <DUP>, <INS>, <*>) with INFO END= that make a
   record cover far more than its REF, records without END; BCF from the same text;
 - queries: one region by GET, or 1-4 overlapping, out-of-order regions by POST, with absent
-  start/end, `*` (reads), single bases and whole references.
+  start/end, `*` (reads), single bases and whole references; then more regions of the same
+  file, answered by a worker that has read it (its block cache and waypoints warm).
 
 `make test` runs a few dozen examples (about 10 s here); HTSGETR_FUZZ_EXAMPLES=N runs N per
 test (e.g. 500 for a long run).
@@ -350,6 +351,9 @@ def test_differential(fuzz_server: Server, fuzz_root: Path, tmp_path: Path, kind
         wanted = data.draw(regions(made), label="regions")
         post = len(wanted) > 1 or data.draw(st.booleans(), label="post")
         check(fuzz_server, made, wanted, post, tmp_path)
+        # again, other regions: the worker now knows the file (cached blocks, waypoints)
+        again = data.draw(regions(made), label="more regions")
+        check(fuzz_server, made, again, len(again) > 1, tmp_path)
         if data.draw(st.integers(0, 4), label="whole") == 0:
             _whole(fuzz_server, made, tmp_path)
 
