@@ -23,6 +23,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,15 @@ def hints(cls: type) -> dict[str, Any]:
 
 def fields_of(cls: type) -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def check_http_url(value: Optional[str], key: str, ctx: _Ctx) -> Optional[str]:
+    """A field check: None, or an absolute http(s):// URL."""
+    if value is not None:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ctx.error(key, f"expected an http(s):// URL, got {value!r}")
+    return value
 
 
 def _join(key: str, name: str) -> str:

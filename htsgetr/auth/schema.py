@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Optional
-from urllib.parse import urlsplit
 
-from ..typed_config import _Ctx, _join, _opt
+from ..typed_config import _Ctx, _join, _opt, check_http_url
 
 #: asymmetric JWS algorithms only: never `none`, never HS* (no RS/HS key confusion)
 ASYMMETRIC_ALGORITHMS = (
@@ -23,14 +22,6 @@ ASYMMETRIC_ALGORITHMS = (
 )  # fmt: skip
 #: endpoints that may be made public
 ENDPOINTS = ("service-info", "reads", "variants", "sequences")
-
-
-def _check_http_url(value: Optional[str], key: str, ctx: _Ctx) -> Optional[str]:
-    if value is not None:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ctx.error(key, f"expected an http(s):// URL, got {value!r}")
-    return value
 
 
 def _check_algorithms(value: list[str], key: str, ctx: _Ctx) -> list[str]:
@@ -81,7 +72,7 @@ class JwtConfig:
     """Where the keys that sign tokens come from: a JWKS URL or one PEM public key."""
 
     kind: str = _opt("jwks", "jwks | public_key", choices=("jwks", "public_key"))
-    url: Optional[str] = _opt(None, "jwks: the JWKS URL", check=_check_http_url)
+    url: Optional[str] = _opt(None, "jwks: the JWKS URL", check=check_http_url)
     path: Optional[str] = _opt(None, "public_key: PEM file (RSA, EC or Ed25519)", path=True)
     http: HttpClientConfig = _opt(doc="jwks: HTTP client options", factory=HttpClientConfig)
     #: the JWKS is fetched again on an unknown `kid`, at most once per this many seconds
@@ -125,7 +116,7 @@ class AuthorizationConfig:
     kind: str = _opt("static", "static | callout", choices=("static", "callout"))
     path: Optional[str] = _opt(None, "static: the restrictions JSON file", path=True)
     url: Optional[str] = _opt(None, "callout: URL asked (GET) for the restrictions",
-                              check=_check_http_url)
+                              check=check_http_url)
     forward: ForwardConfig = _opt(doc="callout: what the request forwards", factory=ForwardConfig)
     http: HttpClientConfig = _opt(doc="callout: HTTP client options", factory=HttpClientConfig)
 
@@ -140,7 +131,7 @@ class VisaIssuerConfig:
     """An issuer of GA4GH visas we trust, and where its signing keys are."""
 
     iss: str = _opt("", "the visa's `iss` claim, exactly")
-    jwks: Optional[str] = _opt(None, "its JWKS URL", check=_check_http_url)
+    jwks: Optional[str] = _opt(None, "its JWKS URL", check=check_http_url)
     path: Optional[str] = _opt(None, "or its PEM public key", path=True)
 
     def _validate(self, key: str, ctx: _Ctx) -> None:
@@ -179,7 +170,7 @@ class PassportConfig:
     )
     #: when the token carries no `ga4gh_passport_v1`, ask this userinfo endpoint with it
     userinfo_url: Optional[str] = _opt(None, "userinfo endpoint holding the passport",
-                                       check=_check_http_url)
+                                       check=check_http_url)
     http: HttpClientConfig = _opt(doc="HTTP client options (JWKS, userinfo)",
                                   factory=HttpClientConfig)
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Optional
-from urllib.parse import urlsplit
 
-from ..typed_config import _Ctx, _opt
+from ..typed_config import _Ctx, _opt, check_http_url
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
 _PATH = re.compile(r"/[A-Za-z0-9._~/-]*")
@@ -26,14 +25,6 @@ def _check_paths(value: list[str], key: str, ctx: _Ctx) -> list[str]:
     for i, path in enumerate(value):
         if not path.startswith("/"):
             raise ctx.error(f"{key}[{i}]", f"{path!r}: a URL path starting with '/'")
-    return value
-
-
-def _check_endpoint(value: Optional[str], key: str, ctx: _Ctx) -> Optional[str]:
-    if value is not None:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ctx.error(key, f"expected an http(s):// URL, got {value!r}")
     return value
 
 
@@ -90,7 +81,7 @@ class TracingConfig:
         None,
         "OTLP/HTTP traces url, e.g. http://collector:4318/v1/traces (default: the"
         " OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT environment, else http://localhost:4318)",
-        check=_check_endpoint,
+        check=check_http_url,
     )
     service_name: str = _opt("htsgetr", "the service.name resource attribute")
     sample_ratio: float = _opt(
