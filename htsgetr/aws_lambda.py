@@ -104,15 +104,11 @@ def load_lambda_config(env: Optional[dict[str, str]] = None) -> Config:
             "locations", path or "environment",
         )
     config = load_config(env=env)
-    from .auth.signing import SECRET_ENV
+    from .auth.gate import missing_secret
 
-    tables = config.auth_tables()
-    if tables and not tables[0].data_urls.secret and not env.get(SECRET_ENV):
-        raise ConfigError(
-            "auth is on: set auth.data_urls.secret or HTSGET_DATA_URL_SECRET, the same for"
-            " the ticket and the data function, so /data urls signed by one verify on the"
-            " other", "auth.data_urls.secret", path or "environment",
-        )
+    missing = missing_secret(config, env)
+    if missing:
+        raise ConfigError(missing, "auth.data_urls.secret", path or "environment")
     return config
 
 

@@ -128,6 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     nginx.add_argument("--upstream", metavar="HOST:PORT",
                        help="htsgetr's bind (default: the configuration's ticket server)")
     nginx.add_argument("-o", "--output", metavar="FILE", help="write it here, not to stdout")
+    nginx.add_argument("--main", action="store_true",
+                       help="a whole nginx.conf (for nginx -c), not a server for conf.d/")
+    nginx.add_argument("--js-module", default="modules/ngx_http_js_module.so", metavar="PATH",
+                       help="--main with accel = nginx-direct: the njs module to load"
+                       " (default: modules/ngx_http_js_module.so; '' when already loaded)")
+    nginx.add_argument("--temp-dir", default="/tmp", metavar="DIR",
+                       help="--main: where nginx keeps its pid and temporary files")
 
     completion = sub.add_parser("completion", help="print the shell completion script")
     completion.add_argument("shell", nargs="?", default="bash", choices=["bash", "zsh", "fish"])
@@ -253,6 +260,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     path, layer = _config_path(args), cli_layer(args)
     config = load(path, layer)
+    if config.data_server.accel == "nginx-direct":  # nginx must verify what this signs
+        from .auth.gate import missing_secret
+
+        missing = missing_secret(config, os.environ)
+        if missing:
+            raise ConfigError(missing, "data_server.accel")
     _check_binds(config)
     serve(config, lambda: load(path, layer), watch=path)
     return 0
@@ -305,22 +318,46 @@ def _config_command(args: argparse.Namespace) -> int:
 
 def _nginx_config(args: argparse.Namespace) -> int:
     """`htsgetr config nginx`: nginx in front, serving /data files htsgetr hands over; the
-    configuration must say `[data_server] accel = "nginx"` (`--set` does)."""
-    from .api.accel import nginx_server
+    configuration must say `[data_server] accel = "nginx"` or "nginx-direct" (`--set` does).
+    nginx-direct also writes its njs script, with the url secrets, beside --output (0600)."""
+    from .api.accel import DIRECT, direct_script, nginx_main, nginx_server
 
     config = load(_config_path(args), cli_layer(args))
-    if config.data_server.accel != "nginx":
-        print('htsgetr: error: the configuration needs [data_server] accel = "nginx"'
-              " (or --set data_server.accel='nginx')", file=sys.stderr)
+    accel = config.data_server.accel
+    if accel not in ("nginx", DIRECT):
+        print('htsgetr: error: the configuration needs [data_server] accel = "nginx" or'
+              ' "nginx-direct" (or --set data_server.accel=\'nginx\')', file=sys.stderr)
         return 2
     server = config.ticket_server
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    text = nginx_server(config, args.listen, args.upstream or f"{host}:{server.port}")
+    script = None
+    try:
+        if accel == DIRECT:
+            if not args.output:
+                raise ValueError("nginx-direct writes two files: give --output")
+            js = direct_script(config, os.environ)
+            script = str(Path(args.output).resolve().with_name("htsgetr-direct.js"))
+            _write_private(script, js)
+        text = nginx_server(config, args.listen, args.upstream or f"{host}:{server.port}",
+                            script)
+        if args.main:
+            text = nginx_main(text, args.js_module if script else None, args.temp_dir)
+    except ValueError as err:
+        print(f"htsgetr: error: {err}", file=sys.stderr)
+        return 2
     if args.output:
         Path(args.output).write_text(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _write_private(path: str, text: str) -> None:
+    """`text` to `path`, readable by this user only (it holds secrets), even if it existed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(text)
 
 
 def _completion(args: argparse.Namespace) -> int:

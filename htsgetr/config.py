@@ -253,8 +253,10 @@ class DataServerConfig(ServerConfig):
     accel: str = _opt(
         "off",
         "a front proxy sends local files: nginx (X-Accel-Redirect to accel_prefix) | apache"
-        " (X-Sendfile, absolute path) | off; htsgetr still checks path, signature and Range",
-        choices=("off", "nginx", "apache"),
+        " (X-Sendfile, absolute path) | off; htsgetr still checks path, signature and Range |"
+        " nginx-direct (nginx checks the signature itself: urls always signed; see"
+        " `htsgetr config nginx`)",
+        choices=("off", "nginx", "nginx-direct", "apache"),
     )
     accel_prefix: str = _opt(
         "/_protected/",
@@ -457,6 +459,9 @@ def _check_config(config: Config, key: str, ctx: _Ctx) -> None:
         raise ctx.error(
             "data_server.port", f"the separate data server needs its own bind ({d.port})"
         )
+    if d.accel == "nginx-direct" and d.auth is not None and d.auth.jwt is not None:
+        raise ctx.error("data_server.accel", "nginx-direct: nginx checks url signatures, not"
+                        " the tokens [data_server.auth] asks for; use accel = \"nginx\"")
 
 
 CHECKS: dict[type, Callable[[Any, str, _Ctx], None]] = {

@@ -14,7 +14,7 @@ import os
 from typing import Any, NoReturn
 
 from .app import create_app
-from .auth.signing import SECRET_ENV
+from .auth.gate import missing_secret
 from .config import ConfigError, load_config
 from .workers import Deadlines, patch_gunicorn
 
@@ -33,11 +33,10 @@ def _app() -> Any:
         config = load_config()
     except ConfigError as err:
         _fail(f"configuration error: {err}")
-    tables = config.auth_tables()
-    if tables and not tables[0].data_urls.secret and not os.environ.get(SECRET_ENV):
-        # each gunicorn worker imports this module: a secret made here would differ per worker
-        _fail("auth is on: set auth.data_urls.secret or HTSGET_DATA_URL_SECRET, the same"
-              " on every worker and replica, so /data urls signed by one verify on another")
+    # each gunicorn worker imports this module: a secret made here would differ per worker
+    missing = missing_secret(config, os.environ)
+    if missing:
+        _fail(missing)
     role = os.environ.get("HTSGET_ROLE", "all")
     patch_gunicorn()  # this worker's refusals in htsget JSON, sendfile bytes counted
     server = config.data_server if role == "data" else config.ticket_server

@@ -229,3 +229,19 @@ def test_htsgetr_config_nginx_serves_exact_tickets(tmp_path: Path) -> None:
         os.killpg(nginx.pid, signal.SIGTERM)
         nginx.wait(10)
         srv.stop()
+
+
+@pytest.mark.parametrize("validator", ['"no-such-etag"', "Mon, 01 Jan 1990 00:00:00 GMT"])
+def test_if_range_never_widens_a_signed_range(world: dict[str, Any], validator: str) -> None:
+    """nginx drops the Range for an If-Range it cannot match and sends the whole file: a
+    request with one is answered by htsgetr itself, with exactly the signed range."""
+    block = next(b for b in _ticket(world, "sample") if not b["url"].startswith("data:"))
+    rng = block["headers"]["Range"]
+    first, last = (int(x) for x in rng[6:].split("-"))
+    data = (world["root"] / "sample.bam").read_bytes()
+    r = requests.get(block["url"], headers={"Range": rng, "If-Range": validator})
+    assert r.status_code == 206 and r.content == data[first:last + 1]
+    assert r.headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
+    path = block["url"][len(world["url"]):]
+    line = _log_line(world, path)
+    assert "x-accel=[]" in line or "x-accel=[-]" in line, line  # htsgetr sent it

@@ -18,18 +18,36 @@ at about htsgetr's request rate, not nginx's (bench/http_load.py: `bench_accel`)
 an `upstream` with `keepalive` so that rate is not spent opening connections. What accel
 frees is the worker's time and memory per byte: large ranges and slow readers cost nginx,
 not a gunicorn worker.
+
+`accel = "nginx-direct"` takes htsgetr off the common /data request too: nginx checks the
+url's signature itself (`nginx_direct.js`, njs: the same HMAC-SHA256 as auth/signing.py,
+with the same secrets) and sends a plain local file's signed range with sendfile. Urls are
+then always signed (auth on or not), since the signature is what tells nginx which files a
+ticket named. nginx vouches only for the plain case (GET/HEAD, one `bytes=` Range or none,
+no `Origin`, no `If-Range`, a regular file reached without symlinks); everything else falls
+through to htsgetr, which answers it as in "nginx" mode (refusals, CORS, Crypt4GH, derived
+blocks, remote backends, symlinked files by X-Accel-Redirect).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import json
+import re
+from importlib.resources import files
+from typing import Mapping, Optional
 from urllib.parse import quote
 
+from ..auth.gate import missing_secret, url_signing
+from ..auth.signing import SECRET_ENV
 from ..config import Config, DataServerConfig
+from ..engine import default_handlers
 from ..storage.local import BARE_ALIAS, LocalStorage, mount_path
-from ..storage.resolver import Resolver
+from ..storage.resolver import INDEX_SUFFIXES, Resolver
 
-MODES = ("off", "nginx", "apache")
+MODES = ("off", "nginx", "nginx-direct", "apache")
+DIRECT = "nginx-direct"
+#: the njs variable `nginx_direct.js` sets: "1" when nginx may send the file itself
+VOUCHED = "$htsgetr_direct"
 
 
 class Accel:
@@ -40,10 +58,11 @@ class Accel:
             raise ValueError(f"accel mode {mode!r}: one of {', '.join(MODES[1:])}")
         self.mode = mode
         self.prefix = prefix
-        self.name = "X-Accel-Redirect" if mode == "nginx" else "X-Sendfile"
+        self.nginx = mode in ("nginx", DIRECT)
+        self.name = "X-Accel-Redirect" if self.nginx else "X-Sendfile"
 
     def header(self, storage: LocalStorage, key: str) -> tuple[str, str]:
-        if self.mode == "nginx":
+        if self.nginx:
             where = mount_path(storage.mount, storage.resolved_key(key))
             return self.name, self.prefix + quote(where)
         return self.name, storage.path(key)
@@ -54,45 +73,137 @@ def accel_for(server: DataServerConfig) -> Optional[Accel]:
     return None if server.accel == "off" else Accel(server.accel, server.accel_prefix)
 
 
+def _quoted(path: str) -> str:
+    """`path` as one nginx string argument. nginx has no escape for `$` (a variable) and the
+    rest would end the argument: roots holding them are refused, not mangled."""
+    bad = sorted({c for c in path if c in '"\\$;{}\'' or c.isspace() and c != " "})
+    if bad:
+        raise ValueError(f"{path!r}: nginx cannot name a path holding {' '.join(map(repr, bad))}")
+    return f'"{path}"'
+
+
+def _local_mounts(config: Config, plain_only: bool) -> list[tuple[str, str]]:
+    """(/data path segment with its slash, root) of each local location: the bare location's
+    "" and its "~0/" alias. `plain_only`: without Crypt4GH locations, whose /data answers
+    (decrypted views) are htsgetr's own."""
+    out = []
+    for _, _, storage in Resolver(config).rules:
+        if not plain_only:
+            storage = getattr(storage, "inner", storage)
+        if not isinstance(storage, LocalStorage):
+            continue
+        mounts = [storage.mount] if storage.mount else ["", BARE_ALIAS]
+        out += [(mount + "/" if mount else "", storage.root) for mount in mounts]
+    return out
+
+
 def nginx_locations(config: Config, indent: str = "    ") -> str:
     """The nginx `location` blocks that map `accel_prefix` back onto each local location's
     root (`internal`: reachable only through an X-Accel-Redirect). nginx keeps htsgetr's
     Content-Type and Cache-Control on the internal redirect, not its CORS headers: those are
     repeated from the upstream answer."""
     prefix = config.data_server.accel_prefix
-    resolver = Resolver(config)
     out = []
-    for _, _, storage in resolver.rules:
-        # Crypt4GH locations: only their stored ciphertext (`x.c4gh`) is ever handed over;
-        # decrypted bytes are htsgetr's own answer (api/data.py), never a file nginx reads
-        storage = getattr(storage, "inner", storage)
-        if not isinstance(storage, LocalStorage):
-            continue
-        mounts = [storage.mount] if storage.mount else ["", BARE_ALIAS]
-        for mount in mounts:
-            where = prefix + (mount + "/" if mount else "")
-            out.append(
-                f"{indent}location {where} {{\n"
-                f"{indent}    internal;\n"
-                f"{indent}    alias {storage.root}/;\n"
-                f"{indent}    max_ranges 1;\n"
-                f"{indent}    add_header Access-Control-Allow-Origin "
-                f"$upstream_http_access_control_allow_origin always;\n"
-                f"{indent}    add_header Access-Control-Expose-Headers "
-                f"$upstream_http_access_control_expose_headers always;\n"
-                f"{indent}    add_header Vary $upstream_http_vary always;\n"
-                f"{indent}}}\n"
-            )
+    # Crypt4GH locations: only their stored ciphertext (`x.c4gh`) is ever handed over;
+    # decrypted bytes are htsgetr's own answer (api/data.py), never a file nginx reads
+    for mount, root in _local_mounts(config, plain_only=False):
+        out.append(
+            f"{indent}location {prefix}{mount} {{\n"
+            f"{indent}    internal;\n"
+            f"{indent}    alias {_quoted(root + '/')};\n"
+            f"{indent}    max_ranges 1;\n"
+            f"{indent}    add_header Access-Control-Allow-Origin "
+            f"$upstream_http_access_control_allow_origin always;\n"
+            f"{indent}    add_header Access-Control-Expose-Headers "
+            f"$upstream_http_access_control_expose_headers always;\n"
+            f"{indent}    add_header Vary $upstream_http_vary always;\n"
+            f"{indent}}}\n"
+        )
     return "".join(out)
 
 
-def nginx_server(config: Config, listen: str, upstream: str) -> str:
+def direct_locations(config: Config, indent: str = "    ") -> str:
+    """accel = "nginx-direct": a location per plain local location's /data path that sends
+    the signed range itself when `nginx_direct.js` vouches for the request, and hands
+    anything else to htsgetr (`@htsgetr`), as are files nginx does not find or that sit
+    behind a symlink (`disable_symlinks`: htsgetr resolves those inside the root and sends
+    them by X-Accel-Redirect). Needs `direct_script`'s `js_set` and an `@htsgetr` location."""
+    out = []
+    mounts = _local_mounts(config, plain_only=True)
+    if any(mount == "" for mount, _ in mounts):  # other "~" segments: mounts, derived blocks
+        out.append(f"{indent}location ^~ /data/~ {{\n{_proxy(indent + '    ')}{indent}}}\n")
+    for mount, root in mounts:
+        out.append(
+            f"{indent}location ^~ /data/{mount} {{\n"
+            f"{indent}    error_page 403 404 418 = @htsgetr;\n"
+            f"{indent}    if ({VOUCHED} != 1) {{ return 418; }}\n"
+            f"{indent}    alias {_quoted(root + '/')};\n"
+            f"{indent}    disable_symlinks on from={_quoted(root)};\n"
+            f"{indent}    max_ranges 1;\n"
+            f"{indent}    types {{ }}\n"
+            f"{indent}    default_type application/octet-stream;\n"
+            f"{indent}    etag off;\n"
+            f"{indent}    add_header Cache-Control no-store always;\n"
+            f"{indent}}}\n"
+        )
+    return "".join(out)
+
+
+def direct_script(config: Config, env: Mapping[str, str]) -> str:
+    """`nginx_direct.js` holding this configuration's verifying secrets (ValueError when
+    urls are not signed or the secret is not set where nginx can be told it)."""
+    urls = url_signing(config)
+    missing = missing_secret(config, env)
+    if urls is None or missing:
+        raise ValueError(missing or "/data urls are not signed")
+    keys = [urls.secret or env[SECRET_ENV], *urls.previous_secrets]
+    text = files(__package__).joinpath("nginx_direct.js").read_text(encoding="utf-8")
+    text = text.replace("@NAMES@", _names_regex(config))
+    return text.replace("@KEYS@", json.dumps(keys))  # ASCII: \uXXXX escapes, valid JS
+
+
+def _names_regex(config: Config) -> str:
+    """A JavaScript regex literal for the /data paths nginx may send: no hidden segment, and
+    a name a ticket can give — a data file of a served format or an index (`data_object`'s
+    name checks, short of the location's own pattern). A second fence behind the signature."""
+    suffixes = {ext for handler in default_handlers(config).values()
+                for ext in handler.extensions}
+    suffixes |= {idx for fmt in INDEX_SUFFIXES.values() for idx in fmt}
+    alternatives = "|".join(re.escape(x).replace("/", "\\/") for x in sorted(suffixes))
+    segment = r"[^.\/\\\x00][^\/\\\x00]*"
+    return f"/^(?:{segment}\\/)*{segment}(?:{alternatives})$/"
+
+
+def _proxy(indent: str) -> str:
+    """The directives that pass a request to htsgetr over kept-alive connections."""
+    return "".join(f"{indent}{line}\n" for line in (
+        "proxy_pass http://htsgetr_upstream;",
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_buffering off;  # stream proxied bodies: nothing on a read-only disk",
+        "proxy_request_buffering off;",
+    ))
+
+
+def nginx_server(config: Config, listen: str, upstream: str, script: Optional[str] = None
+                 ) -> str:
     """A whole nginx `server` (with its `upstream`) for nginx in front of htsgetr on the same
     host or pod — `htsgetr config nginx`, the Helm chart's sidecar: every request goes to
     htsgetr over kept-alive connections, and the files it hands over with X-Accel-Redirect
-    come from the `internal` locations (`nginx_locations`), sent with sendfile."""
+    come from the `internal` locations (`nginx_locations`), sent with sendfile. With
+    accel = "nginx-direct", `script` is where `direct_script` was written, and signed
+    ranges of plain local files never reach htsgetr (`direct_locations`)."""
+    direct = config.data_server.accel == DIRECT
+    if direct and not script:
+        raise ValueError('accel = "nginx-direct" needs the path of its njs script')
+    js = (f"js_import htsgetr_direct from {_quoted(script)};\n"
+          f"js_set {VOUCHED} htsgetr_direct.verify;\n") if direct and script else ""
     return (
-        "upstream htsgetr_upstream {\n"
+        js
+        + "upstream htsgetr_upstream {\n"
         f"    server {upstream};\n"
         "    keepalive 32;\n"
         "}\n"
@@ -100,16 +211,32 @@ def nginx_server(config: Config, listen: str, upstream: str) -> str:
         f"    listen {listen};\n"
         "    sendfile on;\n"
         f"    client_max_body_size {config.max_post_bytes};\n"
-        "    location / {\n"
-        "        proxy_pass http://htsgetr_upstream;\n"
-        "        proxy_http_version 1.1;\n"
-        '        proxy_set_header Connection "";\n'
-        "        proxy_set_header Host $http_host;\n"
-        "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
-        "        proxy_set_header X-Forwarded-Proto $scheme;\n"
-        "        proxy_buffering off;  # stream proxied bodies: nothing on a read-only disk\n"
-        "        proxy_request_buffering off;\n"
-        "    }\n"
+        f"    location / {{\n{_proxy('        ')}    }}\n"
+        + (f"    location @htsgetr {{\n{_proxy('        ')}    }}\n"
+           + direct_locations(config) if direct else "")
         + nginx_locations(config)
         + "}\n"
+    )
+
+
+def nginx_main(site: str, js_module: Optional[str], temp_dir: str) -> str:
+    """A whole nginx.conf around `site` (`nginx_server`'s text), for an nginx started with
+    `-c` (the Helm chart's sidecar): the njs module loaded when `js_module` names it, logs
+    to stdout/stderr, pid and temporary files under `temp_dir` (a writable directory)."""
+    load = f"load_module {_quoted(js_module)};\n" if js_module else ""
+    tmp = temp_dir.rstrip("/")
+    temps = "".join(f"    {kind}_temp_path {_quoted(f'{tmp}/{kind}')};\n"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    body = "".join(f"    {line}\n" if line else "\n" for line in site.splitlines())
+    return (
+        f"{load}worker_processes auto;\n"
+        f"pid {_quoted(tmp + '/nginx.pid')};\n"
+        "error_log stderr;\n"
+        "events { worker_connections 4096; }\n"
+        "http {\n"
+        "    access_log /dev/stdout;\n"
+        "    keepalive_requests 10000;\n"
+        f"{temps}"
+        f"{body}"
+        "}\n"
     )

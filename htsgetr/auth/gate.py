@@ -12,8 +12,8 @@ from .callout import AuthorizationCallout, StaticRestrictions
 from .jwt import TokenValidator, bearer_token
 from .passport import PassportVerifier
 from .rules import Grant, parse_restrictions
-from .schema import AuthConfig
-from .signing import UrlSigner, shared_secret
+from .schema import AuthConfig, DataUrlConfig
+from .signing import SECRET_ENV, UrlSigner, shared_secret
 
 
 @dataclass
@@ -81,14 +81,37 @@ class AccessControl:
     signer: Optional[UrlSigner]
 
 
+def url_signing(config: Config) -> Optional[DataUrlConfig]:
+    """How /data urls are signed, or None when they are not: signed when any [auth] table is
+    set (its first table's data_urls, the same secret on both servers), and always with
+    accel = "nginx-direct", where nginx sends any file under a root it is given: the
+    signature is what tells it which."""
+    tables = config.auth_tables()
+    if tables:
+        return tables[0].data_urls
+    if config.data_server.accel == "nginx-direct":
+        return DataUrlConfig()
+    return None
+
+
+def missing_secret(config: Config, env: Mapping[str, str]) -> Optional[str]:
+    """Why this configuration cannot start with several workers, replicas or a front nginx:
+    urls are signed but no secret is set, so each process would make its own."""
+    urls = url_signing(config)
+    if urls is None or urls.secret or env.get(SECRET_ENV):
+        return None
+    why = "auth is on" if config.auth_tables() else 'accel = "nginx-direct"'
+    return (f"{why}: set auth.data_urls.secret or {SECRET_ENV}, the same on every worker,"
+            " replica and front nginx, so /data urls signed by one verify on another")
+
+
 def build(config: Config, role: str) -> AccessControl:
     """The gates and signer a server of `role` needs (ValueError: a key file that is bad)."""
     ticket_auth = config.auth_for("ticket")
     data_auth = config.data_server.auth
-    tables = config.auth_tables()
+    urls = url_signing(config)
     signer = None
-    if tables:  # the first table's data_urls: the same secret on both servers
-        urls = tables[0].data_urls
+    if urls is not None:
         keys = [shared_secret(urls.secret)] + list(urls.previous_secrets)
         signer = UrlSigner(keys, urls.expires)
     ticket = Gate(ticket_auth) if ticket_auth is not None and role != "data" else None

@@ -1,0 +1,377 @@
+"""`[data_server] accel = "nginx-direct"` end to end: a real nginx with the njs module, its
+whole configuration written by `htsgetr config nginx --main`, in front of a real
+`htsgetr serve`.
+
+nginx checks a /data url's signature itself (the same HMAC-SHA256, `nginx_direct.js`) and
+sends signed ranges of plain local files without asking htsgetr; everything it does not
+vouch for goes to htsgetr. Checked: who answered each request (nginx's access log records
+the upstream), the bytes and the records clients reassemble, and that no tampered, expired
+or odd request gets more from nginx than the signed range.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+from conftest import (
+    Server,
+    assert_records,
+    assert_ticket_records,
+    free_port,
+    htslib_records,
+    make_bam,
+    make_vcf,
+    reassemble,
+    start_nginx,
+)
+
+from htsgetr.auth.signing import UrlSigner
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
+                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
+           None)
+pytestmark = pytest.mark.skipif(NGINX is None or NJS is None, reason="nginx with the njs module"
+                                " is not installed (make test installs libnginx-mod-http-js)")
+
+SECRET, OLD_SECRET = "direct-test-secret", "the-secret-before"
+RESTRICTIONS = {"version": 1, "htsgetAuth": [{"location": {"prefix": ""}, "rules": [{}]}]}
+LOG = ("'$request_method $request_uri $status up=[$upstream_addr]"
+       " x=[$upstream_http_x_accel_redirect]'")
+
+
+def _nginx_conf(tmp: Path, config: Path, port: int, nginx_port: int,
+                env: Optional[dict[str, str]] = None) -> Path:
+    """`htsgetr config nginx --main` for this config, with an access log that says who
+    answered (and `user root` when the tests run as root: workers read the pytest tmp dir)."""
+    conf = tmp / "nginx.conf"
+    made = subprocess.run(
+        [sys.executable, "-m", "htsgetr", "config", "nginx", "--config", str(config), "--main",
+         "--js-module", str(NJS), "--temp-dir", str(tmp), "--upstream", f"127.0.0.1:{port}",
+         "--listen", f"127.0.0.1:{nginx_port}", "-o", str(conf)],
+        capture_output=True, text=True, env={**os.environ, **(env or {})})
+    assert made.returncode == 0, made.stderr
+    text = conf.read_text()
+    assert "access_log /dev/stdout;" in text
+    text = text.replace("access_log /dev/stdout;",
+                        f"log_format who {LOG};\n    access_log {tmp}/access.log who;")
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"{user}daemon off;\n{text}")
+    return conf
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    d = tmp_path_factory.mktemp("direct")
+    root, other = d / "data", d / "other"
+    (root / "dir with space").mkdir(parents=True)
+    other.mkdir()
+    make_bam(root / "sample.bam")
+    make_vcf(root / "calls.vcf.gz", n=40_000)  # blocks past the inline budget
+    make_bam(other / "more.bam", seed=7)
+    shutil.copy(root / "sample.bam", root / "dir with space" / "x y.bam")
+    shutil.copy(root / "sample.bam.bai", root / "dir with space" / "x y.bam.bai")
+    shutil.copy(root / "sample.bam", root / "doomed.bam")
+    shutil.copy(root / "sample.bam.bai", root / "doomed.bam.bai")
+    (root / "linked.bam").symlink_to(root / "sample.bam")
+    (root / "linked.bam.bai").symlink_to(root / "sample.bam.bai")
+    (root / "secret.txt").write_text("not for anyone")
+    (d / "restrictions.json").write_text(json.dumps(RESTRICTIONS))
+    port, nginx_port = free_port(), free_port()
+    config = d / "config.toml"
+    config.write_text(f"""
+[ticket_server]
+allowed_hosts = ["127.0.0.1:*"]
+[data_server]
+accel = "nginx-direct"
+[[locations]]
+regex = "^(?!w/)(.*)$"
+substitution_string = "$1"
+root = "{root}"
+[[locations]]
+name = "w"
+regex = "^w/(.*)$"
+substitution_string = "$1"
+root = "{other}"
+[data_server.auth.authorization]
+kind = "static"
+path = "{d / 'restrictions.json'}"
+[data_server.auth.data_urls]
+secret = "{SECRET}"
+previous_secrets = ["{OLD_SECRET}"]
+""")
+    tmp = d / "nginx"
+    tmp.mkdir()
+    conf = _nginx_conf(tmp, config, port, nginx_port)
+    script = tmp / "htsgetr-direct.js"
+    srv = Server(["--config", str(config), "--port", str(port), "--workers", "1"], port).start()
+    url = f"http://127.0.0.1:{nginx_port}"
+    nginx = start_nginx(conf, url)
+    try:
+        yield {"url": url, "root": root, "other": other, "log": tmp / "access.log",
+               "conf": conf, "script": script, "tmp": d}
+    finally:
+        os.killpg(nginx.pid, signal.SIGTERM)
+        nginx.wait(10)
+        srv.stop()
+
+
+def _who(world: dict[str, Any], method: str, target: str) -> tuple[int, str]:
+    """(status, "nginx" or "htsgetr") of the last logged request for `target`."""
+    for _ in range(50):  # nginx writes the line after the answer
+        lines = [x for x in world["log"].read_text().splitlines()
+                 if x.startswith(f"{method} {target} ")]
+        if lines:
+            break
+        time.sleep(0.02)
+    assert lines, target
+    parts = lines[-1].split(" ")
+    return int(parts[2]), "nginx" if "up=[-]" in lines[-1] else "htsgetr"
+
+
+def _ticket(world: dict[str, Any], path: str) -> dict[str, Any]:
+    r = requests.get(f"{world['url']}{path}", timeout=10)
+    assert r.status_code == 200, r.text
+    ticket: dict[str, Any] = r.json()
+    return ticket
+
+
+def _target(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + "?" + parts.query
+
+
+def _first_range(world: dict[str, Any], id: str = "sample") -> tuple[str, str]:
+    ticket = _ticket(world, f"/reads/{id}?referenceName=chr1&start=1000&end=90000")
+    block = next(b for b in ticket["htsget"]["urls"] if b["url"].startswith("http"))
+    return block["url"], block["headers"]["Range"]
+
+
+@pytest.mark.parametrize("id,name,by", [
+    ("sample", "data/sample.bam", "nginx"),
+    ("dir with space/x y", "data/dir with space/x y.bam", "nginx"),
+    ("w/more", "other/more.bam", "nginx"),
+    ("linked", "data/sample.bam", "htsgetr"),  # a symlink: htsgetr resolves it, X-Accel
+])
+def test_signed_ranges_are_sent_by_nginx(world: dict[str, Any], id: str, name: str,
+                                         by: str) -> None:
+    path = world["tmp"] / name
+    data = path.read_bytes()
+    region = ("chr1", 1000, 90000)
+    ticket = _ticket(world, f"/reads/{id}?referenceName=chr1&start=1000&end=90000")
+    fetched = 0
+    for block in ticket["htsget"]["urls"]:
+        if block["url"].startswith("data:"):
+            continue
+        assert block["url"].startswith(world["url"] + "/data/") and "&sig=" in block["url"]
+        r = requests.get(block["url"], headers=block["headers"], timeout=10)
+        first, last = (int(x) for x in block["headers"]["Range"][6:].split("-"))
+        assert r.status_code == 206, r.text
+        assert r.content == data[first:last + 1]
+        assert r.headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
+        assert r.headers["Cache-Control"] == "no-store"
+        assert r.headers["Content-Type"] == "application/octet-stream"
+        assert _who(world, "GET", _target(block["url"])) == (206, by)
+        fetched += 1
+    assert fetched
+    assert_ticket_records(reassemble(ticket), world["tmp"], path, [region])
+
+
+def test_samtools_and_bcftools_read_through_nginx(world: dict[str, Any]) -> None:
+    """Real clients: every /data request of their tickets is answered by nginx alone, and
+    the records are htslib's for the region, the whole list."""
+    for tool, url, path, region in (
+            ("samtools", "/reads/sample?referenceName=chr1&start=30000&end=90000",
+             "sample.bam", ("chr1", 30000, 90000)),
+            ("bcftools", "/variants/calls?referenceName=1&start=1000",
+             "calls.vcf.gz", ("1", 1000, None))):
+        ranges = [b for b in _ticket(world, url)["htsget"]["urls"] if b["url"].startswith("h")]
+        assert ranges
+        before = len(world["log"].read_text().splitlines())
+        args = ["view", "-H"] if tool == "bcftools" else ["view"]
+        out = subprocess.run([tool, *args, world["url"] + url], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        got = [x for x in out.stdout.splitlines() if x]
+        want = [x.rstrip("\n") for x in htslib_records(world["root"] / path, [region])]
+        assert want
+        assert_records(got, want, f"{tool} through nginx-direct")
+        time.sleep(0.1)
+        data = [x for x in world["log"].read_text().splitlines()[before:]
+                if x.startswith("GET /data/")]
+        assert len(data) >= len(ranges), data
+        assert all("up=[-]" in x and " 206 " in x for x in data), data
+
+
+def _raw_get(world: dict[str, Any], target: str, headers: list[tuple[str, str]],
+             method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+    """A request with exactly these header lines (repeats included)."""
+    parts = urlsplit(world["url"])
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
+def _signed(world: dict[str, Any], path: str, rng: str, key: str = SECRET,
+            at: Optional[float] = None) -> str:
+    """A /data target signed as htsgetr signs it (`key`, made at time `at`)."""
+    signer = UrlSigner([key], 600, clock=(lambda: at) if at else time.time)
+    return f"/data/{path}?" + signer.sign(path.replace("%20", " "), rng)
+
+
+def test_what_nginx_does_not_vouch_for_goes_to_htsgetr(world: dict[str, Any]) -> None:
+    url, rng = _first_range(world)
+    target = _target(url)
+    data = (world["root"] / "sample.bam").read_bytes()
+    first, last = (int(x) for x in rng[6:].split("-"))
+    exact = data[first:last + 1]
+    path = target.split("?", 1)[0]
+    cases: list[tuple[str, str, list[tuple[str, str]], int, Optional[bytes]]] = [
+        # (why, target, headers, status htsgetr answers, body expected)
+        ("another range", target, [("Range", f"bytes={first}-{last + 5000}")], 403, None),
+        ("no range: the whole file", target, [], 403, None),
+        ("unsigned", path, [("Range", rng)], 403, None),
+        ("bad signature", target[:-2] + ("AA" if not target.endswith("AA") else "BB"),
+         [("Range", rng)], 403, None),
+        ("signature of another file", target.replace("sample.bam", "doomed.bam"),
+         [("Range", rng)], 403, None),
+        ("expired", _signed(world, "sample.bam", rng, at=time.time() - 3600),
+         [("Range", rng)], 403, None),
+        ("the range twice", target, [("Range", rng), ("Range", rng)], 403, None),
+        ("a second, wider range", target, [("Range", rng), ("Range", "bytes=0-")], 403, None),
+        # nginx drops the Range for an If-Range it cannot match and sends the whole file
+        ("If-Range", target, [("Range", rng), ("If-Range", '"x"')], 206, exact),
+        ("If-Range date", target, [("Range", rng),
+                                   ("If-Range", "Mon, 01 Jan 1990 00:00:00 GMT")], 206, exact),
+        ("a browser (CORS)", target, [("Range", rng), ("Origin", "https://igv.example")], 206,
+         exact),
+        # (HTTP's optional whitespace is not part of a header's value: nginx's, below)
+        ("spaces around the range", target, [("Range", f" {rng}  ")], 206, exact),
+        ("two ranges in one", target, [("Range", f"{rng},0-10")], 403, None),
+        ("a file no ticket names", target.replace("sample.bam", "secret.txt"),
+         [("Range", rng)], 403, None),
+        ("signed, but a file no ticket names", _signed(world, "secret.txt", "bytes=0-5"),
+         [("Range", "bytes=0-5")], 404, None),
+        ("signed, through a symlink", _signed(world, "linked.bam", rng), [("Range", rng)], 206,
+         exact),
+        ("signed, climbing out", _signed(world, "x/../sample.bam", rng), [("Range", rng)],
+         404, None),
+    ]
+    for why, tgt, headers, status, body in cases:
+        got_status, got_body, got_headers = _raw_get(world, tgt, headers)
+        by = "nginx" if why.startswith("spaces") else "htsgetr"
+        assert (got_status, _who(world, "GET", tgt)[1]) == (status, by), (why, got_body)
+        if body is not None:
+            assert got_body == body, why
+        else:
+            assert json.loads(got_body)["htsget"]["error"] in ("PermissionDenied", "NotFound"), why
+        if why == "a browser (CORS)":
+            assert got_headers["access-control-allow-origin"] in ("*", "https://igv.example")
+    # other methods
+    status, _, _ = _raw_get(world, target, [("Range", rng)], method="POST")
+    assert status in (403, 405) and _who(world, "POST", target)[1] == "htsgetr"
+    # and the untouched url, after all that: nginx's
+    status, body, _ = _raw_get(world, target, [("Range", rng)])
+    assert (status, body, _who(world, "GET", target)) == (206, exact, (206, "nginx"))
+    status, body, headers = _raw_get(world, target, [("Range", rng)], method="HEAD")
+    assert (status, body) == (206, b"") and int(headers["content-length"]) == len(exact)
+    assert _who(world, "HEAD", target) == (206, "nginx")
+
+
+def test_previous_secret_still_verifies_in_nginx(world: dict[str, Any]) -> None:
+    data = (world["root"] / "sample.bam").read_bytes()
+    for key in (OLD_SECRET, SECRET):
+        tgt = _signed(world, "sample.bam", "bytes=100-199", key=key)
+        status, body, _ = _raw_get(world, tgt, [("Range", "bytes=100-199")])
+        assert (status, body, _who(world, "GET", tgt)) == (206, data[100:200], (206, "nginx"))
+    tgt = _signed(world, "sample.bam", "bytes=100-199", key="not-a-secret-of-ours")
+    status, _, _ = _raw_get(world, tgt, [("Range", "bytes=100-199")])
+    assert (status, _who(world, "GET", tgt)[1]) == (403, "htsgetr")
+
+
+def test_a_file_gone_after_its_ticket_gets_htsgets_404(world: dict[str, Any]) -> None:
+    url, rng = _first_range(world, "doomed")
+    (world["root"] / "doomed.bam").unlink()
+    status, body, _ = _raw_get(world, _target(url), [("Range", rng)])
+    assert status == 404 and json.loads(body)["htsget"]["error"] == "NotFound"
+    assert _who(world, "GET", _target(url)) == (404, "htsgetr")
+
+
+def test_njs_script_holds_the_secrets_for_nginx_only(world: dict[str, Any]) -> None:
+    script = world["script"]
+    assert script.stat().st_mode & 0o777 == 0o600
+    text = script.read_text()
+    assert json.dumps([SECRET, OLD_SECRET]) in text
+    conf = world["conf"].read_text()
+    assert SECRET not in conf and f'js_import htsgetr_direct from "{script}"' in conf
+
+
+def test_without_auth_urls_are_signed_all_the_same(tmp_path: Path) -> None:
+    """accel = "nginx-direct" signs /data urls with auth off (the signature is what tells
+    nginx which files a ticket named): htsgetr refuses unsigned ones, nginx sends signed ones;
+    the secret must be set where nginx can be told it."""
+    root = tmp_path / "data"
+    root.mkdir()
+    make_bam(root / "sample.bam", seed=3)
+    (root / "notes.txt").write_text("private")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ticket_server]\nallowed_hosts = ["127.0.0.1:*"]\n[data_server]\n'
+                      f'accel = "nginx-direct"\n[[locations]]\nroot = "{root}"\n')
+    port, nginx_port = free_port(), free_port()
+    env = {"HTSGET_DATA_URL_SECRET": "env-secret"}
+    no_secret = {k: v for k, v in os.environ.items() if k != "HTSGET_DATA_URL_SECRET"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "htsgetr", "config", "nginx", "--config", str(config), "-o",
+         str(tmp_path / "x.conf")], capture_output=True, text=True, env=no_secret)
+    assert refused.returncode == 2 and "HTSGET_DATA_URL_SECRET" in refused.stderr
+    assert not (tmp_path / "htsgetr-direct.js").exists()
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    conf = _nginx_conf(tmp, config, port, nginx_port, env)
+    srv = Server(["--config", str(config), "--port", str(port), "--workers", "1"], port,
+                 env=env).start()
+    url = f"http://127.0.0.1:{nginx_port}"
+    nginx = start_nginx(conf, url)
+    try:
+        world = {"url": url, "log": tmp / "access.log"}
+        ticket = _ticket(world, "/reads/sample?referenceName=chr1&start=1&end=50000")
+        blocks = [b for b in ticket["htsget"]["urls"] if b["url"].startswith("http")]
+        assert blocks and all("&sig=" in b["url"] for b in blocks)
+        assert_ticket_records(reassemble(ticket), tmp_path, root / "sample.bam",
+                              [("chr1", 1, 50000)])
+        for b in blocks:
+            assert _who(world, "GET", _target(b["url"])) == (206, "nginx")
+        for path in ("/data/sample.bam", "/data/notes.txt"):
+            status, body, _ = _raw_get(world, path, [("Range", "bytes=0-9")])
+            assert status == 403 and json.loads(body)["htsget"]["error"] == "PermissionDenied"
+            assert _who(world, "GET", path) == (403, "htsgetr")
+    finally:
+        os.killpg(nginx.pid, signal.SIGTERM)
+        nginx.wait(10)
+        srv.stop()
+    # htsgetr itself will not start with urls signed by a secret of its own making
+    lonely = subprocess.run([sys.executable, "-m", "htsgetr", "serve", "--config", str(config),
+                             "--port", str(free_port())], capture_output=True, text=True,
+                            env=no_secret, timeout=60)
+    assert lonely.returncode != 0
+    assert 'accel = "nginx-direct": set auth.data_urls.secret or HTSGET_DATA_URL_SECRET' in (
+        lonely.stdout + lonely.stderr)
