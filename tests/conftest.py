@@ -383,11 +383,11 @@ def assert_ticket_records(payload: bytes, tmp: Path, path: Path,
 BGZF_EOF_MARKER = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
-def start_nginx(conf: Path, url: str) -> subprocess.Popen:
-    """nginx with `conf`, once it answers at `url` (RuntimeError with its output if it
-    stops first)."""
+def start_nginx(conf: Path, url: str, args: Optional[list[str]] = None) -> subprocess.Popen:
+    """nginx with `conf` (or with `args`), once it answers at `url` (RuntimeError with its
+    output if it stops first)."""
     assert NGINX_BIN is not None
-    nginx = subprocess.Popen([NGINX_BIN, "-c", str(conf)], stdout=subprocess.PIPE,
+    nginx = subprocess.Popen([NGINX_BIN, *(args or ["-c", str(conf)])], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(100):
         try:

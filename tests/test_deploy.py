@@ -461,8 +461,10 @@ NGINX_SIDECAR: dict[str, Any] = {
     "extraVolumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "genomes"}}],
     "extraVolumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
 }
+NGINX_DIRECT: dict[str, Any] = {**NGINX_SIDECAR, "nginx": {"enabled": True, "direct": True},
+                                "secrets": {"dataUrlSecret": {"name": "urls", "key": "k"}}}
 VALUE_SETS = {"defaults": {}, "everything": EVERYTHING, "minimal": MINIMAL,
-              "nginx": NGINX_SIDECAR}
+              "nginx": NGINX_SIDECAR, "nginx-direct": NGINX_DIRECT}
 
 
 def helm_sdk() -> Any:
@@ -536,7 +538,7 @@ def test_chart_renders_valid_kubernetes_objects(values: str) -> None:
         "minimal": ["ConfigMap", "Deployment", "Service"],
         "nginx": ["ConfigMap", "Deployment", "HorizontalPodAutoscaler",
                   "PodDisruptionBudget", "Service", "ServiceAccount"],
-    }[values]
+    }[values.replace("nginx-direct", "nginx")]
     assert kinds == expected
     versions = ["1.25.0", kv.utils.latest_version()]
     for obj in objects:
@@ -608,7 +610,9 @@ def test_deployment_contract() -> None:
         if sidecar:  # nginx: the Service's port; htsgetr hands it files by X-Accel-Redirect
             (init,) = pod["initContainers"]
             nginx = pod["containers"][0]
-            assert env["HTSGET_DATA_SERVER_ACCEL"] == "nginx"
+            direct = values["nginx"].get("direct", False)
+            assert env["HTSGET_DATA_SERVER_ACCEL"] == ("nginx-direct" if direct else "nginx")
+            assert _env(init)["HTSGET_DATA_SERVER_ACCEL"] == env["HTSGET_DATA_SERVER_ACCEL"]
             assert init["args"][:2] == ["config", "nginx"]
             assert {p["name"]: p["containerPort"] for p in nginx["ports"]} == {
                 "proxy": int(init["args"][init["args"].index("--listen") + 1])}
@@ -951,55 +955,91 @@ def test_values_schema_refuses_mistakes() -> None:
     """values.schema.json: Helm refuses a misspelt key or a wrong type before rendering."""
     helm = helm_sdk()
     for bad in ({"replicas": 3}, {"server": {"port": "8080x"}},
-                {"server": {"workerClass": "eventlet"}}, {"ingress": {"hosts": "a.org"}}):
+                {"server": {"workerClass": "eventlet"}}, {"ingress": {"hosts": "a.org"}},
+                {"nginx": {"direct": "yes"}},
+                # nginx checks url signatures: without the shared secret it cannot
+                {**NGINX_DIRECT, "secrets": {"dataUrlSecret": {"name": ""}}}):
         with pytest.raises(helm.HelmError):
             render(bad)
 
 
-def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("direct", [False, True], ids=["x-accel", "direct"])
+def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: Path,
+                                                     direct: bool) -> None:
     """The chart's nginx option run as the pod would: the init container's command writes
-    nginx's server block from the ConfigMap's config.toml, htsgetr serves with the
-    container's environment (accel = nginx), and a real nginx with that block answers on the
-    Service's target port: tickets reassemble to htslib's records, /data leaves by
-    X-Accel-Redirect."""
+    nginx's configuration from the ConfigMap's config.toml, htsgetr serves with the
+    container's environment, and a real nginx with that configuration answers on the
+    Service's target port: tickets reassemble to htslib's records; /data leaves by
+    X-Accel-Redirect (accel = nginx) or straight from nginx, htsgetr not asked (direct: the
+    nginx container's own command, its whole nginx.conf loading the njs module)."""
     from conftest import NGINX_BIN, assert_ticket_records, reassemble, start_nginx
 
     if NGINX_BIN is None:
         pytest.skip("nginx is not installed (make test installs it)")
+    if direct and not os.path.exists("/usr/share/nginx/modules/ngx_http_js_module.so"):
+        pytest.skip("nginx's njs module is not installed (make test installs it)")
     port, nginx_port = free_port(), free_port()
+    secret = {"name": "htsgetr-urls", "key": "secret"}
     values = {**NGINX_SIDECAR, "config": f'[[locations]]\nroot = "{data_dir}"\n',
-              "server": {"port": port}, "nginx": {"enabled": True, "port": nginx_port},
+              "server": {"port": port},
+              "nginx": {"enabled": True, "port": nginx_port, "direct": direct},
+              "secrets": {"dataUrlSecret": secret if direct else {"name": ""}},
               "metrics": {"enabled": False}}
     objects = by_kind(render(values))
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     config = tmp_path / "config.toml"
     config.write_text(objects["ConfigMap"]["data"]["config.toml"])
     (init,) = pod["initContainers"]
+    (sidecar,) = [c for c in pod["containers"] if c["name"] == "nginx"]
+    # the Secret as the kubelet would pass it, to both containers that reference it
+    secrets = {}
+    for container in (init, htsgetr_container(pod)):
+        refs = [e for e in container.get("env", []) if "valueFrom" in e]
+        assert [(e["name"], e["valueFrom"]["secretKeyRef"]) for e in refs] == (
+            [("HTSGET_DATA_URL_SECRET", secret)] if direct else [])
+        secrets[container["name"]] = {e["name"]: "pod-secret" for e in refs}
     args = list(init["args"])
-    site = tmp_path / "htsgetr.conf"
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    site = tmp / ("htsgetr-main.nginx" if direct else "htsgetr.conf")
     args[args.index("--output") + 1] = str(site)
+    if direct:
+        args[args.index("--temp-dir") + 1] = str(tmp)
     img = image()
-    init_env = local_env(img, **{**_env(init), "HTSGET_CONFIG": str(config)})
+    init_env = local_env(img, **{**_env(init), **secrets[init["name"]],
+                                 "HTSGET_CONFIG": str(config)})
     made = subprocess.run([*img.entrypoint, *args], env=init_env, capture_output=True,
                           text=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    tmp = tmp_path / "nginx"
-    tmp.mkdir()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    (tmp / "nginx.conf").write_text(
-        f"{user}daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;\nevents {{}}\n"
-        f"http {{\n  log_format accel '$request_uri $status [$upstream_http_x_accel_redirect]';\n"
-        f"  access_log {tmp}/access.log accel;\n  client_body_temp_path {tmp};\n"
-        f"  proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp};\n"
-        f"  scgi_temp_path {tmp};\n  include {site};\n}}\n")
-    env = local_env(img, **{**_env(htsgetr_container(pod)), "HTSGET_CONFIG": str(config)})
+    user = "user root;" if os.geteuid() == 0 else ""
+    if direct:
+        command = list(sidecar["command"])
+        assert command[:2] == ["nginx", "-g"] and command[-2] == "-c"
+        text = site.read_text().replace(
+            "access_log /dev/stdout;", "log_format who '$request_uri $status [$upstream_addr]"
+            f" [$upstream_http_x_accel_redirect]';\n    access_log {tmp}/access.log who;")
+        site.write_text(text)
+        conf = site
+        nginx_args = ["-g", f"{command[2]} {user}", "-c", str(conf)]
+    else:
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            f"{user}\ndaemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;\nevents {{}}\n"
+            f"http {{\n  log_format who '$request_uri $status [$upstream_addr]"
+            f" [$upstream_http_x_accel_redirect]';\n"
+            f"  access_log {tmp}/access.log who;\n  client_body_temp_path {tmp};\n"
+            f"  proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp};\n"
+            f"  scgi_temp_path {tmp};\n  include {site};\n}}\n")
+        nginx_args = ["-c", str(conf)]
+    env = local_env(img, **{**_env(htsgetr_container(pod)), **secrets["htsgetr"],
+                            "HTSGET_CONFIG": str(config)})
     c = Container(img, env)
     base = f"http://127.0.0.1:{nginx_port}"
     host = {"Host": f"{RELEASE}-htsgetr.{NAMESPACE}.svc"}
     nginx: Optional[subprocess.Popen] = None
     try:
         c.wait_up(f"http://127.0.0.1:{port}/service-info")
-        nginx = start_nginx(tmp / "nginx.conf", base)
+        nginx = start_nginx(conf, base, args=nginx_args)
         ticket = requests.get(base + "/reads/sample", headers=host, timeout=30,
                               params={"referenceName": "chr1", "start": 1000, "end": 60000})
         assert ticket.status_code == 200, ticket.text
@@ -1012,7 +1052,13 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
         assert_ticket_records(reassemble(blocks), tmp_path, data_dir / "sample.bam",
                               [("chr1", 1000, 60000)])
         time.sleep(0.1)
-        assert "/data/sample.bam 206 [/_protected/sample.bam]" in (tmp / "access.log").read_text()
+        log = [x for x in (tmp / "access.log").read_text().splitlines()
+               if x.startswith("/data/sample.bam")]
+        assert log and all(" 206 " in x for x in log), log
+        if direct:
+            assert all("[-] [-]" in x for x in log), log  # htsgetr was not asked
+        else:
+            assert all("[/_protected/sample.bam]" in x for x in log), log
     finally:
         if nginx is not None:
             os.killpg(nginx.pid, signal.SIGTERM)

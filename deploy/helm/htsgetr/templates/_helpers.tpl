@@ -49,3 +49,21 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else if and .Values.ingress.enabled .Values.ingress.hosts }}https://{{ first .Values.ingress.hosts }}
 {{- end }}
 {{- end }}
+
+{{/* The data server's accel with the nginx sidecar: nginx-direct when nginx checks url
+     signatures itself. */}}
+{{- define "htsgetr.accel" -}}
+{{- if .Values.nginx.direct }}nginx-direct{{ else }}nginx{{ end }}
+{{- end }}
+
+{{/* HTSGET_DATA_URL_SECRET from secrets.dataUrlSecret (htsgetr, and the nginx config
+     writer for nginx.direct: both must sign and check with the same secret). */}}
+{{- define "htsgetr.dataUrlSecretEnv" -}}
+{{- with .Values.secrets.dataUrlSecret }}
+{{- if .name }}
+- name: HTSGET_DATA_URL_SECRET
+  valueFrom:
+    secretKeyRef: {name: {{ .name | quote }}, key: {{ .key | quote }}}
+{{- end }}
+{{- end }}
+{{- end }}
