@@ -84,13 +84,14 @@ def bare(root: Path, port: int, workers: int = 2) -> Proc:
                 f"http://127.0.0.1:{port}/ping", cwd=ROOT)
 
 
-def nginx(tmp: Path, server_block: str, upstream: Optional[int] = None) -> Proc:
+def nginx(tmp: Path, server_block: str, upstream: Optional[int] = None, main: str = "") -> Proc:
     """nginx with one `server { ... }` block (its listen port first in the block), and an
-    upstream `htsgetr_up` with kept-alive connections to port `upstream`."""
+    upstream `htsgetr_up` with kept-alive connections to port `upstream`; `main`: lines for
+    the main context (load_module)."""
     assert NGINX is not None
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "nginx.conf"
-    user = "user root;\n" if os.geteuid() == 0 else ""
+    user = main + ("user root;\n" if os.geteuid() == 0 else "")
     up = (f"  upstream htsgetr_up {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n"
           if upstream else "")
     conf.write_text(
@@ -268,6 +269,84 @@ def bench_accel(root: Path, tmp: Path, name: str = "data.accel_64k", seconds: fl
         return paired(name, lambda: run(port_a, "/data/blob.bam"),
                       lambda: run(port_n, "/blob.bam"), "nginx + htsgetr accel",
                       "nginx alone", repeats)
+    finally:
+        for p in procs:
+            p.stop()
+
+
+NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
+                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
+           None)
+
+
+def bench_accel_direct(root: Path, tmp: Path, name: str = "data.direct_64k",
+                       seconds: float = 5, length: int = 64 << 10, repeats: int = REPEATS,
+                       urls: int = 20_000) -> dict[str, float]:
+    """nginx in front of htsgetr with accel = "nginx-direct" (nginx checks each url's
+    signature in njs and sends the range) vs nginx alone, random 64 KiB ranges: `urls`
+    distinct signed urls, each request one of them at random."""
+    if shutil.which("wrk") is None or NGINX is None or NJS is None:
+        print("accel direct: skipped (apt install wrk nginx-light libnginx-mod-http-js)")
+        return {}
+    import random
+
+    sys.path.insert(0, str(ROOT))
+    from htsgetr.api.accel import direct_script, nginx_server
+    from htsgetr.auth.signing import UrlSigner
+    from htsgetr.config import load_config
+
+    blob = make_blob(root)
+    size = blob.stat().st_size
+    port_h, port_n, port_d = free_port(), free_port(), free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    secret = {"HTSGET_DATA_URL_SECRET": "bench-direct-secret"}
+    config_path = tmp / "direct.toml"
+    config_path.write_text(f'[ticket_server]\nallowed_hosts = ["*"]\n[data_server]\n'
+                           f'accel = "nginx-direct"\n[[locations]]\nroot = "{root}"\n')
+    config = load_config(str(config_path), env={})
+    script = tmp / "htsgetr-direct.js"
+    script.write_text(direct_script(config, secret))
+    site = nginx_server(config, f"127.0.0.1:{port_d}", f"127.0.0.1:{port_h}", str(script))
+    signer = UrlSigner([secret["HTSGET_DATA_URL_SECRET"]], 3600)
+    rng = random.Random(5)
+    listing = tmp / "signed.tsv"
+    with listing.open("w") as f:
+        for _ in range(urls):
+            start = rng.randrange(0, (size - length) // 4096) * 4096
+            range_ = f"bytes={start}-{start + length - 1}"
+            f.write(f"/data/blob.bam?{signer.sign('blob.bam', range_)}\t{range_}\n")
+    os.environ.update(secret)  # htsgetr signs and checks with the same secret
+    ours = htsgetr(root, port_h, config=config_path)
+    procs = [ours]
+    try:
+        procs.append(nginx(tmp / "nginx-alone", f"server {{ listen 127.0.0.1:{port_n}; "
+                           f"location / {{ root {root}; }} }}"))
+        # `site` holds js_import/js_set, its upstream and the server: all http-level
+        procs.append(nginx(tmp / "nginx-direct", site, main=f"load_module {NJS};\n"))
+        first = listing.read_text().split("\n", 1)[0].split("\t")
+        probe = requests.get(f"http://127.0.0.1:{port_d}{first[0]}", headers={"Range": first[1]})
+        start = int(first[1][6:].split("-")[0])
+        if probe.status_code != 206 or probe.content != blob.read_bytes()[start:start + length]:
+            raise RuntimeError(f"accel direct: nginx answered {probe.status_code}")
+        seed = iter(range(1, 1000))
+
+        def check(r: dict[str, Any], port: int) -> dict[str, Any]:
+            if r["requests"] and r["bytes"] < r["requests"] * length:
+                raise RuntimeError(f"{name}: short answers from port {port}")
+            return r
+
+        print(f"accel direct: nginx checking signed urls itself (accel = \"nginx-direct\", njs"
+              f" HMAC-SHA256, {urls} distinct urls) vs nginx alone, random {length >> 10} KiB"
+              f" ranges (wrk -t2 -c64, {seconds:g} s)", flush=True)
+        return paired(
+            name,
+            lambda: check(wrk(f"http://127.0.0.1:{port_d}", "signed_ranges.lua",
+                              [str(listing), str(next(seed))], connections=64,
+                              seconds=seconds), port_d),
+            lambda: check(wrk(f"http://127.0.0.1:{port_n}", "random_ranges.lua",
+                              ["/blob.bam", str(size), str(length), str(next(seed))],
+                              connections=64, seconds=seconds), port_n),
+            "nginx-direct", "nginx alone", repeats)
     finally:
         for p in procs:
             p.stop()

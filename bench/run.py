@@ -235,13 +235,15 @@ def bench_http(data: Path, tmp: Path) -> None:
 def bench_load(data: Path) -> None:
     """Tickets under load with RANDOM regions per request vs bare Flask (bench/http_load.py):
     the deep BAM (1-20 kbp, the issue's figure) and the GRCh38-scale sparse BAM; /data small
-    ranges vs bare Flask; nginx + htsgetr accel vs nginx alone."""
+    ranges vs bare Flask; nginx + htsgetr accel, and nginx checking signed urls itself
+    (nginx-direct), vs nginx alone."""
     http_load.bench_http_inprocess(data, "deep15", [("chrD", 10_000_000)], "http.inprocess")
     http_load.bench_load_random(data, "deep15", [("chrD", 10_000_000)], "load.deep15")
     http_load.bench_load_random(data, "genome", list(zip(NAMES, GRCH38))[:24], "load.genome")
     http_load.bench_data_ranges(data)
     with tempfile.TemporaryDirectory() as tmp:
         http_load.bench_accel(data, Path(tmp))
+        http_load.bench_accel_direct(data, Path(tmp) / "direct")
 
 
 def bench_data(data: Path, tmp: Path) -> None:
