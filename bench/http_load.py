@@ -9,7 +9,8 @@ shared; the median ratio is the figure, every repeat is printed.
 - /data small (64 KiB) random ranges vs the bare Flask floor that sends the same range
   with sendfile(2) (wrk -c64).
 - /data behind nginx with `accel = "nginx"` (X-Accel-Redirect) vs nginx alone serving the
-  file, 64 KiB random ranges.
+  file, 64 KiB random ranges; and with `accel = "nginx-direct"` (nginx checks each signed
+  url in njs: bench/signed_ranges.lua picks from 20,000 distinct signed urls).
 """
 
 from __future__ import annotations
