@@ -10,12 +10,7 @@
 -- (bench/run.py parses it): requests, seconds, req/s, latency percentiles in microseconds,
 -- error counts (non-2xx/3xx statuses, connect/read/write/timeout).
 
-local thread_no = 0
-
-function setup(thread)
-  thread_no = thread_no + 1
-  thread:set("thread_no", thread_no)
-end
+dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "wrk_common.lua")
 
 function init(args)
   path = args[1]
@@ -40,15 +35,4 @@ function request()
   local start = math.random(0, len - span - 1)
   return wrk.format("GET", string.format("%s?referenceName=%s&start=%d&end=%d%s",
     path, refs[i], start, start + span, extra))
-end
-
-function done(summary, latency, requests)
-  local secs = summary.duration / 1e6
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests": %d, "seconds": %.3f, "rps": %.1f, "p50_us": %d, "p90_us": %d, ' ..
-    '"p99_us": %d, "max_us": %d, "status_errors": %d, "socket_errors": %d}\n',
-    summary.requests, secs, summary.requests / secs, latency:percentile(50),
-    latency:percentile(90), latency:percentile(99), latency.max, e.status,
-    e.connect + e.read + e.write + e.timeout))
 end

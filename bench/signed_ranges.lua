@@ -6,12 +6,7 @@
 -- args: a file of lines "<path?query>\t<Range value>", a seed (each thread adds its
 -- number). The last line printed is one JSON object, as random_ranges.lua prints it.
 
-local thread_no = 0
-
-function setup(thread)
-  thread_no = thread_no + 1
-  thread:set("thread_no", thread_no)
-end
+dofile(debug.getinfo(1, "S").source:match("^@(.-)[^/]*$") .. "wrk_common.lua")
 
 function init(args)
   targets, ranges = {}, {}
@@ -26,15 +21,4 @@ end
 function request()
   local i = math.random(#targets)
   return wrk.format("GET", targets[i], {["Range"] = ranges[i]})
-end
-
-function done(summary, latency, requests)
-  local secs = summary.duration / 1e6
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests": %d, "seconds": %.3f, "rps": %.1f, "p50_us": %d, "p90_us": %d, ' ..
-    '"p99_us": %d, "max_us": %d, "status_errors": %d, "socket_errors": %d, "bytes": %d}\n',
-    summary.requests, secs, summary.requests / secs, latency:percentile(50),
-    latency:percentile(90), latency:percentile(99), latency.max, e.status,
-    e.connect + e.read + e.write + e.timeout, summary.bytes))
 end

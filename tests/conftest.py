@@ -383,6 +383,18 @@ def assert_ticket_records(payload: bytes, tmp: Path, path: Path,
 BGZF_EOF_MARKER = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
 
 
+def make_accel_tree(root: Path) -> None:
+    """What the front-proxy tests serve: `sample.bam`, a copy under a name with spaces, a
+    symlinked one (`linked.bam`) and a file no ticket can name (`secret.txt`)."""
+    (root / "dir with space").mkdir(parents=True)
+    make_bam(root / "sample.bam")
+    shutil.copy(root / "sample.bam", root / "dir with space" / "x y.bam")
+    shutil.copy(root / "sample.bam.bai", root / "dir with space" / "x y.bam.bai")
+    (root / "linked.bam").symlink_to(root / "sample.bam")
+    (root / "linked.bam.bai").symlink_to(root / "sample.bam.bai")
+    (root / "secret.txt").write_text("not for anyone")
+
+
 def start_nginx(conf: Path, url: str, args: Optional[list[str]] = None) -> subprocess.Popen:
     """nginx with `conf` (or with `args`), once it answers at `url` (RuntimeError with its
     output if it stops first)."""

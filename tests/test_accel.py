@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 import requests
-from conftest import Server, free_port, make_bam, start_nginx
+from conftest import Server, free_port, make_accel_tree, make_bam, start_nginx
 
 from htsgetr.api.accel import nginx_locations
 from htsgetr.config import load_config
@@ -36,13 +36,7 @@ RESTRICTIONS = {"version": 1, "htsgetAuth": [
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("accel")
     root = d / "data"
-    (root / "dir with space").mkdir(parents=True)
-    make_bam(root / "sample.bam")
-    shutil.copy(root / "sample.bam", root / "dir with space" / "x y.bam")
-    shutil.copy(root / "sample.bam.bai", root / "dir with space" / "x y.bam.bai")
-    (root / "linked.bam").symlink_to(root / "sample.bam")
-    (root / "linked.bam.bai").symlink_to(root / "sample.bam.bai")
-    (root / "secret.txt").write_text("not for anyone")
+    make_accel_tree(root)
     (d / "restrictions.json").write_text(json.dumps(RESTRICTIONS))
     port, nginx_port = free_port(), free_port()
     config_path = d / "config.toml"

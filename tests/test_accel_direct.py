@@ -31,6 +31,7 @@ from conftest import (
     assert_ticket_records,
     free_port,
     htslib_records,
+    make_accel_tree,
     make_bam,
     make_vcf,
     reassemble,
@@ -76,18 +77,12 @@ def _nginx_conf(tmp: Path, config: Path, port: int, nginx_port: int,
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     d = tmp_path_factory.mktemp("direct")
     root, other = d / "data", d / "other"
-    (root / "dir with space").mkdir(parents=True)
+    make_accel_tree(root)
     other.mkdir()
-    make_bam(root / "sample.bam")
     make_vcf(root / "calls.vcf.gz", n=40_000)  # blocks past the inline budget
     make_bam(other / "more.bam", seed=7)
-    shutil.copy(root / "sample.bam", root / "dir with space" / "x y.bam")
-    shutil.copy(root / "sample.bam.bai", root / "dir with space" / "x y.bam.bai")
     shutil.copy(root / "sample.bam", root / "doomed.bam")
     shutil.copy(root / "sample.bam.bai", root / "doomed.bam.bai")
-    (root / "linked.bam").symlink_to(root / "sample.bam")
-    (root / "linked.bam.bai").symlink_to(root / "sample.bam.bai")
-    (root / "secret.txt").write_text("not for anyone")
     (d / "restrictions.json").write_text(json.dumps(RESTRICTIONS))
     port, nginx_port = free_port(), free_port()
     config = d / "config.toml"
