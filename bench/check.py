@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
     http_load.bench_data_ranges(root, seconds=args.seconds)
     with tempfile.TemporaryDirectory() as tmp:
         http_load.bench_accel(root, Path(tmp), seconds=args.seconds)
-        http_load.bench_accel_direct(root, Path(tmp) / "direct", seconds=args.seconds)
+        http_load.bench_accel(root, Path(tmp) / "direct", "nginx-direct", "data.direct_64k",
+                              seconds=args.seconds)
     results.save(args.out)
     print(f"bench-check: {len(results.FIGURES)} figures in {time.monotonic() - t0:.0f} s -> "
           f"{args.out}")

@@ -223,134 +223,98 @@ def bench_data_ranges(root: Path, name: str = "data.ranges_64k", seconds: float 
         ref.stop()
 
 
-def bench_accel(root: Path, tmp: Path, name: str = "data.accel_64k", seconds: float = 5,
-                length: int = 64 << 10, repeats: int = REPEATS) -> dict[str, float]:
-    """nginx in front of htsgetr (accel = "nginx") vs nginx alone, random 64 KiB ranges."""
-    if shutil.which("wrk") is None or NGINX is None:
-        print("accel: skipped (apt install wrk nginx-light)")
+NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
+                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
+           None)
+#: the data url secret of the nginx-direct bench (htsgetr, the njs script and the listing)
+BENCH_SECRET = {"HTSGET_DATA_URL_SECRET": "bench-direct-secret"}
+
+
+def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.accel_64k",
+                seconds: float = 5, length: int = 64 << 10, repeats: int = REPEATS,
+                urls: int = 20_000) -> dict[str, float]:
+    """nginx in front of htsgetr vs nginx alone, random 64 KiB ranges of one file.
+    mode "nginx": htsgetr decides each /data request and answers with X-Accel-Redirect.
+    mode "nginx-direct": nginx checks each url's signature itself (njs) and sends the range;
+    `urls` distinct signed urls, each request one of them at random."""
+    direct = mode == "nginx-direct"
+    if shutil.which("wrk") is None or NGINX is None or (direct and NJS is None):
+        print(f"{mode}: skipped (apt install wrk nginx-light libnginx-mod-http-js)")
         return {}
     sys.path.insert(0, str(ROOT))
-    from htsgetr.api.accel import nginx_locations
+    from htsgetr.api.accel import direct_script, nginx_server
     from htsgetr.config import load_config
 
     blob = make_blob(root)
     size = blob.stat().st_size
     port_h, port_n, port_a = free_port(), free_port(), free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    config = tmp / "accel.toml"
-    config.write_text(f'[ticket_server]\nallowed_hosts = ["*"]\n[data_server]\naccel = "nginx"\n'
-                      f'[[locations]]\nroot = "{root}"\n')
-    locations = nginx_locations(load_config(str(config), env={}), indent="  ")
-    ours = htsgetr(root, port_h, config=config)
-    procs = [ours]
+    config_path = tmp / f"{mode}.toml"
+    config_path.write_text(f'[ticket_server]\nallowed_hosts = ["*"]\n[data_server]\n'
+                           f'accel = "{mode}"\n[[locations]]\nroot = "{root}"\n')
+    config = load_config(str(config_path), env={})
+    script = None
+    if direct:
+        script = tmp / "htsgetr-direct.js"
+        script.write_text(direct_script(config, BENCH_SECRET))
+        os.environ.update(BENCH_SECRET)  # htsgetr signs and checks with the same secret
+    # nginx_server's text: its upstream, the server and (direct) js_import/js_set
+    site = nginx_server(config, f"127.0.0.1:{port_a}", f"127.0.0.1:{port_h}",
+                        str(script) if script else None)
+    lua, args, first = _front_requests(tmp, direct, size, length, urls)
+    procs = [htsgetr(root, port_h, config=config_path)]
     try:
         procs.append(nginx(tmp / "nginx-alone", f"server {{ listen 127.0.0.1:{port_n}; "
                            f"location / {{ root {root}; }} }}"))
-        server = (f"server {{ listen 127.0.0.1:{port_a};\n"
-                  "  location / { proxy_pass http://htsgetr_up; proxy_http_version 1.1; "
-                  "proxy_set_header Connection \"\"; proxy_set_header Host $http_host; }\n"
-                  + locations + "}")
-        procs.append(nginx(tmp / "nginx-accel", server, upstream=port_h))
-        probe = requests.get(f"http://127.0.0.1:{port_a}/data/blob.bam",
-                             headers={"Range": "bytes=0-9"})
-        if probe.status_code != 206 or probe.content != blob.read_bytes()[:10]:
-            raise RuntimeError(f"accel: nginx + htsgetr answered {probe.status_code}")
+        procs.append(nginx(tmp / mode, site, main=f"load_module {NJS};\n" if direct else ""))
+        probe = requests.get(f"http://127.0.0.1:{port_a}{first[0]}", headers={"Range": first[1]})
+        start = int(first[1][6:].split("-")[0])
+        if probe.status_code != 206 or probe.content != blob.read_bytes()[start:start + length]:
+            raise RuntimeError(f"{mode}: nginx in front answered {probe.status_code}")
         seed = iter(range(1, 1000))
 
-        def run(port: int, path: str) -> dict[str, Any]:
-            r = wrk(f"http://127.0.0.1:{port}", "random_ranges.lua",
-                    [path, str(size), str(length), str(next(seed))],
+        def run(port: int, script: str, args: list[str]) -> dict[str, Any]:
+            r = wrk(f"http://127.0.0.1:{port}", script, [*args, str(next(seed))],
                     connections=64, seconds=seconds)
             if r["requests"] and r["bytes"] < r["requests"] * length:
                 raise RuntimeError(f"{name}: short answers from port {port}")
             return r
 
-        print(f"accel: nginx + htsgetr (accel = \"nginx\", X-Accel-Redirect) vs nginx alone, "
-              f"random {length >> 10} KiB ranges (wrk -t2 -c64, {seconds:g} s)", flush=True)
-        return paired(name, lambda: run(port_a, "/data/blob.bam"),
-                      lambda: run(port_n, "/blob.bam"), "nginx + htsgetr accel",
-                      "nginx alone", repeats)
+        how = (f"nginx checking signed urls itself (njs HMAC-SHA256, {urls} distinct urls)"
+               if direct else "htsgetr deciding, X-Accel-Redirect")
+        print(f"{mode}: nginx + htsgetr ({how}) vs nginx alone, random {length >> 10} KiB ranges"
+              f" (wrk -t2 -c64, {seconds:g} s)", flush=True)
+        return paired(name, lambda: run(port_a, lua, args),
+                      lambda: run(port_n, "random_ranges.lua",
+                                  ["/blob.bam", str(size), str(length)]),
+                      f"nginx + htsgetr {mode}", "nginx alone", repeats)
     finally:
         for p in procs:
             p.stop()
 
 
-NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
-                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
-           None)
-
-
-def bench_accel_direct(root: Path, tmp: Path, name: str = "data.direct_64k",
-                       seconds: float = 5, length: int = 64 << 10, repeats: int = REPEATS,
-                       urls: int = 20_000) -> dict[str, float]:
-    """nginx in front of htsgetr with accel = "nginx-direct" (nginx checks each url's
-    signature in njs and sends the range) vs nginx alone, random 64 KiB ranges: `urls`
-    distinct signed urls, each request one of them at random."""
-    if shutil.which("wrk") is None or NGINX is None or NJS is None:
-        print("accel direct: skipped (apt install wrk nginx-light libnginx-mod-http-js)")
-        return {}
+def _front_requests(tmp: Path, signed: bool, size: int, length: int, urls: int
+                    ) -> tuple[str, list[str], tuple[str, str]]:
+    """The wrk script and its arguments (but the seed) for /data/blob.bam through the front
+    nginx, and one (target, Range) to probe with: random ranges, or (`signed`) a listing of
+    `urls` signed ones, each signing its own range."""
     import random
 
-    sys.path.insert(0, str(ROOT))
-    from htsgetr.api.accel import direct_script, nginx_server
     from htsgetr.auth.signing import UrlSigner
-    from htsgetr.config import load_config
 
-    blob = make_blob(root)
-    size = blob.stat().st_size
-    port_h, port_n, port_d = free_port(), free_port(), free_port()
-    tmp.mkdir(parents=True, exist_ok=True)
-    secret = {"HTSGET_DATA_URL_SECRET": "bench-direct-secret"}
-    config_path = tmp / "direct.toml"
-    config_path.write_text(f'[ticket_server]\nallowed_hosts = ["*"]\n[data_server]\n'
-                           f'accel = "nginx-direct"\n[[locations]]\nroot = "{root}"\n')
-    config = load_config(str(config_path), env={})
-    script = tmp / "htsgetr-direct.js"
-    script.write_text(direct_script(config, secret))
-    site = nginx_server(config, f"127.0.0.1:{port_d}", f"127.0.0.1:{port_h}", str(script))
-    signer = UrlSigner([secret["HTSGET_DATA_URL_SECRET"]], 3600)
+    if not signed:
+        return ("random_ranges.lua", ["/data/blob.bam", str(size), str(length)],
+                ("/data/blob.bam", f"bytes=0-{length - 1}"))
+    signer = UrlSigner([BENCH_SECRET["HTSGET_DATA_URL_SECRET"]], 3600)
     rng = random.Random(5)
+    lines = []
+    for _ in range(urls):
+        start = rng.randrange(0, (size - length) // 4096) * 4096
+        range_ = f"bytes={start}-{start + length - 1}"
+        lines.append((f"/data/blob.bam?{signer.sign('blob.bam', range_)}", range_))
     listing = tmp / "signed.tsv"
-    with listing.open("w") as f:
-        for _ in range(urls):
-            start = rng.randrange(0, (size - length) // 4096) * 4096
-            range_ = f"bytes={start}-{start + length - 1}"
-            f.write(f"/data/blob.bam?{signer.sign('blob.bam', range_)}\t{range_}\n")
-    os.environ.update(secret)  # htsgetr signs and checks with the same secret
-    ours = htsgetr(root, port_h, config=config_path)
-    procs = [ours]
-    try:
-        procs.append(nginx(tmp / "nginx-alone", f"server {{ listen 127.0.0.1:{port_n}; "
-                           f"location / {{ root {root}; }} }}"))
-        # `site` holds js_import/js_set, its upstream and the server: all http-level
-        procs.append(nginx(tmp / "nginx-direct", site, main=f"load_module {NJS};\n"))
-        first = listing.read_text().split("\n", 1)[0].split("\t")
-        probe = requests.get(f"http://127.0.0.1:{port_d}{first[0]}", headers={"Range": first[1]})
-        start = int(first[1][6:].split("-")[0])
-        if probe.status_code != 206 or probe.content != blob.read_bytes()[start:start + length]:
-            raise RuntimeError(f"accel direct: nginx answered {probe.status_code}")
-        seed = iter(range(1, 1000))
-
-        def check(r: dict[str, Any], port: int) -> dict[str, Any]:
-            if r["requests"] and r["bytes"] < r["requests"] * length:
-                raise RuntimeError(f"{name}: short answers from port {port}")
-            return r
-
-        print(f"accel direct: nginx checking signed urls itself (accel = \"nginx-direct\", njs"
-              f" HMAC-SHA256, {urls} distinct urls) vs nginx alone, random {length >> 10} KiB"
-              f" ranges (wrk -t2 -c64, {seconds:g} s)", flush=True)
-        return paired(
-            name,
-            lambda: check(wrk(f"http://127.0.0.1:{port_d}", "signed_ranges.lua",
-                              [str(listing), str(next(seed))], connections=64,
-                              seconds=seconds), port_d),
-            lambda: check(wrk(f"http://127.0.0.1:{port_n}", "random_ranges.lua",
-                              ["/blob.bam", str(size), str(length), str(next(seed))],
-                              connections=64, seconds=seconds), port_n),
-            "nginx-direct", "nginx alone", repeats)
-    finally:
-        for p in procs:
-            p.stop()
+    listing.write_text("".join(f"{target}\t{range_}\n" for target, range_ in lines))
+    return "signed_ranges.lua", [str(listing)], lines[0]
 
 
 def bench_http_inprocess(root: Path, id: str, refs: list[tuple[str, int]], name: str,

@@ -243,7 +243,7 @@ def bench_load(data: Path) -> None:
     http_load.bench_data_ranges(data)
     with tempfile.TemporaryDirectory() as tmp:
         http_load.bench_accel(data, Path(tmp))
-        http_load.bench_accel_direct(data, Path(tmp) / "direct")
+        http_load.bench_accel(data, Path(tmp) / "direct", "nginx-direct", "data.direct_64k")
 
 
 def bench_data(data: Path, tmp: Path) -> None:
