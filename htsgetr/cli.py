@@ -121,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     _config_options(show)
     csub.add_parser("default", help="a commented configuration file with every default")
     nginx = csub.add_parser(
-        "nginx", help="an nginx server in front of htsgetr: proxy + X-Accel-Redirect locations")
+        "nginx", help="an nginx server in front of htsgetr: proxy + X-Accel-Redirect locations"
+        " (accel = nginx-direct: nginx also checks signed /data urls itself)")
     _config_options(nginx)
     nginx.add_argument("--listen", default="8088", metavar="[HOST:]PORT",
                        help="where nginx listens (default 8088)")
