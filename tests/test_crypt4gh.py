@@ -773,7 +773,7 @@ def test_shared_reference_files(tmp_path: Path, endpoint: str, id: str, fmt: str
 def test_accel_hands_over_ciphertext_only(c4: dict[str, Path]) -> None:
     """With accel = nginx, /data/<x>.c4gh goes to nginx (the stored file), the plaintext
     name is htsgetr's own decrypted answer: no X-Accel-Redirect for it, ever."""
-    from htsgetr.api.accel import nginx_locations
+    from htsgetr.api.accel import direct_locations, nginx_locations
     from htsgetr.config import DataServerConfig
 
     config = config_for(c4)
@@ -784,4 +784,9 @@ def test_accel_hands_over_ciphertext_only(c4: dict[str, Path]) -> None:
     plain = fresh.http.get("/data/~enc/reads.bam", headers={"Range": "bytes=0-99"})
     assert "X-Accel-Redirect" not in plain.headers
     assert plain.get_data() == (c4["plain"] / "reads.bam").read_bytes()[:100]
-    assert f"alias {c4['enc'].resolve()}/;" in nginx_locations(config)
+    assert f'alias "{c4["enc"].resolve()}/";' in nginx_locations(config)
+    # nginx-direct: nginx never sends a Crypt4GH location's files itself (the plaintext names
+    # are htsgetr's decrypted answers); /data/~enc/ reaches htsgetr, which may X-Accel them
+    config.data_server = DataServerConfig(accel="nginx-direct")
+    assert "/~enc/" not in direct_locations(config)
+    assert f'alias "{c4["enc"].resolve()}/";' in nginx_locations(config)
