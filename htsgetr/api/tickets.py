@@ -94,7 +94,7 @@ def ticket_json(ticket: Ticket, site: Site, origin: Optional[str],
 
 _INLINE = "data:;base64,"
 #: characters json.dumps escapes in an ASCII string
-_ESCAPED = re.compile(r'[\x00-\x1f"\\]').search
+_ESCAPED = re.compile(r'[\x00-\x1f"\\\x7f]').search
 #: a Range header value as the engine writes it
 _RANGE = re.compile(r"bytes=[0-9]{1,20}-[0-9]{1,20}").fullmatch
 #: a block's "class" entry, spelled
