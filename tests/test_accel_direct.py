@@ -123,17 +123,30 @@ previous_secrets = ["{OLD_SECRET}"]
         srv.stop()
 
 
-def _who(world: dict[str, Any], method: str, target: str) -> tuple[int, str]:
-    """(status, "nginx" or "htsgetr") of the last logged request for `target`."""
-    for _ in range(50):  # nginx writes the line after the answer
-        lines = [x for x in world["log"].read_text().splitlines()
-                 if x.startswith(f"{method} {target} ")]
-        if lines:
+def _lines(world: dict[str, Any], method: str, target: str) -> list[str]:
+    return [x for x in world["log"].read_text().splitlines()
+            if x.startswith(f"{method} {target} ")]
+
+
+def _who(world: dict[str, Any], method: str, target: str, before: int = 0) -> tuple[int, str]:
+    """(status, "nginx" or "htsgetr") of the request for `target` logged after the `before`
+    ones already there (nginx writes the line after the answer: wait for it)."""
+    for _ in range(100):
+        lines = _lines(world, method, target)
+        if len(lines) > before:
             break
         time.sleep(0.02)
-    assert lines, target
-    parts = lines[-1].split(" ")
-    return int(parts[2]), "nginx" if "up=[-]" in lines[-1] else "htsgetr"
+    assert len(lines) > before, target
+    parts = lines[before].split(" ")
+    return int(parts[2]), "nginx" if "up=[-]" in lines[before] else "htsgetr"
+
+
+def _ask(world: dict[str, Any], target: str, headers: list[tuple[str, str]],
+         method: str = "GET") -> tuple[int, bytes, dict[str, str], tuple[int, str]]:
+    """`_raw_get`, and who answered it."""
+    before = len(_lines(world, method, target))
+    status, body, got = _raw_get(world, target, headers, method)
+    return status, body, got, _who(world, method, target, before)
 
 
 def _ticket(world: dict[str, Any], path: str) -> dict[str, Any]:
@@ -171,6 +184,7 @@ def test_signed_ranges_are_sent_by_nginx(world: dict[str, Any], id: str, name: s
         if block["url"].startswith("data:"):
             continue
         assert block["url"].startswith(world["url"] + "/data/") and "&sig=" in block["url"]
+        before = len(_lines(world, "GET", _target(block["url"])))
         r = requests.get(block["url"], headers=block["headers"], timeout=10)
         first, last = (int(x) for x in block["headers"]["Range"][6:].split("-"))
         assert r.status_code == 206, r.text
@@ -178,7 +192,7 @@ def test_signed_ranges_are_sent_by_nginx(world: dict[str, Any], id: str, name: s
         assert r.headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
         assert r.headers["Cache-Control"] == "no-store"
         assert r.headers["Content-Type"] == "application/octet-stream"
-        assert _who(world, "GET", _target(block["url"])) == (206, by)
+        assert _who(world, "GET", _target(block["url"]), before) == (206, by)
         fetched += 1
     assert fetched
     assert_ticket_records(reassemble(ticket), world["tmp"], path, [region])
@@ -272,9 +286,9 @@ def test_what_nginx_does_not_vouch_for_goes_to_htsgetr(world: dict[str, Any]) ->
          404, None),
     ]
     for why, tgt, headers, status, body in cases:
-        got_status, got_body, got_headers = _raw_get(world, tgt, headers)
+        got_status, got_body, got_headers, who = _ask(world, tgt, headers)
         by = "nginx" if why.startswith("spaces") else "htsgetr"
-        assert (got_status, _who(world, "GET", tgt)[1]) == (status, by), (why, got_body)
+        assert (got_status, who[1]) == (status, by), (why, got_body)
         if body is not None:
             assert got_body == body, why
         else:
@@ -282,33 +296,33 @@ def test_what_nginx_does_not_vouch_for_goes_to_htsgetr(world: dict[str, Any]) ->
         if why == "a browser (CORS)":
             assert got_headers["access-control-allow-origin"] in ("*", "https://igv.example")
     # other methods
-    status, _, _ = _raw_get(world, target, [("Range", rng)], method="POST")
-    assert status in (403, 405) and _who(world, "POST", target)[1] == "htsgetr"
+    status, _, _, who = _ask(world, target, [("Range", rng)], method="POST")
+    assert status in (403, 405) and who[1] == "htsgetr"
     # and the untouched url, after all that: nginx's
-    status, body, _ = _raw_get(world, target, [("Range", rng)])
-    assert (status, body, _who(world, "GET", target)) == (206, exact, (206, "nginx"))
-    status, body, headers = _raw_get(world, target, [("Range", rng)], method="HEAD")
+    status, body, _, who = _ask(world, target, [("Range", rng)])
+    assert (status, body, who) == (206, exact, (206, "nginx"))
+    status, body, headers, who = _ask(world, target, [("Range", rng)], method="HEAD")
     assert (status, body) == (206, b"") and int(headers["content-length"]) == len(exact)
-    assert _who(world, "HEAD", target) == (206, "nginx")
+    assert who == (206, "nginx")
 
 
 def test_previous_secret_still_verifies_in_nginx(world: dict[str, Any]) -> None:
     data = (world["root"] / "sample.bam").read_bytes()
     for key in (OLD_SECRET, SECRET):
         tgt = _signed(world, "sample.bam", "bytes=100-199", key=key)
-        status, body, _ = _raw_get(world, tgt, [("Range", "bytes=100-199")])
-        assert (status, body, _who(world, "GET", tgt)) == (206, data[100:200], (206, "nginx"))
+        status, body, _, who = _ask(world, tgt, [("Range", "bytes=100-199")])
+        assert (status, body, who) == (206, data[100:200], (206, "nginx"))
     tgt = _signed(world, "sample.bam", "bytes=100-199", key="not-a-secret-of-ours")
-    status, _, _ = _raw_get(world, tgt, [("Range", "bytes=100-199")])
-    assert (status, _who(world, "GET", tgt)[1]) == (403, "htsgetr")
+    status, _, _, who = _ask(world, tgt, [("Range", "bytes=100-199")])
+    assert (status, who[1]) == (403, "htsgetr")
 
 
 def test_a_file_gone_after_its_ticket_gets_htsgets_404(world: dict[str, Any]) -> None:
     url, rng = _first_range(world, "doomed")
     (world["root"] / "doomed.bam").unlink()
-    status, body, _ = _raw_get(world, _target(url), [("Range", rng)])
+    status, body, _, who = _ask(world, _target(url), [("Range", rng)])
     assert status == 404 and json.loads(body)["htsget"]["error"] == "NotFound"
-    assert _who(world, "GET", _target(url)) == (404, "htsgetr")
+    assert who == (404, "htsgetr")
 
 
 def test_njs_script_holds_the_secrets_for_nginx_only(world: dict[str, Any]) -> None:
@@ -356,9 +370,9 @@ def test_without_auth_urls_are_signed_all_the_same(tmp_path: Path) -> None:
         for b in blocks:
             assert _who(world, "GET", _target(b["url"])) == (206, "nginx")
         for path in ("/data/sample.bam", "/data/notes.txt"):
-            status, body, _ = _raw_get(world, path, [("Range", "bytes=0-9")])
+            status, body, _, who = _ask(world, path, [("Range", "bytes=0-9")])
             assert status == 403 and json.loads(body)["htsget"]["error"] == "PermissionDenied"
-            assert _who(world, "GET", path) == (403, "htsgetr")
+            assert who == (403, "htsgetr")
     finally:
         os.killpg(nginx.pid, signal.SIGTERM)
         nginx.wait(10)
