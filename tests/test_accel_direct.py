@@ -82,6 +82,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     make_vcf(root / "calls.vcf.gz", n=40_000)  # blocks past the inline budget
     make_bam(other / "more.bam", seed=7)
     shutil.copy(root / "sample.bam", root / "doomed.bam")
+    (root / ".hidden").mkdir()
+    shutil.copy(root / "sample.bam", root / ".hidden" / "sample.bam")
     shutil.copy(root / "sample.bam.bai", root / "doomed.bam.bai")
     (d / "restrictions.json").write_text(json.dumps(RESTRICTIONS))
     port, nginx_port = free_port(), free_port()
@@ -282,6 +284,8 @@ def test_what_nginx_does_not_vouch_for_goes_to_htsgetr(world: dict[str, Any]) ->
          [("Range", "bytes=0-5")], 404, None),
         ("signed, through a symlink", _signed(world, "linked.bam", rng), [("Range", rng)], 206,
          exact),
+        ("signed, hidden", _signed(world, ".hidden/sample.bam", rng), [("Range", rng)], 404,
+         None),
         ("signed, climbing out", _signed(world, "x/../sample.bam", rng), [("Range", rng)],
          404, None),
     ]
