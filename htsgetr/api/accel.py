@@ -139,6 +139,7 @@ def direct_locations(config: Config, indent: str = "    ") -> str:
             f"{indent}    if ({VOUCHED} != 1) {{ return 418; }}\n"
             f"{indent}    alias {_quoted(root + '/')};\n"
             f"{indent}    disable_symlinks on from={_quoted(root)};\n"
+            f"{indent}    log_not_found off;  # a file gone since its ticket: htsgetr's 404\n"
             f"{indent}    max_ranges 1;\n"
             f"{indent}    types {{ }}\n"
             f"{indent}    default_type application/octet-stream;\n"
