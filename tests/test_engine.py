@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pysam
 import pytest
@@ -67,6 +68,35 @@ def test_stem_bai_and_csi_discovery(root: Path, tmp_path: Path) -> None:
     want = htslib_records(root / "a.bam", [("chr1", 0, 100_000)])
     assert_records(got, want, "CSI")
     assert_records(records(expected, tmp_path), want, "BAI")
+
+
+def test_recut_kept_from_its_second_ask(root: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region's re-cut edges are deflated on its first two tickets and kept from the
+    second on; cuts asked for once (random regions) take no room in the block cache."""
+    engine = Htsget(for_data_dir(str(root)))
+    deflated: list[int] = []
+    real = bgzf.compress_block
+
+    def counting(data: Any, level: Any = None) -> bytes:
+        deflated.append(len(data))
+        return real(data, level)
+
+    monkeypatch.setattr(bgzf, "compress_block", counting)
+    q = Query(Endpoint.READS, "a", Format.BAM, regions=(Region("chr1", 21_000, 23_500),))
+    want = htslib_records(root / "a.bam", [("chr1", 21_000, 23_500)])
+    counts = []
+    for _ in range(4):
+        deflated.clear()
+        assert_records(records(payload(engine, root, q), tmp_path), want, "asked again")
+        counts.append(len(deflated))
+    assert counts[0] >= counts[1] >= 1 and counts[2] == counts[3] == 0, counts
+    blocks = engine.cache.blocks
+    kept = sum(1 for key in blocks._data if isinstance(key, tuple) and len(key) == 4)
+    for start in range(30_000, 90_000, 3_000):  # each asked once
+        engine.ticket(Query(Endpoint.READS, "a", Format.BAM,
+                            regions=(Region("chr1", start, start + 1_000),)))
+    assert sum(1 for key in blocks._data if isinstance(key, tuple) and len(key) == 4) == kept
 
 
 def test_index_found_once_per_version(root: Path, tmp_path: Path,

@@ -25,6 +25,10 @@ from .waypoints import Waypoints
 #: block ends a layout remembers (beside those of the blocks in the worker's block cache);
 #: past that many the table starts again, so a layout's memory stays bounded
 BLOCK_ENDS = 4096
+#: exact re-cuts a layout remembers having made (by hash): one asked for again while
+#: remembered is kept in the block cache. Random regions cut blocks at ever other records,
+#: and keeping each of those cuts only pushed inflated blocks out of the cache
+RECUTS_ASKED = 1024
 #: a file keeps a waypoint per this many compressed bytes at most (blocks of records
 #: compress to 15-40 KiB; the table's memory follows the file's size)
 WAYPOINT_SPACING = 8192
@@ -49,6 +53,7 @@ class BgzfLayout:
     eof_present: bool
     gzi: Optional[bgzf.Gzi] = None
     _block_ends: dict[int, int] = field(default_factory=dict)
+    _recuts_asked: set[int] = field(default_factory=set)
     _token: int = field(default_factory=lambda: next(_layout_tokens))
     # the block read last: (offset, end, compressed bytes), so that `block_end` and then
     # `block_data` on one block read it once (a tuple: threads replace it whole)
@@ -60,7 +65,8 @@ class BgzfLayout:
         """Memory this layout may hold: its header block, that block's re-cut, a full table
         of block ends and the block read last (blocks themselves are in the block cache,
         counted there)."""
-        return 2 * len(self.header_block) + self.header_block_size + BLOCK_ENDS * 100 + _MAX_BSIZE
+        return (2 * len(self.header_block) + self.header_block_size + BLOCK_ENDS * 100
+                + RECUTS_ASKED * 70 + _MAX_BSIZE)
 
     @property
     def data_end(self) -> int:
@@ -124,13 +130,20 @@ class BgzfLayout:
 
     def recut(self, source: Source, coff: int, ustart: int, uend: Optional[int] = None) -> bytes:
         """Bytes [ustart, uend) of the block at `coff` compressed as BGZF block(s) of their own
-        (b"" for none), kept in the block cache: a popular region's edges are deflated once."""
+        (b"" for none), kept in the block cache once asked for twice: a popular region's
+        edges are deflated twice, not on every ticket; one-off cuts take no cache room."""
         blocks = source.cache.blocks
         key = (self._token, coff, ustart, uend)
         hit = blocks.get(key)
         if hit is None:
             hit = bgzf.compress_block(memoryview(self.block_data(source, coff))[ustart:uend])
-            blocks.put(key, hit, len(hit))
+            asked, mark = self._recuts_asked, hash(key)
+            if mark in asked:
+                blocks.put(key, hit, len(hit))
+            else:
+                if len(asked) >= RECUTS_ASKED:
+                    asked.clear()
+                asked.add(mark)
         recut: bytes = hit
         return recut
 
