@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import cli_fetch
 from ._version import __version__
-from .config import ENV_CONFIG, Config, load_config, redact, to_dict
+from .config import ENV_CONFIG, NGINX_DIRECT, Config, load_config, redact, to_dict
 from .config_toml import default_toml, dump_toml, toml_value
 from .typed_config import ConfigError, hints
 
@@ -261,7 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     path, layer = _config_path(args), cli_layer(args)
     config = load(path, layer)
-    if config.data_server.accel == "nginx-direct":  # nginx must verify what this signs
+    if config.data_server.accel == NGINX_DIRECT:  # nginx must verify what this signs
         from .auth.gate import missing_secret
 
         missing = missing_secret(config, os.environ)

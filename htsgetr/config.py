@@ -244,6 +244,11 @@ class ServerConfig:
         return f"{scheme}://{host}:{self.port}"
 
 
+#: `[data_server] accel`: nginx checks signed /data urls itself (api/accel.py); urls are then
+#: always signed (auth/gate.py)
+NGINX_DIRECT = "nginx-direct"
+
+
 @dataclass
 class DataServerConfig(ServerConfig):
     """The /data endpoint. Unless `separate`, it is served by the ticket server's bind."""
@@ -256,7 +261,7 @@ class DataServerConfig(ServerConfig):
         " (X-Sendfile, absolute path) | off; htsgetr still checks path, signature and Range |"
         " nginx-direct (nginx checks the signature itself: urls always signed; see"
         " `htsgetr config nginx`)",
-        choices=("off", "nginx", "nginx-direct", "apache"),
+        choices=("off", "nginx", NGINX_DIRECT, "apache"),
     )
     accel_prefix: str = _opt(
         "/_protected/",
@@ -459,7 +464,7 @@ def _check_config(config: Config, key: str, ctx: _Ctx) -> None:
         raise ctx.error(
             "data_server.port", f"the separate data server needs its own bind ({d.port})"
         )
-    if d.accel == "nginx-direct" and d.auth is not None and d.auth.jwt is not None:
+    if d.accel == NGINX_DIRECT and d.auth is not None and d.auth.jwt is not None:
         raise ctx.error("data_server.accel", "nginx-direct: nginx checks url signatures, not"
                         " the tokens [data_server.auth] asks for; use accel = \"nginx\"")
 

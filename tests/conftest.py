@@ -24,6 +24,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 #: nginx, where `make test` installs it (Debian puts it in /usr/sbin, not always on PATH)
 NGINX_BIN = shutil.which("nginx") or (
     "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+#: nginx's njs module (Debian's libnginx-mod-http-js), for accel = "nginx-direct"
+NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
+                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
+           None)
 
 pysam = pytest.importorskip("pysam")
 

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from conftest import (
+    NGINX_BIN,
+    NJS,
     Server,
     assert_records,
     assert_ticket_records,
@@ -40,11 +42,7 @@ from conftest import (
 
 from htsgetr.auth.signing import UrlSigner
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
-                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
-           None)
-pytestmark = pytest.mark.skipif(NGINX is None or NJS is None, reason="nginx with the njs module"
+pytestmark = pytest.mark.skipif(NGINX_BIN is None or NJS is None, reason="nginx with the njs module"
                                 " is not installed (make test installs libnginx-mod-http-js)")
 
 SECRET, OLD_SECRET = "direct-test-secret", "the-secret-before"

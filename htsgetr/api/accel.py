@@ -39,13 +39,13 @@ from urllib.parse import quote
 
 from ..auth.gate import missing_secret, url_signing
 from ..auth.signing import SECRET_ENV
-from ..config import Config, DataServerConfig
+from ..config import NGINX_DIRECT, Config, DataServerConfig
 from ..engine import default_handlers
 from ..storage.local import BARE_ALIAS, LocalStorage, mount_path
 from ..storage.resolver import INDEX_SUFFIXES, Resolver
 
-MODES = ("off", "nginx", "nginx-direct", "apache")
-DIRECT = "nginx-direct"
+MODES = ("off", "nginx", NGINX_DIRECT, "apache")
+DIRECT = NGINX_DIRECT
 #: the njs variable `nginx_direct.js` sets: "1" when nginx may send the file itself
 VOUCHED = "$htsgetr_direct"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
-from ..config import Config
+from ..config import NGINX_DIRECT, Config
 from ..protocol import UpstreamError
 from .callout import AuthorizationCallout, StaticRestrictions
 from .jwt import TokenValidator, bearer_token
@@ -89,7 +89,7 @@ def url_signing(config: Config) -> Optional[DataUrlConfig]:
     tables = config.auth_tables()
     if tables:
         return tables[0].data_urls
-    if config.data_server.accel == "nginx-direct":
+    if config.data_server.accel == NGINX_DIRECT:
         return DataUrlConfig()
     return None
 
@@ -100,7 +100,7 @@ def missing_secret(config: Config, env: Mapping[str, str]) -> Optional[str]:
     urls = url_signing(config)
     if urls is None or urls.secret or env.get(SECRET_ENV):
         return None
-    why = "auth is on" if config.auth_tables() else 'accel = "nginx-direct"'
+    why = "auth is on" if config.auth_tables() else f'accel = "{NGINX_DIRECT}"'
     return (f"{why}: set auth.data_urls.secret or {SECRET_ENV}, the same on every worker,"
             " replica and front nginx, so /data urls signed by one verify on another")
 
