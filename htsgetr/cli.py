@@ -131,9 +131,15 @@ def _parser() -> argparse.ArgumentParser:
     nginx.add_argument("-o", "--output", metavar="FILE", help="write it here, not to stdout")
     nginx.add_argument("--main", action="store_true",
                        help="a whole nginx.conf (for nginx -c), not a server for conf.d/")
+    nginx.add_argument("--verifier", choices=("njs", "perl"), default="njs",
+                       help="accel = nginx-direct: what checks signed urls in nginx, njs"
+                       " (default) or its embedded Perl (faster; needs nginx's perl module)")
     nginx.add_argument("--js-module", default="modules/ngx_http_js_module.so", metavar="PATH",
-                       help="--main with accel = nginx-direct: the njs module to load"
+                       help="--main with the njs verifier: the module to load"
                        " (default: modules/ngx_http_js_module.so; '' when already loaded)")
+    nginx.add_argument("--perl-module", default="modules/ngx_http_perl_module.so",
+                       metavar="PATH", help="--main with the perl verifier: the module to load"
+                       " (default: modules/ngx_http_perl_module.so; '' when already loaded)")
     nginx.add_argument("--temp-dir", default="/tmp", metavar="DIR",
                        help="--main: where nginx keeps its pid and temporary files")
 
@@ -320,8 +326,9 @@ def _config_command(args: argparse.Namespace) -> int:
 def _nginx_config(args: argparse.Namespace) -> int:
     """`htsgetr config nginx`: nginx in front, serving /data files htsgetr hands over; the
     configuration must say `[data_server] accel = "nginx"` or "nginx-direct" (`--set` does).
-    nginx-direct also writes its njs script, with the url secrets, beside --output (0600)."""
-    from .api.accel import DIRECT, direct_script, nginx_main, nginx_server
+    nginx-direct also writes its check script (njs or Perl), with the url secrets, beside
+    --output (0600)."""
+    from .api.accel import DIRECT, VERIFIERS, direct_script, nginx_main, nginx_server
 
     config = load(_config_path(args), cli_layer(args))
     accel = config.data_server.accel
@@ -336,13 +343,15 @@ def _nginx_config(args: argparse.Namespace) -> int:
         if accel == DIRECT:
             if not args.output:
                 raise ValueError("nginx-direct writes two files: give --output")
-            js = direct_script(config, os.environ)
-            script = str(Path(args.output).resolve().with_name("htsgetr-direct.js"))
-            _write_private(script, js)
+            check = direct_script(config, os.environ, args.verifier)
+            name = VERIFIERS[args.verifier][1]
+            script = str(Path(args.output).resolve().with_name(name))
+            _write_private(script, check)
         text = nginx_server(config, args.listen, args.upstream or f"{host}:{server.port}",
-                            script)
+                            script, args.verifier)
         if args.main:
-            text = nginx_main(text, args.js_module if script else None, args.temp_dir)
+            module = args.perl_module if args.verifier == "perl" else args.js_module
+            text = nginx_main(text, module if script else None, args.temp_dir)
     except ValueError as err:
         print(f"htsgetr: error: {err}", file=sys.stderr)
         return 2

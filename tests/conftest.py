@@ -24,10 +24,17 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 #: nginx, where `make test` installs it (Debian puts it in /usr/sbin, not always on PATH)
 NGINX_BIN = shutil.which("nginx") or (
     "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-#: nginx's njs module (Debian's libnginx-mod-http-js), for accel = "nginx-direct"
-NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
-                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
-           None)
+
+
+def nginx_module(name: str) -> Optional[str]:
+    """Where Debian's package puts nginx's dynamic module `name`, if installed."""
+    return next((p for p in (f"/usr/lib/nginx/modules/{name}", f"/usr/share/nginx/modules/{name}")
+                 if os.path.exists(p)), None)
+
+
+#: accel = "nginx-direct" checks urls with njs (libnginx-mod-http-js) or Perl (-http-perl)
+NJS = nginx_module("ngx_http_js_module.so")
+NGINX_PERL = nginx_module("ngx_http_perl_module.so")
 
 pysam = pytest.importorskip("pysam")
 

@@ -20,8 +20,10 @@ frees is the worker's time and memory per byte: large ranges and slow readers co
 not a gunicorn worker.
 
 `accel = "nginx-direct"` takes htsgetr off the common /data request too: nginx checks the
-url's signature itself (`nginx_direct.js`, njs: the same HMAC-SHA256 as auth/signing.py,
-with the same secrets) and sends a plain local file's signed range with sendfile. Urls are
+url's signature itself (the same HMAC-SHA256 as auth/signing.py, with the same secrets) and
+sends a plain local file's signed range with sendfile. The check is a script, one per
+`VERIFIERS`: `nginx_direct.js` (njs, in nginx's own images) or `nginx_direct.pm` (nginx's
+embedded Perl, which costs nginx less per request: bench/http_load.py `bench_accel`). Urls are
 then always signed (auth on or not), since the signature is what tells nginx which files a
 ticket named. nginx vouches only for the plain case (GET/HEAD, one `bytes=` Range or none,
 no `Origin`, no `If-Range`, a regular file reached without symlinks); everything else falls
@@ -46,8 +48,14 @@ from ..storage.resolver import INDEX_SUFFIXES, Resolver
 
 MODES = ("off", "nginx", NGINX_DIRECT, "apache")
 DIRECT = NGINX_DIRECT
-#: the njs variable `nginx_direct.js` sets: "1" when nginx may send the file itself
+#: the variable the check sets: "1" when nginx may send the file itself
 VOUCHED = "$htsgetr_direct"
+#: the scripts nginx can check signed urls with: (template, the name `htsgetr config nginx`
+#: writes it under; the Perl module's is its package's)
+VERIFIERS = {
+    "njs": ("nginx_direct.js", "htsgetr-direct.js"),
+    "perl": ("nginx_direct.pm", "HtsgetrDirect.pm"),
+}
 
 
 class Accel:
@@ -150,29 +158,35 @@ def direct_locations(config: Config, indent: str = "    ") -> str:
     return "".join(out)
 
 
-def direct_script(config: Config, env: Mapping[str, str]) -> str:
-    """`nginx_direct.js` holding this configuration's verifying secrets (ValueError when
-    urls are not signed or the secret is not set where nginx can be told it)."""
+def direct_script(config: Config, env: Mapping[str, str], verifier: str = "njs") -> str:
+    """The `verifier`'s script (`VERIFIERS`) holding this configuration's verifying secrets
+    (ValueError when urls are not signed or the secret is not set where nginx can be told
+    it)."""
     urls = url_signing(config)
     missing = missing_secret(config, env)
     if urls is None or missing:
         raise ValueError(missing or "/data urls are not signed")
     keys = [urls.secret or env[SECRET_ENV], *urls.previous_secrets]
-    text = files(__package__).joinpath("nginx_direct.js").read_text(encoding="utf-8")
-    text = text.replace("@NAMES@", _names_regex(config))
+    text = files(__package__).joinpath(VERIFIERS[verifier][0]).read_text(encoding="utf-8")
+    names = _names_pattern(config)
+    if verifier == "perl":  # the keys' UTF-8 bytes in hex: nothing to quote
+        text = text.replace("@NAMES@", "\\A" + names + "\\z")
+        return text.replace("@KEYS@", ", ".join(f"'{k.encode('utf-8').hex()}'" for k in keys))
+    text = text.replace("@NAMES@", f"/^{names}$/")
     return text.replace("@KEYS@", json.dumps(keys))  # ASCII: \uXXXX escapes, valid JS
 
 
-def _names_regex(config: Config) -> str:
-    """A JavaScript regex literal for the /data paths nginx may send: no hidden segment, and
-    a name a ticket can give — a data file of a served format or an index (`data_object`'s
-    name checks, short of the location's own pattern). A second fence behind the signature."""
+def _names_pattern(config: Config) -> str:
+    """The regex (JavaScript's and Perl's alike, unanchored) for the /data paths nginx may
+    send: no hidden segment, and a name a ticket can give — a data file of a served format
+    or an index (`data_object`'s name checks, short of the location's own pattern). A
+    second fence behind the signature."""
     suffixes = {ext for handler in default_handlers(config).values()
                 for ext in handler.extensions}
     suffixes |= {idx for fmt in INDEX_SUFFIXES.values() for idx in fmt}
     alternatives = "|".join(re.escape(x).replace("/", "\\/") for x in sorted(suffixes))
     segment = r"[^.\/\\\x00][^\/\\\x00]*"
-    return f"/^(?:{segment}\\/)*{segment}(?:{alternatives})$/"
+    return f"(?:{segment}\\/)*{segment}(?:{alternatives})"
 
 
 def _proxy(indent: str) -> str:
@@ -189,21 +203,28 @@ def _proxy(indent: str) -> str:
     ))
 
 
-def nginx_server(config: Config, listen: str, upstream: str, script: Optional[str] = None
-                 ) -> str:
+def nginx_server(config: Config, listen: str, upstream: str, script: Optional[str] = None,
+                 verifier: str = "njs") -> str:
     """A whole nginx `server` (with its `upstream`) for nginx in front of htsgetr on the same
     host or pod — `htsgetr config nginx`, the Helm chart's sidecar: every request goes to
     htsgetr over kept-alive connections, and the files it hands over with X-Accel-Redirect
     come from the `internal` locations (`nginx_locations`), sent with sendfile. With
-    accel = "nginx-direct", `script` is where `direct_script` was written, and signed
-    ranges of plain local files never reach htsgetr (`direct_locations`)."""
+    accel = "nginx-direct", `script` is where `direct_script` wrote the `verifier`'s script,
+    and signed ranges of plain local files never reach htsgetr (`direct_locations`)."""
     direct = config.data_server.accel == DIRECT
     if direct and not script:
-        raise ValueError('accel = "nginx-direct" needs the path of its njs script')
-    js = (f"js_import htsgetr_direct from {_quoted(script)};\n"
-          f"js_set {VOUCHED} htsgetr_direct.verify;\n") if direct and script else ""
+        raise ValueError('accel = "nginx-direct" needs the path of its check script')
+    check = ""
+    if direct and script and verifier == "perl":
+        folder, _, name = script.rpartition("/")
+        check = (f"perl_modules {_quoted(folder or '.')};\n"
+                 f"perl_require {_quoted(name)};\n"
+                 f"perl_set {VOUCHED} {name.removesuffix('.pm')}::verify;\n")
+    elif direct and script:
+        check = (f"js_import htsgetr_direct from {_quoted(script)};\n"
+                 f"js_set {VOUCHED} htsgetr_direct.verify;\n")
     return (
-        js
+        check
         + "upstream htsgetr_upstream {\n"
         f"    server {upstream};\n"
         "    keepalive 32;\n"
@@ -220,11 +241,12 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
     )
 
 
-def nginx_main(site: str, js_module: Optional[str], temp_dir: str) -> str:
+def nginx_main(site: str, module: Optional[str], temp_dir: str) -> str:
     """A whole nginx.conf around `site` (`nginx_server`'s text), for an nginx started with
-    `-c` (the Helm chart's sidecar): the njs module loaded when `js_module` names it, logs
-    to stdout/stderr, pid and temporary files under `temp_dir` (a writable directory)."""
-    load = f"load_module {_quoted(js_module)};\n" if js_module else ""
+    `-c` (the Helm chart's sidecar): the check's module (njs or Perl) loaded when `module`
+    names it, logs to stdout/stderr, pid and temporary files under `temp_dir` (a writable
+    directory)."""
+    load = f"load_module {_quoted(module)};\n" if module else ""
     tmp = temp_dir.rstrip("/")
     temps = "".join(f"    {kind}_temp_path {_quoted(f'{tmp}/{kind}')};\n"
                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
