@@ -51,6 +51,8 @@ def main(argv: list[str]) -> int:
         http_load.bench_accel(root, Path(tmp), seconds=args.seconds)
         http_load.bench_accel(root, Path(tmp) / "direct", "nginx-direct", "data.direct_64k",
                               seconds=args.seconds)
+        http_load.bench_accel(root, Path(tmp) / "perl", "nginx-direct",
+                              "data.direct_perl_64k", seconds=args.seconds, verifier="perl")
     results.save(args.out)
     print(f"bench-check: {len(results.FIGURES)} figures in {time.monotonic() - t0:.0f} s -> "
           f"{args.out}")

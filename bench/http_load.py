@@ -223,26 +223,30 @@ def bench_data_ranges(root: Path, name: str = "data.ranges_64k", seconds: float 
         ref.stop()
 
 
-NJS = next((p for p in ("/usr/lib/nginx/modules/ngx_http_js_module.so",
-                        "/usr/share/nginx/modules/ngx_http_js_module.so") if os.path.exists(p)),
-           None)
-#: the data url secret of the nginx-direct bench (htsgetr, the njs script and the listing)
+#: the nginx modules nginx-direct's verifiers need (Debian's libnginx-mod-http-js, -perl)
+MODULES = {v: next((p for p in (f"/usr/lib/nginx/modules/ngx_http_{m}_module.so",
+                                f"/usr/share/nginx/modules/ngx_http_{m}_module.so")
+                    if os.path.exists(p)), None)
+           for v, m in (("njs", "js"), ("perl", "perl"))}
+#: the data url secret of the nginx-direct bench (htsgetr, the check script and the listing)
 BENCH_SECRET = {"HTSGET_DATA_URL_SECRET": "bench-direct-secret"}
 
 
 def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.accel_64k",
                 seconds: float = 5, length: int = 64 << 10, repeats: int = REPEATS,
-                urls: int = 20_000) -> dict[str, float]:
+                urls: int = 20_000, verifier: str = "njs") -> dict[str, float]:
     """nginx in front of htsgetr vs nginx alone, random 64 KiB ranges of one file.
     mode "nginx": htsgetr decides each /data request and answers with X-Accel-Redirect.
-    mode "nginx-direct": nginx checks each url's signature itself (njs) and sends the range;
-    `urls` distinct signed urls, each request one of them at random."""
+    mode "nginx-direct": nginx checks each url's signature itself (with `verifier`: njs or
+    Perl) and sends the range; `urls` distinct signed urls, each request one at random."""
     direct = mode == "nginx-direct"
-    if shutil.which("wrk") is None or NGINX is None or (direct and NJS is None):
-        print(f"{mode}: skipped (apt install wrk nginx-light libnginx-mod-http-js)")
+    module = MODULES[verifier] if direct else None
+    if shutil.which("wrk") is None or NGINX is None or (direct and module is None):
+        print(f"{mode} ({verifier}): skipped (apt install wrk nginx-light "
+              f"libnginx-mod-http-js libnginx-mod-http-perl)")
         return {}
     sys.path.insert(0, str(ROOT))
-    from htsgetr.api.accel import direct_script, nginx_server
+    from htsgetr.api.accel import VERIFIERS, direct_script, nginx_server
     from htsgetr.config import load_config
 
     blob = make_blob(root)
@@ -255,18 +259,18 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
     config = load_config(str(config_path), env={})
     script = None
     if direct:
-        script = tmp / "htsgetr-direct.js"
-        script.write_text(direct_script(config, BENCH_SECRET))
+        script = tmp / VERIFIERS[verifier][1]
+        script.write_text(direct_script(config, BENCH_SECRET, verifier))
         os.environ.update(BENCH_SECRET)  # htsgetr signs and checks with the same secret
-    # nginx_server's text: its upstream, the server and (direct) js_import/js_set
+    # nginx_server's text: its upstream, the server and (direct) the check's directives
     site = nginx_server(config, f"127.0.0.1:{port_a}", f"127.0.0.1:{port_h}",
-                        str(script) if script else None)
+                        str(script) if script else None, verifier)
     lua, args, first = _front_requests(tmp, direct, size, length, urls)
     procs = [htsgetr(root, port_h, config=config_path)]
     try:
         procs.append(nginx(tmp / "nginx-alone", f"server {{ listen 127.0.0.1:{port_n}; "
                            f"location / {{ root {root}; }} }}"))
-        procs.append(nginx(tmp / mode, site, main=f"load_module {NJS};\n" if direct else ""))
+        procs.append(nginx(tmp / mode, site, main=f"load_module {module};\n" if module else ""))
         probe = requests.get(f"http://127.0.0.1:{port_a}{first[0]}", headers={"Range": first[1]})
         start = int(first[1][6:].split("-")[0])
         if probe.status_code != 206 or probe.content != blob.read_bytes()[start:start + length]:
@@ -280,7 +284,8 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
                 raise RuntimeError(f"{name}: short answers from port {port}")
             return r
 
-        how = (f"nginx checking signed urls itself (njs HMAC-SHA256, {urls} distinct urls)"
+        how = (f"nginx checking signed urls itself ({verifier} HMAC-SHA256, {urls} distinct "
+               "urls)"
                if direct else "htsgetr deciding, X-Accel-Redirect")
         print(f"{mode}: nginx + htsgetr ({how}) vs nginx alone, random {length >> 10} KiB ranges"
               f" (wrk -t2 -c64, {seconds:g} s)", flush=True)

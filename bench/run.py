@@ -244,6 +244,8 @@ def bench_load(data: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         http_load.bench_accel(data, Path(tmp))
         http_load.bench_accel(data, Path(tmp) / "direct", "nginx-direct", "data.direct_64k")
+        http_load.bench_accel(data, Path(tmp) / "perl", "nginx-direct", "data.direct_perl_64k",
+                              verifier="perl")
 
 
 def bench_data(data: Path, tmp: Path) -> None:
