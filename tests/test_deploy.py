@@ -956,33 +956,35 @@ def test_values_schema_refuses_mistakes() -> None:
     helm = helm_sdk()
     for bad in ({"replicas": 3}, {"server": {"port": "8080x"}},
                 {"server": {"workerClass": "eventlet"}}, {"ingress": {"hosts": "a.org"}},
-                {"nginx": {"direct": "yes"}},
+                {"nginx": {"direct": "yes"}}, {"nginx": {"verifier": "lua"}},
                 # nginx checks url signatures: without the shared secret it cannot
                 {**NGINX_DIRECT, "secrets": {"dataUrlSecret": {"name": ""}}}):
         with pytest.raises(helm.HelmError):
             render(bad)
 
 
-@pytest.mark.parametrize("direct", [False, True], ids=["x-accel", "direct"])
+@pytest.mark.parametrize("direct,verifier", [(False, "njs"), (True, "njs"), (True, "perl")],
+                         ids=["x-accel", "direct", "direct-perl"])
 def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: Path,
-                                                     direct: bool) -> None:
+                                                     direct: bool, verifier: str) -> None:
     """The chart's nginx option run as the pod would: the init container's command writes
     nginx's configuration from the ConfigMap's config.toml, htsgetr serves with the
     container's environment, and a real nginx with that configuration answers on the
     Service's target port: tickets reassemble to htslib's records; /data leaves by
     X-Accel-Redirect (accel = nginx) or straight from nginx, htsgetr not asked (direct: the
-    nginx container's own command, its whole nginx.conf loading the njs module)."""
-    from conftest import NGINX_BIN, NJS, assert_ticket_records, reassemble, start_nginx
+    nginx container's own command, its whole nginx.conf loading the njs or Perl module)."""
+    from conftest import NGINX_BIN, NGINX_PERL, NJS, assert_ticket_records, reassemble, start_nginx
 
     if NGINX_BIN is None:
         pytest.skip("nginx is not installed (make test installs it)")
-    if direct and NJS is None:
-        pytest.skip("nginx's njs module is not installed (make test installs it)")
+    if direct and (NGINX_PERL if verifier == "perl" else NJS) is None:
+        pytest.skip(f"nginx's {verifier} module is not installed (make test installs it)")
     port, nginx_port = free_port(), free_port()
     secret = {"name": "htsgetr-urls", "key": "secret"}
     values = {**NGINX_SIDECAR, "config": f'[[locations]]\nroot = "{data_dir}"\n',
               "server": {"port": port},
-              "nginx": {"enabled": True, "port": nginx_port, "direct": direct},
+              "nginx": {"enabled": True, "port": nginx_port, "direct": direct,
+                        "verifier": verifier},
               "secrets": {"dataUrlSecret": secret if direct else {"name": ""}},
               "metrics": {"enabled": False}}
     objects = by_kind(render(values))
@@ -1005,6 +1007,7 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
     args[args.index("--output") + 1] = str(site)
     if direct:
         args[args.index("--temp-dir") + 1] = str(tmp)
+        assert args[args.index("--verifier") + 1] == verifier
     img = image()
     init_env = local_env(img, **{**_env(init), **secrets[init["name"]],
                                  "HTSGET_CONFIG": str(config)})
