@@ -216,10 +216,11 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
         raise ValueError('accel = "nginx-direct" needs the path of its check script')
     check = ""
     if direct and script and verifier == "perl":
-        folder, _, name = script.rpartition("/")
-        check = (f"perl_modules {_quoted(folder or '.')};\n"
-                 f"perl_require {_quoted(name)};\n"
-                 f"perl_set {VOUCHED} {name.removesuffix('.pm')}::verify;\n")
+        # required by its path: no `perl_modules` directory in front of Perl's own, where a
+        # file someone else could write (in /tmp, say) would be loaded in its place
+        package = script.rpartition("/")[2].removesuffix(".pm")
+        check = (f"perl_require {_quoted(script)};\n"
+                 f"perl_set {VOUCHED} {package}::verify;\n")
     elif direct and script:
         check = (f"js_import htsgetr_direct from {_quoted(script)};\n"
                  f"js_set {VOUCHED} htsgetr_direct.verify;\n")
