@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import itertools
 import os
 import random
 import shutil
@@ -42,10 +43,27 @@ pysam = pytest.importorskip("pysam")
 # --------------------------------------------------------------------------- helpers
 
 
+#: each pytest-xdist worker hands out ports from its own slice, below Linux's ephemeral
+#: range (32768 on, where bind(0) and outgoing connections take theirs)
+PORTS_PER_WORKER = 2000
+_worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 10
+_ports = itertools.cycle(range(12000 + _worker * PORTS_PER_WORKER,
+                               12000 + (_worker + 1) * PORTS_PER_WORKER))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on that no other test process hands out. `bind(0)` could
+    give two test processes the same one between its check and a server's bind (a test
+    then scraped another test's server), so each process takes the next free one of its
+    own slice."""
+    for port in itertools.islice(_ports, PORTS_PER_WORKER):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"every port of this test process's slice is taken ({_worker})")
 
 
 def wait_for(url: str, proc: subprocess.Popen, timeout: float = 30.0, **kw: object) -> None:
