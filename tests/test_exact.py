@@ -330,6 +330,36 @@ def test_exact_matches_htslib(data: Path, tmp_path: Path, name: str, fmt: Format
                              [w for w in want if w not in got][:2])
 
 
+EOF_URL = "data:;base64," + base64.b64encode(bgzf.EOF_MARKER).decode()
+
+
+def test_adjacent_edges_share_one_data_url(data: Path, tmp_path: Path) -> None:
+    """Records of a region interleaved with others' (spliced and long reads) leave one run
+    of records, with its two re-cut edges, per gap: adjacent inline edges go in one data:
+    url (several BGZF blocks in it), never two entries side by side, and the records stay
+    htslib's."""
+    case = Case(data, "small_csi.bam", Format.BAM)
+    engine = Htsget(for_data_dir(str(data)))
+    rng = random.Random(7)
+    blocks_in_one = 0
+    for _ in range(40):
+        ref = rng.choice([r for r in case.lengths if case.lengths[r] > 60_000])
+        start = rng.randint(0, case.lengths[ref] - 50_000)
+        region = Region(ref, start, start + rng.randint(5_000, 50_000))
+        q = Query(case.endpoint, case.id, case.fmt, regions=(region,))
+        urls = engine.ticket(q).to_json()["htsget"]["urls"]
+        recuts = [u.get("class") if u["url"].startswith("data:") and u["url"] != EOF_URL
+                  else None for u in urls]
+        assert not any(a and a == b for a, b in zip(recuts, recuts[1:])), urls
+        for u in urls:
+            if u["url"].startswith("data:"):
+                raw = base64.b64decode(u["url"][len("data:;base64,"):])
+                blocks_in_one = max(blocks_in_one, raw.count(b"\x1f\x8b\x08\x04"))
+        got, _ = case.got(engine, (region,), tmp_path)
+        assert got == case.expected((region,)), region
+    assert blocks_in_one > 2  # edges were joined
+
+
 @pytest.mark.parametrize("name,fmt", CASES, ids=[c[0] for c in CASES])
 def test_no_regions_is_an_empty_file(data: Path, tmp_path: Path, name: str,
                                      fmt: Format) -> None:

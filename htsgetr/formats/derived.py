@@ -150,24 +150,29 @@ def bound_inline(
 
 
 def _joined(parts: Sequence[Part], inline: set[int]) -> list[Part]:
-    """`parts` with the CRAM re-cuts at `inline` as plain inline pieces, adjacent ones
-    joined (BGZF edges stay as they are: each is already one inline block)."""
-    if not any(not isinstance(parts[i], Edge) for i in inline):
+    """`parts` with the re-cuts at `inline` (CRAM containers, BGZF edges) as plain inline
+    pieces, adjacent ones joined in one data: url: a region whose records are interleaved
+    with others' (long or spliced reads) has a run of records, and two edges, per gap,
+    often several in one block — one ticket entry for them, not one per edge."""
+    if not inline:
         return list(parts)
     out: list[Part] = []
-    joined = False  # out[-1] is an inline re-cut (or several joined)
+    run: list[bytes] = []  # the data of adjacent inline pieces, joined at its end
+    klass = Class.BODY
     for i, p in enumerate(parts):
-        recut = p if i in inline and isinstance(p, Recut) and not isinstance(p, Edge) else None
-        if recut is None:
+        data = p.data if i in inline and isinstance(p, Recut) else None
+        if data is not None and (not run or p.klass == klass):
+            run.append(data)
+            klass = p.klass
+            continue
+        if run:
+            out.append(Inline(b"".join(run), klass))
+        run = [data] if data is not None else []
+        klass = p.klass
+        if not run:
             out.append(p)
-            joined = False
-        else:
-            last = out[-1] if out else None
-            if joined and isinstance(last, Inline) and last.klass == recut.klass:
-                out[-1] = Inline(last.data + recut.data, recut.klass)
-            else:
-                out.append(Inline(recut.data, recut.klass))
-            joined = True
+    if run:
+        out.append(Inline(b"".join(run), klass))
     return out
 
 
