@@ -412,3 +412,58 @@ def test_without_auth_urls_are_signed_all_the_same(tmp_path: Path) -> None:
     assert lonely.returncode != 0
     assert 'accel = "nginx-direct": set auth.data_urls.secret or HTSGET_DATA_URL_SECRET' in (
         lonely.stdout + lonely.stderr)
+
+
+@pytest.mark.parametrize("verifier", ["njs", "perl"])
+def test_a_rotated_secret_reaches_nginx_on_reload(tmp_path: Path, verifier: str) -> None:
+    """The rotation README describes: a new secret, the old one as previous; `htsgetr config
+    nginx` writes the script again and nginx reloads (SIGHUP): urls of both secrets are
+    then nginx's, and once the old one is dropped its urls go to htsgetr."""
+    if (NGINX_PERL if verifier == "perl" else NJS) is None:
+        pytest.skip(f"nginx's {verifier} module is not installed")
+    root = tmp_path / "data"
+    root.mkdir()
+    make_bam(root / "sample.bam", seed=5)
+    data = (root / "sample.bam").read_bytes()
+    port, nginx_port = free_port(), free_port()
+    config, rules = tmp_path / "config.toml", tmp_path / "restrictions.json"
+    rules.write_text(json.dumps(RESTRICTIONS))
+
+    def configure(secret: str, previous: list[str]) -> Path:
+        config.write_text(
+            f'[ticket_server]\nallowed_hosts = ["127.0.0.1:*"]\n[data_server]\n'
+            f'accel = "nginx-direct"\n[[locations]]\nroot = "{root}"\n'
+            f'[data_server.auth.authorization]\nkind = "static"\npath = "{rules}"\n'
+            f'[data_server.auth.data_urls]\nsecret = "{secret}"\n'
+            f"previous_secrets = {json.dumps(previous)}\n")
+        return _nginx_conf(tmp, config, port, nginx_port, verifier=verifier)
+
+    def who(key: str) -> tuple[int, str]:
+        target = _signed(world, "sample.bam", "bytes=10-99", key=key)
+        status, body, _, answered = _ask(world, target, [("Range", "bytes=10-99")])
+        assert status != 206 or body == data[10:100]
+        return answered
+
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    conf = configure("one", [])
+    srv = Server(["--config", str(config), "--port", str(port), "--workers", "1"], port).start()
+    world = {"url": f"http://127.0.0.1:{nginx_port}", "log": tmp / "access.log"}
+    nginx = start_nginx(conf, world["url"])
+    try:
+        assert [who("one"), who("two")] == [(206, "nginx"), (403, "htsgetr")]
+        for secret, previous, nginx_sends in (("two", ["one"], {"one", "two"}),
+                                              ("two", [], {"two"})):
+            configure(secret, previous)
+            os.kill(nginx.pid, signal.SIGHUP)
+            want = {key: key in nginx_sends for key in ("one", "two", "three")}
+            for _ in range(200):  # until the old workers have left (they finish gracefully)
+                got = {key: who(key)[1] == "nginx" for key in want}
+                if got == want:
+                    break
+                time.sleep(0.05)
+            assert got == want, previous
+    finally:
+        os.killpg(nginx.pid, signal.SIGTERM)
+        nginx.wait(10)
+        srv.stop()
