@@ -243,7 +243,8 @@ def test_whole_file_md5_and_bounded_parallelism(mini: Mini, data_dir: Path,
     dl.mkdir()
     out = dl / "many.bam"
     ticket = request_ticket(f"{mini.url}/reads/sample", regions=regions)
-    assert len(ticket["urls"]) > 6
+    # more urls to fetch than may be in flight (inline blocks are no fetch)
+    assert sum(u["url"].startswith("http") for u in ticket["urls"]) > 3, ticket["urls"]
     fetch({"htsget": ticket}, out, concurrency=3)
     assert 2 <= mini.max_in_flight <= 3, mini.max_in_flight
     assert_ticket_records(out.read_bytes(), tmp_path, data_dir / "sample.bam", regions)
