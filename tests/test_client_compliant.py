@@ -126,6 +126,17 @@ class Mini:
                 mini.log.append(("GET", self.path, dict(self.headers)))
                 if not self.path.startswith("/blob/"):
                     return self._ticket(None)
+                with mini.lock:  # every block request counts, redirects and 503s too
+                    mini.in_flight += 1
+                    mini.max_in_flight = max(mini.max_in_flight, mini.in_flight)
+                try:
+                    time.sleep(mini.delay)
+                    self._blob()
+                finally:
+                    with mini.lock:
+                        mini.in_flight -= 1
+
+            def _blob(self) -> None:
                 _, _, mode, key = self.path.split("/", 3)
                 rng = self.headers.get("Range", "")
                 if mode in ("redirect", "away"):
@@ -150,23 +161,15 @@ class Mini:
                 data = (mini.data_dir / key).read_bytes()[first:last + 1]
                 if mini.short:
                     data = data[:-10]
-                with mini.lock:
-                    mini.in_flight += 1
-                    mini.max_in_flight = max(mini.max_in_flight, mini.in_flight)
-                try:
-                    time.sleep(mini.delay)
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {first}-{last}/*")
-                    self.send_header("Content-Length", str(len(data) + (100 if mini.lie else 0)))
-                    if mini.lie:
-                        self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(data)
-                    if mini.lie:
-                        self.close_connection = True
-                finally:
-                    with mini.lock:
-                        mini.in_flight -= 1
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {first}-{last}/*")
+                self.send_header("Content-Length", str(len(data) + (100 if mini.lie else 0)))
+                if mini.lie:
+                    self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+                if mini.lie:
+                    self.close_connection = True
 
         return Handler
 
