@@ -50,11 +50,13 @@ MODES = ("off", "nginx", NGINX_DIRECT, "apache")
 DIRECT = NGINX_DIRECT
 #: the variable the check sets: "1" when nginx may send the file itself
 VOUCHED = "$htsgetr_direct"
+#: the package nginx_direct.pm declares (its file is named after it)
+PERL_PACKAGE = "HtsgetrDirect"
 #: the scripts nginx can check signed urls with: (template, the name `htsgetr config nginx`
-#: writes it under; the Perl module's is its package's)
+#: writes it under)
 VERIFIERS = {
     "njs": ("nginx_direct.js", "htsgetr-direct.js"),
-    "perl": ("nginx_direct.pm", "HtsgetrDirect.pm"),
+    "perl": ("nginx_direct.pm", f"{PERL_PACKAGE}.pm"),
 }
 
 
@@ -218,9 +220,8 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
     if direct and script and verifier == "perl":
         # required by its path: no `perl_modules` directory in front of Perl's own, where a
         # file someone else could write (in /tmp, say) would be loaded in its place
-        package = script.rpartition("/")[2].removesuffix(".pm")
         check = (f"perl_require {_quoted(script)};\n"
-                 f"perl_set {VOUCHED} {package}::verify;\n")
+                 f"perl_set {VOUCHED} {PERL_PACKAGE}::verify;\n")
     elif direct and script:
         check = (f"js_import htsgetr_direct from {_quoted(script)};\n"
                  f"js_set {VOUCHED} htsgetr_direct.verify;\n")

@@ -157,20 +157,18 @@ def _joined(parts: Sequence[Part], inline: set[int]) -> list[Part]:
     if not inline:
         return list(parts)
     out: list[Part] = []
-    run: list[bytes] = []  # the data of adjacent inline pieces, joined at its end
+    run: list[bytes] = []  # the data of adjacent inline re-cuts of one class, to join
     klass = Class.BODY
     for i, p in enumerate(parts):
         data = p.data if i in inline and isinstance(p, Recut) else None
-        if data is not None and (not run or p.klass == klass):
+        if run and (data is None or p.klass != klass):
+            out.append(Inline(b"".join(run), klass))
+            run = []
+        if data is None:
+            out.append(p)
+        else:
             run.append(data)
             klass = p.klass
-            continue
-        if run:
-            out.append(Inline(b"".join(run), klass))
-        run = [data] if data is not None else []
-        klass = p.klass
-        if not run:
-            out.append(p)
     if run:
         out.append(Inline(b"".join(run), klass))
     return out
