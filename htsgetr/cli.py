@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -131,17 +132,32 @@ def _parser() -> argparse.ArgumentParser:
     nginx.add_argument("-o", "--output", metavar="FILE", help="write it here, not to stdout")
     nginx.add_argument("--main", action="store_true",
                        help="a whole nginx.conf (for nginx -c), not a server for conf.d/")
-    nginx.add_argument("--verifier", choices=("njs", "perl"), default="njs",
-                       help="accel = nginx-direct: what checks signed urls in nginx, njs"
-                       " (default) or its embedded Perl (faster; needs nginx's perl module)")
+    nginx.add_argument("--verifier", choices=("njs", "perl", "module"), default="njs",
+                       help="accel = nginx-direct: what checks signed urls in nginx: njs"
+                       " (default), its embedded Perl (faster; nginx's perl module) or"
+                       " htsgetr's compiled module (fastest; `htsgetr config nginx-module`)")
     nginx.add_argument("--js-module", default="modules/ngx_http_js_module.so", metavar="PATH",
                        help="--main with the njs verifier: the module to load"
                        " (default: modules/ngx_http_js_module.so; '' when already loaded)")
     nginx.add_argument("--perl-module", default="modules/ngx_http_perl_module.so",
                        metavar="PATH", help="--main with the perl verifier: the module to load"
                        " (default: modules/ngx_http_perl_module.so; '' when already loaded)")
+    nginx.add_argument("--direct-module", default="modules/ngx_http_htsgetr_direct_module.so",
+                       metavar="PATH", help="--main with the module verifier: the module to"
+                       " load (default: modules/ngx_http_htsgetr_direct_module.so)")
     nginx.add_argument("--temp-dir", default="/tmp", metavar="DIR",
                        help="--main: where nginx keeps its pid and temporary files")
+    module = csub.add_parser(
+        "nginx-module", help="build the compiled verifier for accel = nginx-direct"
+        " (ngx_http_htsgetr_direct_module.so) for one nginx: needs its source and a C compiler")
+    module.add_argument("--source", default="/usr/share/nginx/src", metavar="DIR",
+                        help="that nginx's source tree (default: Debian's nginx-dev,"
+                        " /usr/share/nginx/src)")
+    module.add_argument("-o", "--output", default=".", metavar="DIR",
+                        help="where the .so goes (default: here)")
+    module.add_argument("configure", nargs="*", metavar="FLAG",
+                        help="configure flags after --, as that nginx was built with (default:"
+                        " Debian's conf_flags; --with-compat is always added)")
 
     completion = sub.add_parser("completion", help="print the shell completion script")
     completion.add_argument("shell", nargs="?", default="bash", choices=["bash", "zsh", "fish"])
@@ -319,6 +335,8 @@ def _config_command(args: argparse.Namespace) -> int:
         return 0
     if args.config_command == "nginx":
         return _nginx_config(args)
+    if args.config_command == "nginx-module":
+        return _nginx_module(args)
     args.config_help(sys.stderr)
     return 2
 
@@ -326,8 +344,8 @@ def _config_command(args: argparse.Namespace) -> int:
 def _nginx_config(args: argparse.Namespace) -> int:
     """`htsgetr config nginx`: nginx in front, serving /data files htsgetr hands over; the
     configuration must say `[data_server] accel = "nginx"` or "nginx-direct" (`--set` does).
-    nginx-direct also writes its check script (njs or Perl), with the url secrets, beside
-    --output (0600)."""
+    nginx-direct also writes its verifier's file (the njs or Perl script, or the compiled
+    module's secrets), with the url secrets, beside --output (0600)."""
     from .api.accel import DIRECT, VERIFIERS, direct_script, nginx_main, nginx_server
 
     config = load(_config_path(args), cli_layer(args))
@@ -344,13 +362,14 @@ def _nginx_config(args: argparse.Namespace) -> int:
             if not args.output:
                 raise ValueError("nginx-direct writes two files: give --output")
             check = direct_script(config, os.environ, args.verifier)
-            name = VERIFIERS[args.verifier][1]
+            name = VERIFIERS[args.verifier]
             script = str(Path(args.output).resolve().with_name(name))
             _write_private(script, check)
         text = nginx_server(config, args.listen, args.upstream or f"{host}:{server.port}",
                             script, args.verifier)
         if args.main:
-            module = args.perl_module if args.verifier == "perl" else args.js_module
+            module = {"perl": args.perl_module, "module": args.direct_module}.get(
+                args.verifier, args.js_module)
             text = nginx_main(text, module if script else None, args.temp_dir)
     except ValueError as err:
         print(f"htsgetr: error: {err}", file=sys.stderr)
@@ -360,6 +379,20 @@ def _nginx_config(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _nginx_module(args: argparse.Namespace) -> int:
+    """`htsgetr config nginx-module`: nginx_module/build.sh, which compiles the verifier
+    against the nginx source given (a module loads only into the nginx it was built for)."""
+    from importlib.resources import files
+
+    script = files("htsgetr.api").joinpath("nginx_module", "build.sh")
+    if not Path(args.source, "src", "http", "ngx_http.h").exists():
+        print(f"htsgetr: error: {args.source} is not an nginx source tree (Debian: apt install"
+              " nginx-dev; else nginx.org's tarball of `nginx -v`'s version)", file=sys.stderr)
+        return 2
+    out = str(Path(args.output).resolve())
+    return subprocess.call(["sh", str(script), args.source, out, *args.configure])
 
 
 def _write_private(path: str, text: str) -> None:

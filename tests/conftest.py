@@ -33,9 +33,14 @@ def nginx_module(name: str) -> Optional[str]:
                  if os.path.exists(p)), None)
 
 
-#: accel = "nginx-direct" checks urls with njs (libnginx-mod-http-js) or Perl (-http-perl)
+#: accel = "nginx-direct" checks urls with njs (libnginx-mod-http-js), Perl (-http-perl) or
+#: htsgetr's compiled module (`make build` compiles it when Debian's nginx-dev is installed)
 NJS = nginx_module("ngx_http_js_module.so")
 NGINX_PERL = nginx_module("ngx_http_perl_module.so")
+_BUILT = ROOT / "build" / "nginx" / "ngx_http_htsgetr_direct_module.so"
+DIRECT_MODULE = str(_BUILT) if _BUILT.exists() else None
+#: the nginx module each verifier needs (None: not installed or not built)
+VERIFIER_MODULES = {"njs": NJS, "perl": NGINX_PERL, "module": DIRECT_MODULE}
 
 pysam = pytest.importorskip("pysam")
 

@@ -1,6 +1,7 @@
 """`[data_server] accel = "nginx-direct"` end to end: a real nginx, its whole configuration
 written by `htsgetr config nginx --main`, in front of a real `htsgetr serve` — once with
-each verifier (njs, `nginx_direct.js`; nginx's embedded Perl, `nginx_direct.pm`).
+each verifier (njs, `nginx_direct.js`; nginx's embedded Perl, `nginx_direct.pm`; the
+compiled module, `nginx_module/`).
 
 nginx checks a /data url's signature itself (the same HMAC-SHA256) and sends signed ranges
 of plain local files without asking htsgetr; everything it does not vouch for goes to
@@ -26,9 +27,11 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from conftest import (
+    DIRECT_MODULE,
     NGINX_BIN,
     NGINX_PERL,
     NJS,
+    VERIFIER_MODULES,
     Server,
     assert_records,
     assert_ticket_records,
@@ -61,6 +64,7 @@ def _nginx_conf(tmp: Path, config: Path, port: int, nginx_port: int,
     made = subprocess.run(
         [sys.executable, "-m", "htsgetr", "config", "nginx", "--config", str(config), "--main",
          "--verifier", verifier, "--js-module", str(NJS), "--perl-module", str(NGINX_PERL),
+         "--direct-module", str(DIRECT_MODULE),
          "--temp-dir", str(tmp), "--upstream", f"127.0.0.1:{port}",
          "--listen", f"127.0.0.1:{nginx_port}", "-o", str(conf)],
         capture_output=True, text=True, env={**os.environ, **(env or {})})
@@ -74,13 +78,17 @@ def _nginx_conf(tmp: Path, config: Path, port: int, nginx_port: int,
     return conf
 
 
-@pytest.fixture(scope="module", params=["njs", "perl"])
+def _skip_without(verifier: str) -> None:
+    if VERIFIER_MODULES[verifier] is None:
+        pytest.skip(f"nginx's module for the {verifier} verifier is not there (make test"
+                    " installs libnginx-mod-http-perl and nginx-dev, and builds htsgetr's)")
+
+
+@pytest.fixture(scope="module", params=["njs", "perl", "module"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[dict[str, Any]]:
     verifier = request.param
-    if verifier == "perl" and NGINX_PERL is None:
-        pytest.skip("nginx's perl module is not installed (make test installs "
-                    "libnginx-mod-http-perl)")
+    _skip_without(verifier)
     d = tmp_path_factory.mktemp("direct")
     root, other = d / "data", d / "other"
     make_accel_tree(root)
@@ -118,7 +126,7 @@ previous_secrets = ["{OLD_SECRET}"]
     tmp = d / "nginx"
     tmp.mkdir()
     conf = _nginx_conf(tmp, config, port, nginx_port, verifier=verifier)
-    script = tmp / VERIFIERS[verifier][1]
+    script = tmp / VERIFIERS[verifier]
     srv = Server(["--config", str(config), "--port", str(port), "--workers", "1"], port).start()
     url = f"http://127.0.0.1:{nginx_port}"
     nginx = start_nginx(conf, url)
@@ -353,7 +361,11 @@ def test_the_check_script_holds_the_secrets_for_nginx_only(world: dict[str, Any]
     text = script.read_text()
     conf = world["conf"].read_text()
     assert SECRET not in conf and SECRET.encode().hex() not in conf
-    if world["verifier"] == "perl":
+    if world["verifier"] == "module":
+        assert text == f"{SECRET.encode().hex()}\n{OLD_SECRET.encode().hex()}\n"
+        assert f'htsgetr_direct_secrets "{script}";' in conf
+        assert f'load_module "{DIRECT_MODULE}";' in conf
+    elif world["verifier"] == "perl":
         assert f"('{SECRET.encode().hex()}', '{OLD_SECRET.encode().hex()}')" in text
         assert "perl_modules" not in conf and f'perl_require "{script}";' in conf
         assert f'load_module "{NGINX_PERL}";' in conf
@@ -414,13 +426,12 @@ def test_without_auth_urls_are_signed_all_the_same(tmp_path: Path) -> None:
         lonely.stdout + lonely.stderr)
 
 
-@pytest.mark.parametrize("verifier", ["njs", "perl"])
+@pytest.mark.parametrize("verifier", ["njs", "perl", "module"])
 def test_a_rotated_secret_reaches_nginx_on_reload(tmp_path: Path, verifier: str) -> None:
     """The rotation README describes: a new secret, the old one as previous; `htsgetr config
-    nginx` writes the script again and nginx reloads (SIGHUP): urls of both secrets are
-    then nginx's, and once the old one is dropped its urls go to htsgetr."""
-    if (NGINX_PERL if verifier == "perl" else NJS) is None:
-        pytest.skip(f"nginx's {verifier} module is not installed")
+    nginx` writes the verifier's file again and nginx reloads (SIGHUP): urls of both secrets
+    are then nginx's, and once the old one is dropped its urls go to htsgetr."""
+    _skip_without(verifier)
     root = tmp_path / "data"
     root.mkdir()
     make_bam(root / "sample.bam", seed=5)

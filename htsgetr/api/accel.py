@@ -21,9 +21,10 @@ not a gunicorn worker.
 
 `accel = "nginx-direct"` takes htsgetr off the common /data request too: nginx checks the
 url's signature itself (the same HMAC-SHA256 as auth/signing.py, with the same secrets) and
-sends a plain local file's signed range with sendfile. The check is a script, one per
-`VERIFIERS`: `nginx_direct.js` (njs, in nginx's own images) or `nginx_direct.pm` (nginx's
-embedded Perl, which costs nginx less per request: bench/http_load.py `bench_accel`). Urls are
+sends a plain local file's signed range with sendfile. The check is one of `VERIFIERS`: a
+script, `nginx_direct.js` (njs, in nginx's own images) or `nginx_direct.pm` (nginx's embedded
+Perl, cheaper per request), or a module compiled for that nginx (`nginx_module/`, no script
+call at all: bench/http_load.py `bench_accel` measures the three). Urls are
 then always signed (auth on or not), since the signature is what tells nginx which files a
 ticket named. nginx vouches only for the plain case (GET/HEAD, one `bytes=` Range or none,
 no `Origin`, no `If-Range`, a regular file reached without symlinks); everything else falls
@@ -52,12 +53,16 @@ DIRECT = NGINX_DIRECT
 VOUCHED = "$htsgetr_direct"
 #: the package nginx_direct.pm declares (its file is named after it)
 PERL_PACKAGE = "HtsgetrDirect"
-#: the scripts nginx can check signed urls with: (template, the name `htsgetr config nginx`
-#: writes it under)
+#: what nginx can check signed urls with -> the file `htsgetr config nginx` writes for it,
+#: holding the secrets: a script (from `_TEMPLATES`) or the compiled module's secrets (hex)
 VERIFIERS = {
-    "njs": ("nginx_direct.js", "htsgetr-direct.js"),
-    "perl": ("nginx_direct.pm", f"{PERL_PACKAGE}.pm"),
+    "njs": "htsgetr-direct.js",
+    "perl": f"{PERL_PACKAGE}.pm",
+    "module": "htsgetr-direct.keys",
 }
+_TEMPLATES = {"njs": "nginx_direct.js", "perl": "nginx_direct.pm"}
+#: the compiled verifier (nginx_module/build.sh builds it for a given nginx)
+MODULE_NAME = "ngx_http_htsgetr_direct_module.so"
 
 
 class Accel:
@@ -161,25 +166,29 @@ def direct_locations(config: Config, indent: str = "    ") -> str:
 
 
 def direct_script(config: Config, env: Mapping[str, str], verifier: str = "njs") -> str:
-    """The `verifier`'s script (`VERIFIERS`) holding this configuration's verifying secrets
-    (ValueError when urls are not signed or the secret is not set where nginx can be told
-    it)."""
+    """The `verifier`'s file (`VERIFIERS`) holding this configuration's verifying secrets, the
+    current one first (ValueError when urls are not signed or the secret is not set where
+    nginx can be told it)."""
     urls = url_signing(config)
     missing = missing_secret(config, env)
     if urls is None or missing:
         raise ValueError(missing or "/data urls are not signed")
     keys = [urls.secret or env[SECRET_ENV], *urls.previous_secrets]
-    text = files(__package__).joinpath(VERIFIERS[verifier][0]).read_text(encoding="utf-8")
+    # the keys' UTF-8 bytes in hex: nothing to quote
+    hex_keys = [k.encode("utf-8").hex() for k in keys]
+    if verifier == "module":  # one per line; the names go in the site (`nginx_server`)
+        return "".join(f"{k}\n" for k in hex_keys)
+    text = files(__package__).joinpath(_TEMPLATES[verifier]).read_text(encoding="utf-8")
     names = _names_pattern(config)
-    if verifier == "perl":  # the keys' UTF-8 bytes in hex: nothing to quote
+    if verifier == "perl":
         text = text.replace("@NAMES@", "\\A" + names + "\\z")
-        return text.replace("@KEYS@", ", ".join(f"'{k.encode('utf-8').hex()}'" for k in keys))
+        return text.replace("@KEYS@", ", ".join(f"'{k}'" for k in hex_keys))
     text = text.replace("@NAMES@", f"/^{names}$/")
     return text.replace("@KEYS@", json.dumps(keys))  # ASCII: \uXXXX escapes, valid JS
 
 
 def _names_pattern(config: Config) -> str:
-    """The regex (JavaScript's and Perl's alike, unanchored) for the /data paths nginx may
+    """The regex (JavaScript's, Perl's and PCRE's alike, unanchored) for the /data paths nginx may
     send: no hidden segment, and a name a ticket can give — a data file of a served format
     or an index (`data_object`'s name checks, short of the location's own pattern). A
     second fence behind the signature."""
@@ -211,13 +220,19 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
     host or pod — `htsgetr config nginx`, the Helm chart's sidecar: every request goes to
     htsgetr over kept-alive connections, and the files it hands over with X-Accel-Redirect
     come from the `internal` locations (`nginx_locations`), sent with sendfile. With
-    accel = "nginx-direct", `script` is where `direct_script` wrote the `verifier`'s script,
+    accel = "nginx-direct", `script` is where `direct_script` wrote the `verifier`'s file,
     and signed ranges of plain local files never reach htsgetr (`direct_locations`)."""
     direct = config.data_server.accel == DIRECT
     if direct and not script:
         raise ValueError('accel = "nginx-direct" needs the path of its check script')
     check = ""
-    if direct and script and verifier == "perl":
+    if direct and script and verifier == "module":
+        names = "\\A" + _names_pattern(config) + "\\z"
+        # nginx's parser reads \\ as \ and \" as ": escaped so PCRE gets the pattern as is
+        names = names.replace("\\", "\\\\").replace('"', '\\"')
+        check = (f"htsgetr_direct_secrets {_quoted(script)};\n"
+                 f'htsgetr_direct_names "{names}";\n')
+    elif direct and script and verifier == "perl":
         # required by its path: no `perl_modules` directory in front of Perl's own, where a
         # file someone else could write (in /tmp, say) would be loaded in its place
         check = (f"perl_require {_quoted(script)};\n"
@@ -245,7 +260,7 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
 
 def nginx_main(site: str, module: Optional[str], temp_dir: str) -> str:
     """A whole nginx.conf around `site` (`nginx_server`'s text), for an nginx started with
-    `-c` (the Helm chart's sidecar): the check's module (njs or Perl) loaded when `module`
+    `-c` (the Helm chart's sidecar): the check's module (njs, Perl or htsgetr's) loaded when `module`
     names it, logs to stdout/stderr, pid and temporary files under `temp_dir` (a writable
     directory)."""
     load = f"load_module {_quoted(module)};\n" if module else ""
