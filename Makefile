@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 HOST ?= 127.0.0.1
-APT_PACKAGES := samtools bcftools tabix nginx-light libnginx-mod-http-js libnginx-mod-http-perl python3-venv python3-dev build-essential curl wrk
+APT_PACKAGES := samtools bcftools tabix nginx-light libnginx-mod-http-js libnginx-mod-http-perl nginx-dev libssl-dev libpcre2-dev zlib1g-dev python3-venv python3-dev build-essential curl wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # test processes (pytest-xdist): most tests wait on real servers and clients, not the CPU,
@@ -28,6 +28,8 @@ apt:
 	@missing=""; for p in samtools bcftools tabix bgzip nginx gcc curl wrk; do \
 	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing=1; done; \
 	for m in js perl; do [ -e /usr/lib/nginx/modules/ngx_http_$${m}_module.so ] || missing=1; done; \
+	for h in /usr/share/nginx/src/configure /usr/include/openssl/evp.h /usr/include/pcre2.h \
+	  /usr/include/zlib.h; do [ -e $$h ] || missing=1; done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
@@ -42,8 +44,18 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 venv: $(VENV)/.installed
 
+# the compiled nginx-direct verifier, for this machine's nginx (Debian's nginx-dev), when
+# its source is there (checked when building: `apt` may just have installed it): the tests
+# and the bench load it from build/nginx
+NGINX_MODULE := build/nginx/ngx_http_htsgetr_direct_module.so
+NGINX_MODULE_SRC := $(wildcard htsgetr/api/nginx_module/*)
+
 build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
+	@if [ -e /usr/share/nginx/src/configure ]; then $(MAKE) --no-print-directory $(NGINX_MODULE); fi
+
+$(NGINX_MODULE): $(NGINX_MODULE_SRC)
+	sh htsgetr/api/nginx_module/build.sh /usr/share/nginx/src build/nginx
 
 lint: deps build
 	$(VENV)/bin/ruff check htsgetr tests bench

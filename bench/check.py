@@ -53,6 +53,8 @@ def main(argv: list[str]) -> int:
                               seconds=args.seconds)
         http_load.bench_accel(root, Path(tmp) / "perl", "nginx-direct",
                               "data.direct_perl_64k", seconds=args.seconds, verifier="perl")
+        http_load.bench_accel(root, Path(tmp) / "module", "nginx-direct",
+                              "data.direct_module_64k", seconds=args.seconds, verifier="module")
     results.save(args.out)
     print(f"bench-check: {len(results.FIGURES)} figures in {time.monotonic() - t0:.0f} s -> "
           f"{args.out}")

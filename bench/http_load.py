@@ -223,11 +223,14 @@ def bench_data_ranges(root: Path, name: str = "data.ranges_64k", seconds: float 
         ref.stop()
 
 
-#: the nginx modules nginx-direct's verifiers need (Debian's libnginx-mod-http-js, -perl)
+#: the nginx modules nginx-direct's verifiers need (Debian's libnginx-mod-http-js, -perl;
+#: htsgetr's own, which `make build` compiles when nginx-dev is installed)
 MODULES = {v: next((p for p in (f"/usr/lib/nginx/modules/ngx_http_{m}_module.so",
                                 f"/usr/share/nginx/modules/ngx_http_{m}_module.so")
                     if os.path.exists(p)), None)
            for v, m in (("njs", "js"), ("perl", "perl"))}
+_BUILT = ROOT / "build" / "nginx" / "ngx_http_htsgetr_direct_module.so"
+MODULES["module"] = str(_BUILT) if _BUILT.exists() else None
 #: the data url secret of the nginx-direct bench (htsgetr, the check script and the listing)
 BENCH_SECRET = {"HTSGET_DATA_URL_SECRET": "bench-direct-secret"}
 
@@ -235,15 +238,16 @@ BENCH_SECRET = {"HTSGET_DATA_URL_SECRET": "bench-direct-secret"}
 def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.accel_64k",
                 seconds: float = 5, length: int = 64 << 10, repeats: int = REPEATS,
                 urls: int = 20_000, verifier: str = "njs") -> dict[str, float]:
-    """nginx in front of htsgetr vs nginx alone, random 64 KiB ranges of one file.
+    """nginx in front of htsgetr vs nginx alone, random 64 KiB ranges of one file, the same
+    requests to both.
     mode "nginx": htsgetr decides each /data request and answers with X-Accel-Redirect.
-    mode "nginx-direct": nginx checks each url's signature itself (with `verifier`: njs or
-    Perl) and sends the range; `urls` distinct signed urls, each request one at random."""
+    mode "nginx-direct": nginx checks each url's signature itself (with `verifier`: njs,
+    Perl or htsgetr's compiled module) and sends the range; `urls` distinct signed urls, each request one at random."""
     direct = mode == "nginx-direct"
     module = MODULES[verifier] if direct else None
     if shutil.which("wrk") is None or NGINX is None or (direct and module is None):
         print(f"{mode} ({verifier}): skipped (apt install wrk nginx-light "
-              f"libnginx-mod-http-js libnginx-mod-http-perl)")
+              f"libnginx-mod-http-js libnginx-mod-http-perl nginx-dev; make build)")
         return {}
     sys.path.insert(0, str(ROOT))
     from htsgetr.api.accel import VERIFIERS, direct_script, nginx_server
@@ -259,7 +263,7 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
     config = load_config(str(config_path), env={})
     script = None
     if direct:
-        script = tmp / VERIFIERS[verifier][1]
+        script = tmp / VERIFIERS[verifier]
         script.write_text(direct_script(config, BENCH_SECRET, verifier))
         os.environ.update(BENCH_SECRET)  # htsgetr signs and checks with the same secret
     # nginx_server's text: its upstream, the server and (direct) the check's directives
@@ -268,8 +272,10 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
     lua, args, first = _front_requests(tmp, direct, size, length, urls)
     procs = [htsgetr(root, port_h, config=config_path)]
     try:
+        # the same requests to both (nginx alone ignores the query): wrk's own cost per
+        # request (its Lua, on these cores too) is then the same on both sides
         procs.append(nginx(tmp / "nginx-alone", f"server {{ listen 127.0.0.1:{port_n}; "
-                           f"location / {{ root {root}; }} }}"))
+                           f"location /data/ {{ alias {root}/; }} }}"))
         procs.append(nginx(tmp / mode, site, main=f"load_module {module};\n" if module else ""))
         probe = requests.get(f"http://127.0.0.1:{port_a}{first[0]}", headers={"Range": first[1]})
         start = int(first[1][6:].split("-")[0])
@@ -289,9 +295,7 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
                if direct else "htsgetr deciding, X-Accel-Redirect")
         print(f"{mode}: nginx + htsgetr ({how}) vs nginx alone, random {length >> 10} KiB ranges"
               f" (wrk -t2 -c64, {seconds:g} s)", flush=True)
-        return paired(name, lambda: run(port_a, lua, args),
-                      lambda: run(port_n, "random_ranges.lua",
-                                  ["/blob.bam", str(size), str(length)]),
+        return paired(name, lambda: run(port_a, lua, args), lambda: run(port_n, lua, args),
                       f"nginx + htsgetr {mode}", "nginx alone", repeats)
     finally:
         for p in procs:

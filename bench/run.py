@@ -246,6 +246,8 @@ def bench_load(data: Path) -> None:
         http_load.bench_accel(data, Path(tmp) / "direct", "nginx-direct", "data.direct_64k")
         http_load.bench_accel(data, Path(tmp) / "perl", "nginx-direct", "data.direct_perl_64k",
                               verifier="perl")
+        http_load.bench_accel(data, Path(tmp) / "module", "nginx-direct",
+                              "data.direct_module_64k", verifier="module")
 
 
 def bench_data(data: Path, tmp: Path) -> None:

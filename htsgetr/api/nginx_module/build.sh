@@ -7,7 +7,9 @@
 # Needs a C compiler and the OpenSSL, PCRE2 and zlib headers (Debian: build-essential
 # libssl-dev libpcre2-dev zlib1g-dev). The source tree is copied, not written to.
 set -eu
-src=$1 out=$2
+src=$1
+mkdir -p "$2"
+out=$(cd "$2" && pwd)
 shift 2
 here=$(cd "$(dirname "$0")" && pwd)
 work=$(mktemp -d)
@@ -21,6 +23,5 @@ fi
 ./configure --with-compat "$@" --add-dynamic-module="$here" >configure.log 2>&1 \
     || { tail -30 configure.log >&2; exit 1; }
 make -f objs/Makefile modules >make.log 2>&1 || { tail -30 make.log >&2; exit 1; }
-mkdir -p "$out"
 cp objs/ngx_http_htsgetr_direct_module.so "$out/"
 echo "$out/ngx_http_htsgetr_direct_module.so"

@@ -21,9 +21,9 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 
 #define HTSGETR_MAC_LEN       32    /* SHA-256 */
@@ -34,7 +34,7 @@
 
 
 typedef struct {
-    ngx_array_t  *keys;     /* ngx_str_t: each secret's bytes */
+    ngx_array_t  *macs;     /* EVP_MAC_CTX *: HMAC-SHA256 keyed with each secret */
     ngx_regex_t  *names;
 } ngx_http_htsgetr_direct_conf_t;
 
@@ -211,15 +211,14 @@ static ngx_uint_t
 ngx_http_htsgetr_direct_vouch(ngx_http_request_t *r, ngx_http_htsgetr_direct_conf_t *hcf)
 {
     u_char        *p, *message;
-    size_t         len;
+    size_t         len, mac_len;
     ngx_str_t      exp, sig, range, path, mac, mac64;
-    ngx_str_t     *key;
     ngx_uint_t     i, valid;
-    unsigned int   mac_len;
+    EVP_MAC_CTX  **ctx;
     u_char         mac_buf[EVP_MAX_MD_SIZE];
     u_char         mac64_buf[HTSGETR_SIG_LEN + 4];
 
-    if (hcf->keys == NULL || hcf->keys->nelts == 0 || hcf->names == NULL) {
+    if (hcf->macs == NULL || hcf->names == NULL) {
         return 0;
     }
 
@@ -270,12 +269,14 @@ ngx_http_htsgetr_direct_vouch(ngx_http_request_t *r, ngx_http_htsgetr_direct_con
     p = ngx_cpymem(p, exp.data, exp.len);
 
     valid = 0;
-    key = hcf->keys->elts;
+    ctx = hcf->macs->elts;
 
-    for (i = 0; i < hcf->keys->nelts; i++) {  /* no early exit: the time tells no key */
+    for (i = 0; i < hcf->macs->nelts; i++) {  /* no early exit: the time tells no key */
 
-        if (HMAC(EVP_sha256(), key[i].data, (int) key[i].len, message, len, mac_buf,
-                 &mac_len) == NULL
+        /* a NULL key starts again from the key's precomputed state */
+        if (!EVP_MAC_init(ctx[i], NULL, 0, NULL)
+            || !EVP_MAC_update(ctx[i], message, len)
+            || !EVP_MAC_final(ctx[i], mac_buf, &mac_len, sizeof(mac_buf))
             || mac_len != HTSGETR_MAC_LEN)
         {
             return 0;
@@ -349,21 +350,63 @@ ngx_http_htsgetr_direct_hex(u_char c)
 }
 
 
-/* each non-empty line: one secret's bytes in hex */
+static void
+ngx_http_htsgetr_direct_free_macs(void *data)
+{
+    ngx_array_t *macs = data;
+
+    ngx_uint_t    i;
+    EVP_MAC_CTX **ctx;
+
+    ctx = macs->elts;
+    for (i = 0; i < macs->nelts; i++) {
+        EVP_MAC_CTX_free(ctx[i]);
+    }
+}
+
+
+/* one HMAC-SHA256 context per non-empty line (a secret's bytes in hex), keyed now: a
+ * request only restarts it */
 static char *
 ngx_http_htsgetr_direct_parse_keys(ngx_conf_t *cf, ngx_http_htsgetr_direct_conf_t *hcf,
     u_char *text, size_t size)
 {
-    u_char     *p, *last, *end, *line;
-    size_t      n, i;
-    ngx_int_t   hi, lo;
-    ngx_str_t  *key;
+    u_char              *p, *last, *end, *line, *key;
+    char                *rv;
+    size_t               n, i;
+    ngx_int_t            hi, lo;
+    EVP_MAC             *hmac;
+    EVP_MAC_CTX        **ctx;
+    OSSL_PARAM           params[2];
+    ngx_pool_cleanup_t  *cln;
 
-    hcf->keys = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
-    if (hcf->keys == NULL) {
+    hcf->macs = ngx_array_create(cf->pool, 2, sizeof(EVP_MAC_CTX *));
+    if (hcf->macs == NULL) {
         return NGX_CONF_ERROR;
     }
 
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+    cln->handler = ngx_http_htsgetr_direct_free_macs;
+    cln->data = hcf->macs;
+
+    key = ngx_alloc(size / 2 + 1, cf->log);
+    if (key == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    hmac = EVP_MAC_fetch(NULL, OSSL_MAC_NAME_HMAC, NULL);
+    if (hmac == NULL) {
+        ngx_free(key);
+        return "cannot be used: OpenSSL has no HMAC";
+    }
+
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+
+    rv = NGX_CONF_OK;
     p = text;
     last = text + size;
 
@@ -385,35 +428,46 @@ ngx_http_htsgetr_direct_parse_keys(ngx_conf_t *cf, ngx_http_htsgetr_direct_conf_
         }
 
         if (n % 2) {
-            return "holds a line that is not hex";
+            rv = "holds a line that is not hex";
+            break;
         }
 
-        key = ngx_array_push(hcf->keys);
-        if (key == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        key->len = n / 2;
-        key->data = ngx_pnalloc(cf->pool, key->len);
-        if (key->data == NULL) {
-            return NGX_CONF_ERROR;
-        }
-
-        for (i = 0; i < key->len; i++) {
+        for (i = 0; i < n / 2; i++) {
             hi = ngx_http_htsgetr_direct_hex(line[2 * i]);
             lo = ngx_http_htsgetr_direct_hex(line[2 * i + 1]);
             if (hi < 0 || lo < 0) {
-                return "holds a line that is not hex";
+                break;
             }
-            key->data[i] = (u_char) (hi * 16 + lo);
+            key[i] = (u_char) (hi * 16 + lo);
+        }
+
+        if (i < n / 2) {
+            rv = "holds a line that is not hex";
+            break;
+        }
+
+        ctx = ngx_array_push(hcf->macs);
+        if (ctx == NULL) {
+            rv = NGX_CONF_ERROR;
+            break;
+        }
+
+        *ctx = EVP_MAC_CTX_new(hmac);
+        if (*ctx == NULL || !EVP_MAC_init(*ctx, key, n / 2, params)) {
+            rv = "cannot be used: OpenSSL refused an HMAC-SHA256 key";
+            break;
         }
     }
 
-    if (hcf->keys->nelts == 0) {
-        return "holds no secret";
+    if (rv == NGX_CONF_OK && hcf->macs->nelts == 0) {
+        rv = "holds no secret";
     }
 
-    return NGX_CONF_OK;
+    ngx_explicit_memzero(key, size / 2 + 1);
+    ngx_free(key);
+    EVP_MAC_free(hmac);
+
+    return rv;
 }
 
 
@@ -429,7 +483,7 @@ ngx_http_htsgetr_direct_secrets(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t        *value, name;
     ngx_file_info_t   fi;
 
-    if (hcf->keys != NULL) {
+    if (hcf->macs != NULL) {
         return "is duplicate";
     }
 
