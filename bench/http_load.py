@@ -242,7 +242,8 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
     requests to both.
     mode "nginx": htsgetr decides each /data request and answers with X-Accel-Redirect.
     mode "nginx-direct": nginx checks each url's signature itself (with `verifier`: njs,
-    Perl or htsgetr's compiled module) and sends the range; `urls` distinct signed urls, each request one at random."""
+    Perl or htsgetr's compiled module) and sends the range; `urls` distinct signed urls,
+    each request one at random."""
     direct = mode == "nginx-direct"
     module = MODULES[verifier] if direct else None
     if shutil.which("wrk") is None or NGINX is None or (direct and module is None):

@@ -478,3 +478,65 @@ def test_a_rotated_secret_reaches_nginx_on_reload(tmp_path: Path, verifier: str)
         os.killpg(nginx.pid, signal.SIGTERM)
         nginx.wait(10)
         srv.stop()
+
+
+def _nginx_t(tmp: Path, module: str, http: str) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` of a configuration loading `module` with `http` as its http block."""
+    conf = tmp / "t.conf"
+    conf.write_text(f'load_module "{module}";\npid {tmp}/t.pid;\nevents {{}}\n'
+                    f"http {{\n{http}}}\n")
+    return subprocess.run([str(NGINX_BIN), "-t", "-e", "stderr", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_module_reads_its_secrets_file_or_refuses_to_start(tmp_path: Path) -> None:
+    """The compiled verifier reads its secrets when nginx reads its configuration: one hex
+    secret per line (blank lines and CRLF allowed); anything else stops nginx with the
+    reason, not a verifier that vouches for nothing (or for everything)."""
+    _skip_without("module")
+    assert DIRECT_MODULE is not None
+    names = 'htsgetr_direct_names "\\\\A[a-z]+\\\\.bam\\\\z";\n'
+    keys = tmp_path / "keys"
+    good = f"{SECRET.encode().hex()}\r\n\n{OLD_SECRET.encode().hex().upper()}\n"
+    cases = {
+        "good": (good, None),
+        "empty": ("\n\n", "holds no secret"),
+        "odd": ("abc\n", "holds a line that is not hex"),
+        "not hex": ("zz11\n", "holds a line that is not hex"),
+        "spaces": (f" {SECRET.encode().hex()}\n", "holds a line that is not hex"),
+        "too big": ("00" * 40_000, "is not a file of at most 65536 bytes"),
+    }
+    for why, (text, error) in cases.items():
+        keys.write_text(text, newline="")
+        out = _nginx_t(tmp_path, DIRECT_MODULE, f'htsgetr_direct_secrets "{keys}";\n{names}')
+        if error is None:
+            assert out.returncode == 0, (why, out.stderr)
+        else:
+            assert out.returncode != 0 and error in out.stderr, (why, out.stderr)
+    for why, block, error in (
+        ("missing", f'htsgetr_direct_secrets "{tmp_path}/nope";\n', "failed"),
+        ("a directory", f'htsgetr_direct_secrets "{tmp_path}";\n', "is not a file"),
+        ("twice", f'htsgetr_direct_secrets "{keys}";\n' * 2, "is duplicate"),
+        ("bad names", 'htsgetr_direct_names "(";\n', "pcre2_compile"),
+    ):
+        keys.write_text(good)
+        out = _nginx_t(tmp_path, DIRECT_MODULE, block)
+        assert out.returncode != 0 and error in out.stderr, (why, out.stderr)
+
+
+def test_config_nginx_module_builds_a_module_nginx_loads(tmp_path: Path) -> None:
+    """`htsgetr config nginx-module` compiles the verifier against the nginx source given
+    (here Debian's nginx-dev, the nginx that runs these tests)."""
+    if NGINX_BIN is None or not Path("/usr/share/nginx/src/configure").exists():
+        pytest.skip("nginx-dev is not installed (make test installs it)")
+    refused = subprocess.run([sys.executable, "-m", "htsgetr", "config", "nginx-module",
+                              "--source", str(tmp_path), "-o", str(tmp_path)],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "is not an nginx source tree" in refused.stderr
+    made = subprocess.run([sys.executable, "-m", "htsgetr", "config", "nginx-module", "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    module = tmp_path / "out" / "ngx_http_htsgetr_direct_module.so"
+    (tmp_path / "keys").write_text(SECRET.encode().hex() + "\n")
+    out = _nginx_t(tmp_path, str(module), f'htsgetr_direct_secrets "{tmp_path}/keys";\n')
+    assert out.returncode == 0, out.stderr

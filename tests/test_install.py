@@ -42,6 +42,11 @@ def test_version_and_extension(installed: tuple[Path, dict[str, str]], tmp_path:
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert str(prefix) in out.stdout and str(ROOT / "htsgetr") not in out.stdout
+    # nginx-direct's verifiers, which `htsgetr config nginx` / `config nginx-module` read
+    api = Path(env["PYTHONPATH"]) / "htsgetr" / "api"
+    for name in ("nginx_direct.js", "nginx_direct.pm", "nginx_module/config",
+                 "nginx_module/build.sh", "nginx_module/ngx_http_htsgetr_direct_module.c"):
+        assert (api / name).is_file(), name
 
 
 def test_installed_serve(installed: tuple[Path, dict[str, str]], data_dir: Path,

@@ -260,8 +260,8 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
 
 def nginx_main(site: str, module: Optional[str], temp_dir: str) -> str:
     """A whole nginx.conf around `site` (`nginx_server`'s text), for an nginx started with
-    `-c` (the Helm chart's sidecar): the check's module (njs, Perl or htsgetr's) loaded when `module`
-    names it, logs to stdout/stderr, pid and temporary files under `temp_dir` (a writable
+    `-c` (the Helm chart's sidecar): the check's module (njs, Perl or htsgetr's) loaded when
+    `module` names it, logs to stdout/stderr, pid and temporary files under `temp_dir` (a writable
     directory)."""
     load = f"load_module {_quoted(module)};\n" if module else ""
     tmp = temp_dir.rstrip("/")
