@@ -106,6 +106,24 @@ def nginx(tmp: Path, server_block: str, upstream: Optional[int] = None, main: st
     return Proc([NGINX, "-c", str(conf)], f"http://127.0.0.1:{port}/", cwd=tmp)
 
 
+def session_cpu(procs: list[Proc]) -> float:
+    """CPU seconds (user + system) used so far by every process of `procs`' sessions (each
+    Proc leads its own): nginx's workers, gunicorn's."""
+    leaders = {p.proc.pid for p in procs}
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) in leaders:  # session id; then utime, stime (proc(5))
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, script: str, args: list[str], threads: int = 2, connections: int = 16,
         seconds: float = 5) -> dict[str, Any]:
     """The JSON line the request script prints when wrk is done."""
@@ -284,11 +302,16 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
             raise RuntimeError(f"{mode}: nginx in front answered {probe.status_code}")
         seed = iter(range(1, 1000))
 
-        def run(port: int, script: str, args: list[str]) -> dict[str, Any]:
+        cpu: dict[int, list[float]] = {port_a: [], port_n: []}
+
+        def run(port: int, script: str, args: list[str], servers: list[Proc]
+                ) -> dict[str, Any]:
+            before = session_cpu(servers)
             r = wrk(f"http://127.0.0.1:{port}", script, [*args, str(next(seed))],
                     connections=64, seconds=seconds)
             if r["requests"] and r["bytes"] < r["requests"] * length:
                 raise RuntimeError(f"{name}: short answers from port {port}")
+            cpu[port].append((session_cpu(servers) - before) * 1e6 / max(r["requests"], 1))
             return r
 
         how = (f"nginx checking signed urls itself ({verifier} HMAC-SHA256, {urls} distinct "
@@ -296,8 +319,16 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
                if direct else "htsgetr deciding, X-Accel-Redirect")
         print(f"{mode}: nginx + htsgetr ({how}) vs nginx alone, random {length >> 10} KiB ranges"
               f" (wrk -t2 -c64, {seconds:g} s)", flush=True)
-        return paired(name, lambda: run(port_a, lua, args), lambda: run(port_n, lua, args),
-                      f"nginx + htsgetr {mode}", "nginx alone", repeats)
+        # ours: the front nginx and htsgetr behind it; wrk's own CPU is neither's
+        figures = paired(name, lambda: run(port_a, lua, args, [procs[0], procs[2]]),
+                         lambda: run(port_n, lua, args, [procs[1]]),
+                         f"nginx + htsgetr {mode}", "nginx alone", repeats)
+        mine, theirs = statistics.median(cpu[port_a]), statistics.median(cpu[port_n])
+        figures["cpu_us"] = record(f"{name}.cpu_us", mine, "us", better="lower")
+        figures["ref_cpu_us"] = record(f"{name}.ref_cpu_us", theirs, "us")
+        print(f"  server CPU per request: {mine:.1f} us vs {theirs:.1f} us for nginx alone "
+              f"({mine / theirs:.2f}x)", flush=True)
+        return figures
     finally:
         for p in procs:
             p.stop()
