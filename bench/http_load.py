@@ -324,8 +324,9 @@ def bench_accel(root: Path, tmp: Path, mode: str = "nginx", name: str = "data.ac
                          lambda: run(port_n, lua, args, [procs[1]]),
                          f"nginx + htsgetr {mode}", "nginx alone", repeats)
         mine, theirs = statistics.median(cpu[port_a]), statistics.median(cpu[port_n])
-        figures["cpu_us"] = record(f"{name}.cpu_us", mine, "us", better="lower")
+        figures["cpu_us"] = record(f"{name}.cpu_us", mine, "us")
         figures["ref_cpu_us"] = record(f"{name}.ref_cpu_us", theirs, "us")
+        figures["cpu_ratio"] = record(f"{name}.cpu_ratio", mine / theirs, "x", better="lower")
         print(f"  server CPU per request: {mine:.1f} us vs {theirs:.1f} us for nginx alone "
               f"({mine / theirs:.2f}x)", flush=True)
         return figures
