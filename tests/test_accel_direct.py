@@ -283,6 +283,9 @@ def test_what_nginx_does_not_vouch_for_goes_to_htsgetr(world: dict[str, Any]) ->
          [("Range", rng)], 403, None),
         ("expired", _signed(world, "sample.bam", rng, at=time.time() - 3600),
          [("Range", rng)], 403, None),
+        # its expiry a second or less before now (the signer's 600 s lifetime, floored)
+        ("expired a moment ago", _signed(world, "sample.bam", rng, at=time.time() - 601),
+         [("Range", rng)], 403, None),
         ("the range twice", target, [("Range", rng), ("Range", rng)], 403, None),
         ("a second, wider range", target, [("Range", rng), ("Range", "bytes=0-")], 403, None),
         # nginx drops the Range for an If-Range it cannot match and sends the whole file
