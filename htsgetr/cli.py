@@ -386,7 +386,7 @@ def _nginx_module(args: argparse.Namespace) -> int:
     against the nginx source given (a module loads only into the nginx it was built for)."""
     from importlib.resources import files
 
-    script = files("htsgetr.api").joinpath("nginx_module", "build.sh")
+    script = files("htsgetr.api").joinpath("nginx_module").joinpath("build.sh")
     if not Path(args.source, "src", "http", "ngx_http.h").exists():
         print(f"htsgetr: error: {args.source} is not an nginx source tree (Debian: apt install"
               " nginx-dev; else nginx.org's tarball of `nginx -v`'s version)", file=sys.stderr)

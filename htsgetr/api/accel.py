@@ -61,8 +61,6 @@ VERIFIERS = {
     "module": "htsgetr-direct.keys",
 }
 _TEMPLATES = {"njs": "nginx_direct.js", "perl": "nginx_direct.pm"}
-#: the compiled verifier (nginx_module/build.sh builds it for a given nginx)
-MODULE_NAME = "ngx_http_htsgetr_direct_module.so"
 
 
 class Accel:
