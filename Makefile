@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 HOST ?= 127.0.0.1
-APT_PACKAGES := samtools bcftools tabix nginx-light libnginx-mod-http-js libnginx-mod-http-perl nginx-dev libssl-dev libpcre2-dev zlib1g-dev python3-venv python3-dev build-essential curl wrk
+APT_PACKAGES := samtools bcftools tabix nginx-light libnginx-mod-http-js libnginx-mod-http-perl nginx-dev libssl-dev libpcre2-dev zlib1g-dev valgrind python3-venv python3-dev build-essential curl wrk
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 # test processes (pytest-xdist): most tests wait on real servers and clients, not the CPU,
@@ -25,7 +25,7 @@ serve: deps build example-data
 deps: apt $(VENV)/.installed
 
 apt:
-	@missing=""; for p in samtools bcftools tabix bgzip nginx gcc curl wrk; do \
+	@missing=""; for p in samtools bcftools tabix bgzip nginx gcc curl wrk valgrind; do \
 	  command -v $$p >/dev/null 2>&1 || [ -x /usr/sbin/$$p ] || missing=1; done; \
 	for m in js perl; do [ -e /usr/lib/nginx/modules/ngx_http_$${m}_module.so ] || missing=1; done; \
 	for h in /usr/share/nginx/src/configure /usr/include/openssl/evp.h /usr/include/pcre2.h \

@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -132,7 +133,8 @@ previous_secrets = ["{OLD_SECRET}"]
     nginx = start_nginx(conf, url)
     try:
         yield {"url": url, "root": root, "other": other, "log": tmp / "access.log",
-               "conf": conf, "script": script, "tmp": d, "verifier": verifier}
+               "conf": conf, "script": script, "tmp": d, "verifier": verifier,
+               "nginx": nginx}
     finally:
         os.killpg(nginx.pid, signal.SIGTERM)
         nginx.wait(10)
@@ -339,6 +341,84 @@ def test_what_nginx_does_not_vouch_for_goes_to_htsgetr(world: dict[str, Any]) ->
     assert who == (206, "nginx")
 
 
+def _workers(master: int) -> set[int]:
+    """nginx's worker processes (a crashed one is replaced under a new pid)."""
+    out = set()
+    for entry in os.scandir("/proc"):
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                if entry.name.isdigit() and int(f.read().rsplit(")", 1)[1].split()[1]) == master:
+                    out.add(int(entry.name))
+        except OSError:
+            continue
+    return out
+
+
+def _mutants(rnd: random.Random, target: str, rng: str
+             ) -> Iterator[tuple[str, str, list[tuple[str, str]]]]:
+    """(method, target, headers) variations of one signed request: its query, path, Range,
+    method and headers changed a piece at a time, some still valid, most not."""
+    path, _, query = target.partition("?")
+    args = dict(a.split("=", 1) for a in query.split("&"))
+    exp, sig = args["exp"], args["sig"]
+    flipped = sig[:5] + ("A" if sig[5] != "A" else "B") + sig[6:]
+    queries = [
+        f"sig={sig}&exp={exp}", f"exp={exp}&sig={sig}&x=1", f"exp=1&exp={exp}&sig={sig}",
+        f"exp={exp}&exp=1&sig={sig}", f"EXP={exp}&SIG={sig}", f"exp={exp}&sig={flipped}",
+        f"exp={exp}&sig=%{ord(sig[0]):02X}{sig[1:]}", f"exp={exp}&sig=", f"exp={exp}",
+        f"exp=0{exp}&sig={sig}", f"exp={'9' * 30}&sig={sig}", f"exp=-{exp}&sig={sig}",
+        f"exp={exp}&sig={sig}{sig}", f"exp={exp}%00&sig={sig}", f"exp={exp}&&sig={sig}#x",
+        f"exp={exp}&sig={sig[:-1]}", f"exp={exp}&sig={sig}&sig={flipped}",
+    ]
+    first, last = rng[6:].split("-")
+    ranges = [rng, f"bytes=0{first}-{last}", f"bytes={first}-", f"Bytes={first}-{last}",
+              f"bytes={first}-{last},{first}-{last}", f"bytes = {first}-{last}", "",
+              f"bytes={first}-{int(last) + 1}", f"bytes={'9' * 19}-{last}", "bytes=-500"]
+    paths = [path, path.replace("sample", "%73ample"), path.replace("/data/", "/data//"),
+             path.replace("/data/", "/data/./"), path.replace("/data/", "/data/x/../"),
+             path + "%00", path.replace(".bam", ".BAM"), path + "/", path.upper(),
+             path.replace("/data/", "/data/%2e%2e/data/")]
+    extra = [[], [("Origin", "https://x.example")], [("If-Range", '"x"')],
+             [("Range", rng)], [("range", rng)], [("X-Forwarded-For", "1.2.3.4")]]
+    for _ in range(400):
+        method = rnd.choice(["GET"] * 8 + ["HEAD", "POST", "PUT", "DELETE", "OPTIONS"])
+        headers = [("Range", r) for r in [rnd.choice(ranges)] if r] + rnd.choice(extra)
+        yield method, f"{rnd.choice(paths)}?{rnd.choice(queries)}", headers
+
+
+def test_mutated_signed_requests_get_only_signed_bytes(world: dict[str, Any]) -> None:
+    """Hundreds of mutations of signed requests (query, path, Range, method, headers), sent
+    to nginx with each verifier: every 2xx answer, whoever gave it, is exactly a range a url
+    signed, of the file it signed; and nginx's workers live through all of it."""
+    rnd = random.Random(12)
+    data = (world["root"] / "sample.bam").read_bytes()
+    master = world["nginx"].pid
+    workers = _workers(master)
+    assert workers
+    signed = []
+    for at in (None, None, None, time.time() - 700):  # the last one expired
+        first = rnd.randrange(0, len(data) - 5000)
+        rng = f"bytes={first}-{first + rnd.randrange(0, 4000)}"
+        signed.append((_signed(world, "sample.bam", rng, at=at), rng, at is None))
+    answered = {"nginx": 0, "htsgetr": 0}
+    for target, rng, live in signed:
+        first, last = (int(x) for x in rng[6:].split("-"))
+        for method, tgt, headers in _mutants(rnd, target, rng):
+            status, body, _ = _raw_get(world, tgt, headers, method)
+            why = (method, tgt, headers)
+            if 200 <= status < 300 and method not in ("GET", "HEAD"):
+                assert body == b"", why  # a CORS preflight's answer
+            elif 200 <= status < 300:
+                assert status == 206 and live, why
+                assert body == (data[first:last + 1] if method == "GET" else b""), why
+                assert any(h.lower() == "range" and v == rng for h, v in headers), why
+    time.sleep(0.1)
+    for line in world["log"].read_text().splitlines():
+        answered["nginx" if "up=[-]" in line else "htsgetr"] += 1
+    assert answered["nginx"] and answered["htsgetr"]  # both kinds were reached
+    assert _workers(master) == workers, "an nginx worker died"
+
+
 def test_previous_secret_still_verifies_in_nginx(world: dict[str, Any]) -> None:
     data = (world["root"] / "sample.bam").read_bytes()
     for key in (OLD_SECRET, SECRET):
@@ -543,3 +623,61 @@ def test_config_nginx_module_builds_a_module_nginx_loads(tmp_path: Path) -> None
     (tmp_path / "keys").write_text(SECRET.encode().hex() + "\n")
     out = _nginx_t(tmp_path, str(module), f'htsgetr_direct_secrets "{tmp_path}/keys";\n')
     assert out.returncode == 0, out.stderr
+
+
+def test_the_module_has_no_memory_errors_under_hostile_requests(tmp_path: Path) -> None:
+    """nginx with the compiled verifier, run under valgrind's memcheck (one process), reads
+    its secrets and answers the mutated signed requests: no invalid read or write, no use
+    of uninitialised memory, and the valid ones still sent by nginx."""
+    _skip_without("module")
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        pytest.skip("valgrind is not installed (make test installs it)")
+    root = tmp_path / "data"
+    root.mkdir()
+    make_bam(root / "sample.bam", seed=9)
+    data = (root / "sample.bam").read_bytes()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ticket_server]\nallowed_hosts = ["127.0.0.1:*"]\n[data_server]\n'
+                      f'accel = "nginx-direct"\n[[locations]]\nroot = "{root}"\n')
+    port, nginx_port = free_port(), free_port()  # nothing listens on `port`: htsgetr's 502
+    tmp = tmp_path / "nginx"
+    tmp.mkdir()
+    conf = _nginx_conf(tmp, config, port, nginx_port, {"HTSGET_DATA_URL_SECRET": SECRET},
+                       verifier="module")
+    conf.write_text("master_process off;\n" + conf.read_text())
+    report = tmp_path / "memcheck.log"
+    proc = subprocess.Popen([valgrind, "--error-exitcode=9", f"--log-file={report}",
+                             str(NGINX_BIN), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    world = {"url": f"http://127.0.0.1:{nginx_port}", "log": tmp / "access.log"}
+    try:
+        for _ in range(600):
+            try:
+                requests.get(world["url"] + "/", timeout=2)
+                break
+            except requests.RequestException:
+                assert proc.poll() is None, report.read_text()
+                time.sleep(0.1)
+        rnd = random.Random(4)
+        sent = 0
+        for at in (None, time.time() - 700):
+            first = rnd.randrange(0, len(data) - 5000)
+            rng = f"bytes={first}-{first + 999}"
+            for method, tgt, headers in _mutants(rnd, _signed(world, "sample.bam", rng, at=at),
+                                                 rng):
+                status, body, _ = _raw_get(world, tgt, headers, method)
+                if status == 206 and method == "GET":
+                    assert at is None and body == data[first:first + 1000]
+                    sent += 1
+        assert sent  # some mutations keep a request valid: nginx sent those
+    finally:
+        os.killpg(proc.pid, signal.SIGQUIT)  # graceful: valgrind writes its summary
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    text = report.read_text()
+    assert "ERROR SUMMARY: 0 errors" in text, text[-3000:]
+    assert proc.returncode == 0, text[-3000:]
