@@ -597,10 +597,14 @@ def test_the_module_reads_its_secrets_file_or_refuses_to_start(tmp_path: Path) -
         else:
             assert out.returncode != 0 and error in out.stderr, (why, out.stderr)
     for why, block, error in (
-        ("missing", f'htsgetr_direct_secrets "{tmp_path}/nope";\n', "failed"),
-        ("a directory", f'htsgetr_direct_secrets "{tmp_path}";\n', "is not a file"),
-        ("twice", f'htsgetr_direct_secrets "{keys}";\n' * 2, "is duplicate"),
-        ("bad names", 'htsgetr_direct_names "(";\n', "pcre2_compile"),
+        ("missing", f'htsgetr_direct_secrets "{tmp_path}/nope";\n{names}', "failed"),
+        ("a directory", f'htsgetr_direct_secrets "{tmp_path}";\n{names}', "is not a file"),
+        ("twice", f'htsgetr_direct_secrets "{keys}";\n' * 2 + names, "is duplicate"),
+        ("bad names", f'htsgetr_direct_secrets "{keys}";\nhtsgetr_direct_names "(";\n',
+         "pcre2_compile"),
+        ("names twice", f'htsgetr_direct_secrets "{keys}";\n{names}{names}', "is duplicate"),
+        ("no names", f'htsgetr_direct_secrets "{keys}";\n', "one is missing"),
+        ("no secrets", names, "one is missing"),
     ):
         keys.write_text(good)
         out = _nginx_t(tmp_path, DIRECT_MODULE, block)
@@ -621,7 +625,8 @@ def test_config_nginx_module_builds_a_module_nginx_loads(tmp_path: Path) -> None
     assert made.returncode == 0, made.stderr
     module = tmp_path / "out" / "ngx_http_htsgetr_direct_module.so"
     (tmp_path / "keys").write_text(SECRET.encode().hex() + "\n")
-    out = _nginx_t(tmp_path, str(module), f'htsgetr_direct_secrets "{tmp_path}/keys";\n')
+    out = _nginx_t(tmp_path, str(module), f'htsgetr_direct_secrets "{tmp_path}/keys";\n'
+                   'htsgetr_direct_names "\\\\A.+\\\\z";\n')
     assert out.returncode == 0, out.stderr
 
 

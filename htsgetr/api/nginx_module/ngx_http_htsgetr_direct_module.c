@@ -41,6 +41,7 @@ typedef struct {
 
 static ngx_int_t ngx_http_htsgetr_direct_add_variable(ngx_conf_t *cf);
 static void *ngx_http_htsgetr_direct_create_conf(ngx_conf_t *cf);
+static char *ngx_http_htsgetr_direct_init_conf(ngx_conf_t *cf, void *conf);
 static char *ngx_http_htsgetr_direct_secrets(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_htsgetr_direct_names(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -72,7 +73,7 @@ static ngx_http_module_t  ngx_http_htsgetr_direct_module_ctx = {
     NULL,                                  /* postconfiguration */
 
     ngx_http_htsgetr_direct_create_conf,   /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_htsgetr_direct_init_conf,     /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -333,6 +334,22 @@ static void *
 ngx_http_htsgetr_direct_create_conf(ngx_conf_t *cf)
 {
     return ngx_pcalloc(cf->pool, sizeof(ngx_http_htsgetr_direct_conf_t));
+}
+
+
+/* both directives or neither: one alone would vouch for nothing, silently */
+static char *
+ngx_http_htsgetr_direct_init_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_htsgetr_direct_conf_t *hcf = conf;
+
+    if ((hcf->macs == NULL) != (hcf->names == NULL)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "htsgetr_direct_secrets and "
+                           "htsgetr_direct_names go together: one is missing");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
