@@ -70,7 +70,7 @@ def parse_dockerfile(path: Path) -> list[Stage]:
             parts = args.split()
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
             stages.append(Stage(parts[0], name))
-        else:
+        elif stages:  # (an ARG before the first FROM is for the FROM lines only)
             stages[-1].instructions.append((keyword, args))
     return stages
 
@@ -1079,3 +1079,50 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
             os.killpg(nginx.pid, signal.SIGTERM)
             nginx.wait(10)
         c.stop()
+
+
+def test_nginx_direct_image_builds_the_module_the_chart_loads(tmp_path: Path) -> None:
+    """deploy/docker/nginx-direct.Dockerfile without Docker: its build stage's steps run here
+    on an nginx source tree as nginx.org ships it (no Debian flags: `--with-compat` alone),
+    the module built loads into this machine's nginx, and the final stage puts it where the
+    chart's `nginx.directModule` default looks."""
+    import yaml
+    from conftest import NGINX_BIN
+
+    source = Path("/usr/share/nginx/src")
+    if NGINX_BIN is None or not (source / "configure").exists():
+        pytest.skip("nginx-dev is not installed (make test installs it)")
+    build, final = parse_dockerfile(ROOT / "deploy" / "docker" / "nginx-direct.Dockerfile")
+    assert build.base == final.base == "${NGINX_IMAGE}" and build.name == "build"
+    (copy,) = build.all("COPY")
+    src, dst = copy.split()
+    assert {p.name for p in (ROOT / src).iterdir()} >= {"build.sh", "config"}
+    (run,) = [r for r in build.all("RUN") if "build.sh" in r]
+    step = re.search(r'sh (\S+)/build\.sh "/tmp/nginx-\$\{NGINX_VERSION\}" (/\S+)', run)
+    assert step and step.group(1) == dst, run
+    # the step, here: the module's directory as copied, nginx's source as in the tarball
+    version = subprocess.run([str(NGINX_BIN), "-v"], capture_output=True,
+                             text=True).stderr.split("/")[1].split()[0]
+    tree = tmp_path / f"nginx-{version}"
+    shutil.copytree(source, tree)
+    (tree / "conf_flags").unlink()
+    shutil.copytree(ROOT / src, tmp_path / "module")
+    out = tmp_path / "out"
+    made = subprocess.run(["sh", str(tmp_path / "module" / "build.sh"), str(tree), str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    (built,) = out.iterdir()
+    (keys := tmp_path / "keys").write_text("6b6579\n")
+    conf = tmp_path / "t.conf"
+    conf.write_text(f'load_module "{built}";\npid {tmp_path}/t.pid;\nevents {{}}\nhttp {{\n'
+                    f'htsgetr_direct_secrets "{keys}";\nhtsgetr_direct_names "x";\n}}\n')
+    loaded = subprocess.run([str(NGINX_BIN), "-t", "-e", "stderr", "-c", str(conf)],
+                            capture_output=True, text=True, timeout=60)
+    assert loaded.returncode == 0, loaded.stderr
+    # the final stage: that file, where the chart's default points (nginx's modules/)
+    (shipped,) = [c for c in final.all("COPY") if c.startswith("--from=build ")]
+    _, from_path, to_dir = shipped.split()
+    assert from_path == f"{step.group(2)}/{built.name}"
+    assert to_dir == "/usr/lib/nginx/modules/"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["nginx"]["directModule"] == f"modules/{built.name}"
