@@ -47,14 +47,11 @@ def main(argv: list[str]) -> int:
     http_load.bench_load_random(root, "small", SMALL_REFS[:2], "load.random_regions",
                                 seconds=args.seconds)
     http_load.bench_data_ranges(root, seconds=args.seconds)
+    # nginx in front, each mode and verifier: two pairs of runs each (a gate, not a figure)
     with tempfile.TemporaryDirectory() as tmp:
-        http_load.bench_accel(root, Path(tmp), seconds=args.seconds)
-        http_load.bench_accel(root, Path(tmp) / "direct", "nginx-direct", "data.direct_64k",
-                              seconds=args.seconds)
-        http_load.bench_accel(root, Path(tmp) / "perl", "nginx-direct",
-                              "data.direct_perl_64k", seconds=args.seconds, verifier="perl")
-        http_load.bench_accel(root, Path(tmp) / "module", "nginx-direct",
-                              "data.direct_module_64k", seconds=args.seconds, verifier="module")
+        for sub, mode, name, verifier in http_load.ACCEL_BENCHES:
+            http_load.bench_accel(root, Path(tmp) / sub, mode, name, seconds=args.seconds,
+                                  repeats=2, verifier=verifier)
     results.save(args.out)
     print(f"bench-check: {len(results.FIGURES)} figures in {time.monotonic() - t0:.0f} s -> "
           f"{args.out}")

@@ -249,6 +249,13 @@ MODULES = {v: next((p for p in (f"/usr/lib/nginx/modules/ngx_http_{m}_module.so"
            for v, m in (("njs", "js"), ("perl", "perl"))}
 _BUILT = ROOT / "build" / "nginx" / "ngx_http_htsgetr_direct_module.so"
 MODULES["module"] = str(_BUILT) if _BUILT.exists() else None
+#: `bench_accel`'s runs in `make bench` and bench-check: (directory, mode, figure, verifier)
+ACCEL_BENCHES = (
+    ("accel", "nginx", "data.accel_64k", "njs"),
+    ("direct", "nginx-direct", "data.direct_64k", "njs"),
+    ("perl", "nginx-direct", "data.direct_perl_64k", "perl"),
+    ("module", "nginx-direct", "data.direct_module_64k", "module"),
+)
 #: the data url secret of the nginx-direct bench (htsgetr, the check script and the listing)
 BENCH_SECRET = {"HTSGET_DATA_URL_SECRET": "bench-direct-secret"}
 

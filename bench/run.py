@@ -242,12 +242,8 @@ def bench_load(data: Path) -> None:
     http_load.bench_load_random(data, "genome", list(zip(NAMES, GRCH38))[:24], "load.genome")
     http_load.bench_data_ranges(data)
     with tempfile.TemporaryDirectory() as tmp:
-        http_load.bench_accel(data, Path(tmp))
-        http_load.bench_accel(data, Path(tmp) / "direct", "nginx-direct", "data.direct_64k")
-        http_load.bench_accel(data, Path(tmp) / "perl", "nginx-direct", "data.direct_perl_64k",
-                              verifier="perl")
-        http_load.bench_accel(data, Path(tmp) / "module", "nginx-direct",
-                              "data.direct_module_64k", verifier="module")
+        for sub, mode, name, verifier in http_load.ACCEL_BENCHES:
+            http_load.bench_accel(data, Path(tmp) / sub, mode, name, verifier=verifier)
 
 
 def bench_data(data: Path, tmp: Path) -> None:
