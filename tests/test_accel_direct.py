@@ -611,23 +611,14 @@ def test_the_module_reads_its_secrets_file_or_refuses_to_start(tmp_path: Path) -
         assert out.returncode != 0 and error in out.stderr, (why, out.stderr)
 
 
-def test_config_nginx_module_builds_a_module_nginx_loads(tmp_path: Path) -> None:
-    """`htsgetr config nginx-module` compiles the verifier against the nginx source given
-    (here Debian's nginx-dev, the nginx that runs these tests)."""
-    if NGINX_BIN is None or not Path("/usr/share/nginx/src/configure").exists():
-        pytest.skip("nginx-dev is not installed (make test installs it)")
+def test_config_nginx_module_refuses_what_is_not_an_nginx_source_tree(tmp_path: Path) -> None:
+    """`htsgetr config nginx-module` says what it needs (the build itself:
+    tests/test_deploy.py, the nginx-direct image's step, through this command)."""
     refused = subprocess.run([sys.executable, "-m", "htsgetr", "config", "nginx-module",
                               "--source", str(tmp_path), "-o", str(tmp_path)],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "is not an nginx source tree" in refused.stderr
-    made = subprocess.run([sys.executable, "-m", "htsgetr", "config", "nginx-module", "-o",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
-    assert made.returncode == 0, made.stderr
-    module = tmp_path / "out" / "ngx_http_htsgetr_direct_module.so"
-    (tmp_path / "keys").write_text(SECRET.encode().hex() + "\n")
-    out = _nginx_t(tmp_path, str(module), f'htsgetr_direct_secrets "{tmp_path}/keys";\n'
-                   'htsgetr_direct_names "\\\\A.+\\\\z";\n')
-    assert out.returncode == 0, out.stderr
+    assert not list(tmp_path.iterdir())
 
 
 def test_the_module_has_no_memory_errors_under_hostile_requests(tmp_path: Path) -> None:

@@ -1082,10 +1082,11 @@ def test_rendered_nginx_sidecar_serves_exact_tickets(data_dir: Path, tmp_path: P
 
 
 def test_nginx_direct_image_builds_the_module_the_chart_loads(tmp_path: Path) -> None:
-    """deploy/docker/nginx-direct.Dockerfile without Docker: its build stage's steps run here
-    on an nginx source tree as nginx.org ships it (no Debian flags: `--with-compat` alone),
-    the module built loads into this machine's nginx, and the final stage puts it where the
-    chart's `nginx.directModule` default looks."""
+    """deploy/docker/nginx-direct.Dockerfile without Docker: its build stage's step (the
+    package's nginx_module/build.sh, run here by `htsgetr config nginx-module`, which runs
+    that same script) on an nginx source tree as nginx.org ships it (no Debian flags:
+    `--with-compat` alone); the module built loads into this machine's nginx, and the final
+    stage puts it where the chart's `nginx.directModule` default looks."""
     import yaml
     from conftest import NGINX_BIN
 
@@ -1106,10 +1107,13 @@ def test_nginx_direct_image_builds_the_module_the_chart_loads(tmp_path: Path) ->
     tree = tmp_path / f"nginx-{version}"
     shutil.copytree(source, tree)
     (tree / "conf_flags").unlink()
-    shutil.copytree(ROOT / src, tmp_path / "module")
     out = tmp_path / "out"
-    made = subprocess.run(["sh", str(tmp_path / "module" / "build.sh"), str(tree), str(out)],
-                          capture_output=True, text=True, timeout=300)
+    import htsgetr.api
+
+    assert (ROOT / src).resolve() == Path(htsgetr.api.__file__).parent / "nginx_module"
+    made = subprocess.run([sys.executable, "-m", "htsgetr", "config", "nginx-module",
+                           "--source", str(tree), "-o", str(out)], capture_output=True,
+                          text=True, timeout=300)
     assert made.returncode == 0, made.stderr
     (built,) = out.iterdir()
     (keys := tmp_path / "keys").write_text("6b6579\n")
