@@ -54,7 +54,8 @@ build: $(VENV)/.installed
 	$(PY) setup.py -q build_ext --inplace
 	@if [ -e /usr/share/nginx/src/configure ]; then $(MAKE) --no-print-directory $(NGINX_MODULE); fi
 
-$(NGINX_MODULE): $(NGINX_MODULE_SRC)
+# (nginx.h holds nginx's version: a new nginx from apt gets a module built again)
+$(NGINX_MODULE): $(NGINX_MODULE_SRC) $(wildcard /usr/share/nginx/src/src/core/nginx.h)
 	sh htsgetr/api/nginx_module/build.sh /usr/share/nginx/src build/nginx
 
 lint: deps build
