@@ -177,25 +177,24 @@ def direct_script(config: Config, env: Mapping[str, str], verifier: str = "njs")
     if verifier == "module":  # one per line; the names go in the site (`nginx_server`)
         return "".join(f"{k}\n" for k in hex_keys)
     text = files(__package__).joinpath(_TEMPLATES[verifier]).read_text(encoding="utf-8")
-    names = _names_pattern(config)
     if verifier == "perl":
-        text = text.replace("@NAMES@", "\\A" + names + "\\z")
+        text = text.replace("@NAMES@", _names_pattern(config, "\\A", "\\z"))
         return text.replace("@KEYS@", ", ".join(f"'{k}'" for k in hex_keys))
-    text = text.replace("@NAMES@", f"/^{names}$/")
+    text = text.replace("@NAMES@", _names_pattern(config, "/^", "$/"))
     return text.replace("@KEYS@", json.dumps(keys))  # ASCII: \uXXXX escapes, valid JS
 
 
-def _names_pattern(config: Config) -> str:
-    """The regex (JavaScript's, Perl's and PCRE's alike, unanchored) for the /data paths nginx may
-    send: no hidden segment, and a name a ticket can give — a data file of a served format
-    or an index (`data_object`'s name checks, short of the location's own pattern). A
-    second fence behind the signature."""
+def _names_pattern(config: Config, first: str, last: str) -> str:
+    """The regex (JavaScript's, Perl's and PCRE's alike) for the /data paths nginx may send,
+    between the anchors `first` and `last`: no hidden segment, and a name a ticket can give
+    — a data file of a served format or an index (`data_object`'s name checks, short of the
+    location's own pattern). A second fence behind the signature."""
     suffixes = {ext for handler in default_handlers(config).values()
                 for ext in handler.extensions}
     suffixes |= {idx for fmt in INDEX_SUFFIXES.values() for idx in fmt}
     alternatives = "|".join(re.escape(x).replace("/", "\\/") for x in sorted(suffixes))
     segment = r"[^.\/\\\x00][^\/\\\x00]*"
-    return f"(?:{segment}\\/)*{segment}(?:{alternatives})"
+    return f"{first}(?:{segment}\\/)*{segment}(?:{alternatives}){last}"
 
 
 def _proxy(indent: str) -> str:
@@ -223,21 +222,7 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
     direct = config.data_server.accel == DIRECT
     if direct and not script:
         raise ValueError('accel = "nginx-direct" needs the path of its check script')
-    check = ""
-    if direct and script and verifier == "module":
-        names = "\\A" + _names_pattern(config) + "\\z"
-        # nginx's parser reads \\ as \ and \" as ": escaped so PCRE gets the pattern as is
-        names = names.replace("\\", "\\\\").replace('"', '\\"')
-        check = (f"htsgetr_direct_secrets {_quoted(script)};\n"
-                 f'htsgetr_direct_names "{names}";\n')
-    elif direct and script and verifier == "perl":
-        # required by its path: no `perl_modules` directory in front of Perl's own, where a
-        # file someone else could write (in /tmp, say) would be loaded in its place
-        check = (f"perl_require {_quoted(script)};\n"
-                 f"perl_set {VOUCHED} {PERL_PACKAGE}::verify;\n")
-    elif direct and script:
-        check = (f"js_import htsgetr_direct from {_quoted(script)};\n"
-                 f"js_set {VOUCHED} htsgetr_direct.verify;\n")
+    check = _check_directives(config, script, verifier) if direct and script else ""
     return (
         check
         + "upstream htsgetr_upstream {\n"
@@ -254,6 +239,23 @@ def nginx_server(config: Config, listen: str, upstream: str, script: Optional[st
         + nginx_locations(config)
         + "}\n"
     )
+
+
+def _check_directives(config: Config, script: str, verifier: str) -> str:
+    """The http-level directives that give nginx the `verifier`'s check, from `script`."""
+    if verifier == "module":
+        # nginx's parser reads \\ as \ and \" as ": escaped so PCRE gets the pattern as is
+        names = _names_pattern(config, "\\A", "\\z").replace("\\", "\\\\")
+        names = names.replace('"', '\\"')
+        return (f"htsgetr_direct_secrets {_quoted(script)};\n"
+                f'htsgetr_direct_names "{names}";\n')
+    if verifier == "perl":
+        # required by its path: no `perl_modules` directory in front of Perl's own, where a
+        # file someone else could write (in /tmp, say) would be loaded in its place
+        return (f"perl_require {_quoted(script)};\n"
+                f"perl_set {VOUCHED} {PERL_PACKAGE}::verify;\n")
+    return (f"js_import htsgetr_direct from {_quoted(script)};\n"
+            f"js_set {VOUCHED} htsgetr_direct.verify;\n")
 
 
 def nginx_main(site: str, module: Optional[str], temp_dir: str) -> str:
