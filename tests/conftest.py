@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import pytest
 import requests
@@ -429,11 +429,13 @@ def make_accel_tree(root: Path) -> None:
     (root / "secret.txt").write_text("not for anyone")
 
 
-def start_nginx(conf: Path, url: str, args: Optional[list[str]] = None) -> subprocess.Popen:
-    """nginx with `conf` (or with `args`), once it answers at `url` (RuntimeError with its
-    output if it stops first)."""
+def start_nginx(conf: Path, url: str, args: Optional[list[str]] = None,
+                wrapper: Sequence[str] = ()) -> subprocess.Popen:
+    """nginx with `conf` (or with `args`), run by `wrapper` if given (valgrind), once it
+    answers at `url` (RuntimeError with its output if it stops first)."""
     assert NGINX_BIN is not None
-    nginx = subprocess.Popen([NGINX_BIN, *(args or ["-c", str(conf)])], stdout=subprocess.PIPE,
+    nginx = subprocess.Popen([*wrapper, NGINX_BIN, *(args or ["-c", str(conf)])],
+                             stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(100):
         try:
