@@ -396,6 +396,52 @@ def _timed_tickets(engine: Htsget, queries: list[Query]) -> tuple[list[float], f
     return times, (time.process_time() - cpu0) / len(queries)
 
 
+def _codec_share(engine: Htsget, queries: list[Query], bam: Path, key: str) -> None:
+    """How much of a warm deep ticket's CPU the BGZF codec takes (inflating the edge blocks,
+    re-compressing their cuts: what an exact ticket cannot skip), and htslib reading the same
+    regions' records (`AlignmentFile.count`: every block of the region inflated, in C)."""
+    import dataclasses
+
+    import pysam
+
+    from htsgetr.formats import bgzf
+
+    spent = [0.0]
+
+    def timed(fn: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object) -> object:
+            t0 = time.process_time()
+            try:
+                return fn(*args)
+            finally:
+                spent[0] += time.process_time() - t0
+        return wrapper
+
+    plain = bgzf.CODEC
+    bgzf.CODEC = dataclasses.replace(plain, inflate=timed(plain.inflate),
+                                     deflate=timed(plain.deflate), crc32=timed(plain.crc32))
+    try:
+        _, cpu = _timed_tickets(engine, queries)
+    finally:
+        bgzf.CODEC = plain
+    codec = spent[0] / len(queries)
+    regions = [(q.regions[0].start or 0, q.regions[0].end or 0) for q in queries[:400]]
+    with pysam.AlignmentFile(str(bam)) as f:
+        for s, e in regions[:20]:
+            f.count("chrD", s, e)
+        t0 = time.process_time()
+        for s, e in regions:
+            f.count("chrD", s, e)
+        ref = (time.process_time() - t0) / len(regions)
+    print(f"  of which inflate/deflate/CRC32 {codec * 1e6:5.0f} us ({codec / cpu:4.0%}), the rest "
+          f"{(cpu - codec) * 1e6:4.0f} us; htslib reading the same regions' records "
+          f"{ref * 1e6:5.0f} us CPU (ticket/htslib {cpu / ref:4.2f}x)")
+    record(f"{key}.codec_us", codec * 1e6, "us")
+    record(f"{key}.other_us", (cpu - codec) * 1e6, "us")
+    record(f"{key}.htslib_count_us", ref * 1e6, "us")
+    record(f"{key}.htslib_ratio", cpu / ref, "x (time)", better="lower")
+
+
 def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
     """`Htsget.ticket()` in-process: random 1-20 kbp regions on the deep BAM and VCF (distinct
     regions: the block cache, not a cache of tickets, is what helps), the same small region
@@ -422,6 +468,7 @@ def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
     print(f"  BAM, after {5 * n} tickets {_stats_us(times, key)}   CPU mean {cpu * 1e6:7.0f} us"
           "   (new regions; the walks start at waypoints earlier ones left)")
     record(f"{key}.cpu_mean_us", cpu * 1e6, "us")
+    _codec_share(engine, _deep_regions(rng, Endpoint.READS, n), data / "deep15.bam", key)
     small = parse_get(Endpoint.READS, "genome", {
         "referenceName": "chr7", "start": "5000000", "end": "5001000"})
     engine.ticket(small)
