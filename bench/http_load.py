@@ -29,6 +29,8 @@ from typing import Any, Callable, Optional
 import requests
 from results import record
 
+from htsgetr.api.accel import VERIFIERS, installed_module
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 REPEATS = 3
@@ -243,12 +245,7 @@ def bench_data_ranges(root: Path, name: str = "data.ranges_64k", seconds: float 
 
 #: the nginx modules nginx-direct's verifiers need (Debian's libnginx-mod-http-js, -perl;
 #: htsgetr's own, which `make build` compiles when nginx-dev is installed)
-MODULES = {v: next((p for p in (f"/usr/lib/nginx/modules/ngx_http_{m}_module.so",
-                                f"/usr/share/nginx/modules/ngx_http_{m}_module.so")
-                    if os.path.exists(p)), None)
-           for v, m in (("njs", "js"), ("perl", "perl"))}
-_BUILT = ROOT / "build" / "nginx" / "ngx_http_htsgetr_direct_module.so"
-MODULES["module"] = str(_BUILT) if _BUILT.exists() else None
+MODULES = {v: installed_module(v, ROOT / "build" / "nginx") for v in VERIFIERS}
 #: `bench_accel`'s runs in `make bench` and bench-check: (directory, mode, figure, verifier)
 ACCEL_BENCHES = (
     ("accel", "nginx", "data.accel_64k", "njs"),

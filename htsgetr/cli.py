@@ -20,7 +20,15 @@ from typing import Any, Callable, Optional, Sequence
 
 from . import cli_fetch
 from ._version import __version__
-from .config import ENV_CONFIG, NGINX_DIRECT, Config, load_config, redact, to_dict
+from .config import (
+    ENV_CONFIG,
+    NGINX_DIRECT,
+    NGINX_VERIFIERS,
+    Config,
+    load_config,
+    redact,
+    to_dict,
+)
 from .config_toml import default_toml, dump_toml, toml_value
 from .typed_config import ConfigError, hints
 
@@ -132,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     nginx.add_argument("-o", "--output", metavar="FILE", help="write it here, not to stdout")
     nginx.add_argument("--main", action="store_true",
                        help="a whole nginx.conf (for nginx -c), not a server for conf.d/")
-    nginx.add_argument("--verifier", choices=("njs", "perl", "module"), default="njs",
+    nginx.add_argument("--verifier", choices=NGINX_VERIFIERS, default="njs",
                        help="accel = nginx-direct: what checks signed urls in nginx: njs"
                        " (default), its embedded Perl (faster; nginx's perl module) or"
                        " htsgetr's compiled module (fastest; `htsgetr config nginx-module`)")

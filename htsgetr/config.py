@@ -247,6 +247,8 @@ class ServerConfig:
 #: `[data_server] accel`: nginx checks signed /data urls itself (api/accel.py); urls are then
 #: always signed (auth/gate.py)
 NGINX_DIRECT = "nginx-direct"
+#: what checks signed urls inside nginx with accel = nginx-direct (api/accel.py)
+NGINX_VERIFIERS = ("njs", "perl", "module")
 
 
 @dataclass

@@ -20,6 +20,8 @@ from typing import Iterator, Optional, Sequence
 import pytest
 import requests
 
+from htsgetr.api.accel import VERIFIERS, installed_module
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 #: nginx, where `make test` installs it (Debian puts it in /usr/sbin, not always on PATH)
@@ -27,20 +29,12 @@ NGINX_BIN = shutil.which("nginx") or (
     "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
-def nginx_module(name: str) -> Optional[str]:
-    """Where Debian's package puts nginx's dynamic module `name`, if installed."""
-    return next((p for p in (f"/usr/lib/nginx/modules/{name}", f"/usr/share/nginx/modules/{name}")
-                 if os.path.exists(p)), None)
-
-
 #: accel = "nginx-direct" checks urls with njs (libnginx-mod-http-js), Perl (-http-perl) or
-#: htsgetr's compiled module (`make build` compiles it when Debian's nginx-dev is installed)
-NJS = nginx_module("ngx_http_js_module.so")
-NGINX_PERL = nginx_module("ngx_http_perl_module.so")
-_BUILT = ROOT / "build" / "nginx" / "ngx_http_htsgetr_direct_module.so"
-DIRECT_MODULE = str(_BUILT) if _BUILT.exists() else None
+#: htsgetr's compiled module (`make build` compiles it when Debian's nginx-dev is installed):
 #: the nginx module each verifier needs (None: not installed or not built)
-VERIFIER_MODULES = {"njs": NJS, "perl": NGINX_PERL, "module": DIRECT_MODULE}
+VERIFIER_MODULES = {v: installed_module(v, ROOT / "build" / "nginx") for v in VERIFIERS}
+NJS, NGINX_PERL = VERIFIER_MODULES["njs"], VERIFIER_MODULES["perl"]
+DIRECT_MODULE = VERIFIER_MODULES["module"]
 
 pysam = pytest.importorskip("pysam")
 

@@ -35,6 +35,7 @@ blocks, remote backends, symlinked files by X-Accel-Redirect).
 from __future__ import annotations
 
 import json
+import os
 import re
 from importlib.resources import files
 from typing import Mapping, Optional
@@ -42,7 +43,7 @@ from urllib.parse import quote
 
 from ..auth.gate import missing_secret, url_signing
 from ..auth.signing import SECRET_ENV
-from ..config import NGINX_DIRECT, Config, DataServerConfig
+from ..config import NGINX_DIRECT, NGINX_VERIFIERS, Config, DataServerConfig
 from ..engine import default_handlers
 from ..storage.local import BARE_ALIAS, LocalStorage, mount_path
 from ..storage.resolver import INDEX_SUFFIXES, Resolver
@@ -55,12 +56,32 @@ VOUCHED = "$htsgetr_direct"
 PERL_PACKAGE = "HtsgetrDirect"
 #: what nginx can check signed urls with -> the file `htsgetr config nginx` writes for it,
 #: holding the secrets: a script (from `_TEMPLATES`) or the compiled module's secrets (hex)
-VERIFIERS = {
-    "njs": "htsgetr-direct.js",
-    "perl": f"{PERL_PACKAGE}.pm",
-    "module": "htsgetr-direct.keys",
-}
+VERIFIERS = dict(zip(NGINX_VERIFIERS, (
+    "htsgetr-direct.js",
+    f"{PERL_PACKAGE}.pm",
+    "htsgetr-direct.keys",
+)))
+#: the nginx dynamic module each verifier needs loaded: the distributions' njs and Perl
+#: modules, htsgetr's own (`htsgetr config nginx-module` builds it)
+VERIFIER_MODULES = dict(zip(NGINX_VERIFIERS, (
+    "ngx_http_js_module.so",
+    "ngx_http_perl_module.so",
+    "ngx_http_htsgetr_direct_module.so",
+)))
+#: where distributions install nginx's dynamic modules (Debian: /usr/lib/nginx/modules)
+NGINX_MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/share/nginx/modules")
 _TEMPLATES = {"njs": "nginx_direct.js", "perl": "nginx_direct.pm"}
+
+
+def installed_module(verifier: str, *first: str | os.PathLike[str]) -> Optional[str]:
+    """The path of the nginx module `verifier` needs, in the directories `first` (say where
+    it was built) or else where distributions install modules; None when it is nowhere."""
+    name = VERIFIER_MODULES[verifier]
+    for where in (*first, *NGINX_MODULE_DIRS):
+        path = os.path.join(where, name)
+        if os.path.exists(path):
+            return path
+    return None
 
 
 class Accel:
