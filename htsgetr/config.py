@@ -338,6 +338,9 @@ class Config:
         doc="GA4GH service-info fields", factory=dict, check=_check_service_info
     )
     max_post_bytes: int = _opt(1 << 20, "largest accepted POST body, bytes", min=1)
+    max_regions: int = _opt(
+        1024, "most regions one ticket request may list (POST): more is a 413", min=1
+    )
     max_index_bytes: int = _opt(
         1 << 30, "largest index (BAI/CSI/TBI/CRAI) once inflated, bytes: more is a 500", min=1
     )

@@ -42,6 +42,7 @@ from .protocol import (
     Endpoint,
     Format,
     NotFound,
+    PayloadTooLarge,
     PermissionDenied,
     Query,
     Region,
@@ -162,6 +163,10 @@ class Htsget:
         (the records of its regions, or its header); HtsgetError subclasses for what the
         server would refuse (NotFound, InvalidInput, ...). `encryption`: the request's
         `encryptionScheme` and client key (Crypt4GH)."""
+        if query.regions is not None and len(query.regions) > self.config.max_regions:
+            raise PayloadTooLarge(
+                f"{len(query.regions)} regions in one request; at most "
+                f"{self.config.max_regions} (max_regions): split the list")
         source = self.locate(query.id, query.format)
         handler = self.handler(query.format)
         encrypted = crypt4gh.post_step(source, query, encryption)  # mode 1, or a refusal

@@ -58,7 +58,8 @@ class NotFound(HtsgetError):
 
 
 class PayloadTooLarge(HtsgetError):
-    """413: a request body (POST) past `max_post_bytes`."""
+    """413: a request body (POST) past `max_post_bytes`, or listing more than `max_regions`
+    regions."""
 
     status, error = 413, "PayloadTooLarge"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Server, assert_ticket_records
+from conftest import Server, assert_ticket_records, reassemble
 
 from htsgetr.app import create_app
 from htsgetr.config import for_data_dir
@@ -151,6 +151,53 @@ def test_post_too_large(client) -> None:
     big = json.dumps({"regions": [{"referenceName": "chr1"}] * 100000}).encode()
     assert_error(client.post("/reads/sample", data=big, content_type="application/json"),
                  413, "PayloadTooLarge")
+
+
+def test_too_many_regions_refused_before_any_work(server: Server, data_dir: Path,
+                                                  tmp_path: Path) -> None:
+    """A POST may list `max_regions` regions (1024 by default), each a walk of its own; one
+    more is a 413 naming the limit, under gunicorn, before the ID is even looked up. At the
+    limit the ticket holds exactly htslib's records for them all."""
+    import random
+
+    rng = random.Random(3)
+    regions = []
+    for _ in range(1024):
+        start = rng.randrange(0, 249_000)
+        regions.append(("chr1", start, start + rng.randint(1, 300)))
+    body = {"regions": [{"referenceName": n, "start": s, "end": e} for n, s, e in regions]}
+    resp = requests.post(f"{server.url}/reads/sample", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text[:300]
+    assert_ticket_records(reassemble(resp.json()), tmp_path, data_dir / "sample.bam", regions)
+    more = {"regions": body["regions"] + [{"referenceName": "chr1", "start": 0, "end": 1}]}
+    for path in ("/reads/sample", "/reads/no-such-id"):
+        resp = requests.post(f"{server.url}{path}", json=more, timeout=60)
+        assert resp.status_code == 413, resp.text[:300]
+        error = resp.json()["htsget"]
+        assert error["error"] == "PayloadTooLarge"
+        assert "1025 regions" in error["message"] and "max_regions" in error["message"]
+
+
+def test_max_regions_is_configured(data_dir: Path, tmp_path: Path) -> None:
+    """`max_regions` from the configuration file and HTSGET_MAX_REGIONS; the Python API
+    refuses as the HTTP API does."""
+    from htsgetr import Htsget, load_config
+    from htsgetr.protocol import Endpoint, PayloadTooLarge, parse_post
+
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'max_regions = 2\n[[locations]]\nroot = "{data_dir}"\n')
+    three = json.dumps({"regions": [{"referenceName": "chr1", "start": s, "end": s + 10}
+                                    for s in (100, 5000, 90000)]}).encode()
+    client = create_app(load_config(str(toml), env={})).test_client()
+    assert_error(client.post("/reads/sample", data=three, content_type="application/json"),
+                 413, "PayloadTooLarge")
+    config = load_config(str(toml), env={"HTSGET_MAX_REGIONS": "3"})
+    assert config.max_regions == 3
+    assert create_app(config).test_client().post(
+        "/reads/sample", data=three, content_type="application/json").status_code == 200
+    query = parse_post(Endpoint.READS, "sample", three, False)
+    with pytest.raises(PayloadTooLarge):
+        Htsget(load_config(str(toml), env={})).ticket(query)
 
 
 def test_post_body_must_be_json(client) -> None:
