@@ -826,6 +826,48 @@ def test_a_leak_or_a_loss_fails_the_check(
             check(payload, urls, original, expected, tmp_path)
 
 
+def test_a_re_encoding_that_changes_a_record_is_refused(
+    exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Each re-encoded container is read back and compared with the records it was made of
+    (in C, then as SAM text): an encoder that changed a record (here: every mapping quality
+    written one higher) makes the container unusable re-cut, so an exact ticket is refused
+    and an ordinary one gets the container whole."""
+    original = originals["nor30"]
+    regions = (Region("chr1", 20_000, 21_000),)
+    real = pysam.AlignmentFile
+
+    class Tampering:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.file = real(*args, **kwargs)
+            self.writing = len(args) > 1 and args[1] == "wc"
+
+        def __enter__(self) -> Tampering:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.file, name)
+
+        def write(self, record: Any) -> Any:
+            if self.writing:
+                record = pysam.AlignedSegment.fromstring(record.to_string(), self.file.header)
+                record.mapping_quality = (record.mapping_quality + 1) % 255
+            return self.file.write(record)
+
+    with monkeypatch.context() as m:
+        m.setattr(pysam, "AlignmentFile", Tampering)
+        engine = Htsget(for_data_dir(str(exact_dir)))
+        with pytest.raises(PermissionDenied, match="re-encoding changed its records"):
+            engine.ticket(query("nor30", regions))
+        payload, urls = payload_of(engine, query("nor30", regions, exact=False), exact_dir)
+    got = check_wider(payload, original, original.expected(regions), tmp_path)
+    assert len(got) > len(original.expected(regions))
+
+
 def test_unrestricted_tickets_are_exact_too(
     exact_dir: Path, engine: Htsget, originals: dict[str, Original], tmp_path: Path
 ) -> None:

@@ -21,13 +21,14 @@ authorization rules): never sent whole there.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 import tempfile
 import zlib
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from ..index.crai import Crai
 from ..protocol import Class, InternalError, NotFound, PermissionDenied
@@ -291,19 +292,17 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
                 src.fileno(), "rc", check_sq=False, reference_filename=decoding.fasta
             ) as reader:
                 header = reader.header
-                decoded = list(reader.fetch(until_eof=True))
+                decoded, kept = _wanted(reader.fetch(until_eof=True), selection)
         except (OSError, ValueError) as exc:
             # a reference-based container whose reference is not in a configured directory
             raise CannotRecode(
                 f"its records cannot be decoded without the reference ({exc})"
             ) from None
-        if len(decoded) != expected:
-            raise CannotRecode(f"decoded {len(decoded)} of its {expected} records")
-        kept = [r for r in decoded if selection.wants(r.reference_id, r.reference_start,
-                                                          endpos(r))]
+        if decoded is not None and decoded != expected:
+            raise CannotRecode(f"decoded {decoded} of its {expected} records")
         if not kept:
             return b""
-        options = ["no_ref=1", f"version={major}.{minor}"]
+        options = ["no_ref=1", f"version={major}.{minor}", "level=1"]
         with pysam.AlignmentFile(
             dst.fileno(), "wc", header=header, format_options=options
         ) as writer:
@@ -320,9 +319,36 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
                 raise ValueError(f"{written} records written of {len(kept)}")
             dst.seek(0)
             with pysam.AlignmentFile(dst.fileno(), "rc", check_sq=False) as check:
-                again = [r.to_string() for r in check.fetch(until_eof=True)]
+                same = _same_records(check.fetch(until_eof=True), kept)
         except (OSError, ValueError, Truncated) as exc:
             raise CannotRecode(f"re-encoding failed ({exc})") from None
-        if again != [r.to_string() for r in kept]:
+        if not same:
             raise CannotRecode("re-encoding changed its records")
         return out[start : len(out) - len(eof)]
+
+
+def _wanted(records: Iterable[Any], selection: Selection) -> tuple[Optional[int], list[Any]]:
+    """The selected records of a container's, in order, read as htslib's region iterator
+    reads a sorted file: up to the first record past the selection (`Selection.stop`).
+    Also how many were decoded when all were (None when it stopped early)."""
+    stop = selection.stop()
+    stop_ref, stop_pos = stop if stop is not None else (-1, 0)
+    wants = selection.wants
+    kept: list[Any] = []
+    decoded = 0
+    for record in records:
+        ref_id, pos = record.reference_id, record.reference_start
+        if stop is not None and (
+                ref_id < 0 or ref_id > stop_ref or (ref_id == stop_ref and pos >= stop_pos)):
+            return None, kept
+        decoded += 1
+        if wants(ref_id, pos, endpos(record)):
+            kept.append(record)
+    return decoded, kept
+
+
+def _same_records(again: Iterable[Any], kept: list[Any]) -> bool:
+    """The records read back from the re-encoding are `kept`, in order: equal as htslib
+    holds them in memory (compared in C), or else in their SAM text."""
+    return all(a is not None and b is not None and (a == b or a.to_string() == b.to_string())
+               for a, b in itertools.zip_longest(again, kept))

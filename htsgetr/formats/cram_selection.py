@@ -66,6 +66,19 @@ class Selection:
         i = bisect_right(ends, pos)  # the first interval ending after pos
         return i < len(ends) and self.intervals[ref_id][i][0] < endpos
 
+    def stop(self) -> Optional[tuple[int, int]]:
+        """Where a sorted file (by reference ID, then position; unplaced last) holds no more
+        wanted records: from the first record on a reference after `ref_id`, or starting at
+        or after `pos` on it; None while the unplaced reads are wanted. Where htslib's
+        region iterator stops reading."""
+        if self.unplaced:
+            return None
+        wanted = [r for r, items in self.intervals.items() if items]
+        if not wanted:
+            return (-1, 0)
+        last = max(wanted)
+        return (last, self._ends[last][-1])
+
     def covers(self, ref_id: int, beg: int, end: int) -> bool:
         """Is every record inside `[beg, end)` (a CRAI entry's span) of `ref_id` wanted?"""
         if ref_id == UNMAPPED:
