@@ -4,6 +4,7 @@
   1-20 kbp region ticket re-cuts blocks in the middle of dense records.
 - `deep15.vcf.gz` (+ .tbi): a variant every ~40 bp over the same reference with a few
   samples, so tabix chunks span many records and BGZF blocks cut lines in half.
+- `deep15.cram` (+ .crai, no reference needed) and `deep15.bcf` (+ .csi): the same records.
 
 `python bench/deep_data.py [DIR]` makes them; `bench/run.py` imports the functions.
 """
@@ -82,12 +83,29 @@ def make_deep_vcf(out: Path, length: int = DEEP_LENGTH, spacing: int = 40) -> Pa
     return vcf
 
 
+def make_deep15_cram_bcf(out: Path) -> tuple[Path, Path]:
+    """deep15.cram (no_ref) from deep15.bam and deep15.bcf from deep15.vcf.gz, indexed."""
+    make_deep15_bam(out)
+    make_deep_vcf(out)
+    cram, bcf = out / "deep15.cram", out / "deep15.bcf"
+    if not (out / "deep15.cram.crai").exists():
+        subprocess.run(["samtools", "view", "-C", "--output-fmt", "cram,no_ref=1", "-o",
+                        str(cram), str(out / "deep15.bam")], check=True)
+        subprocess.run(["samtools", "index", str(cram)], check=True)
+    if not (out / "deep15.bcf.csi").exists():
+        subprocess.run(["bcftools", "view", "-Ob", "-o", str(bcf), str(out / "deep15.vcf.gz")],
+                       check=True)
+        subprocess.run(["bcftools", "index", "-c", str(bcf)], check=True)
+    return cram, bcf
+
+
 def main() -> int:
     default = Path(__file__).resolve().parent.parent / "build" / "bench-data"
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     out.mkdir(parents=True, exist_ok=True)
     print(make_deep15_bam(out))
     print(make_deep_vcf(out))
+    print(*make_deep15_cram_bcf(out))
     return 0
 
 

@@ -43,7 +43,7 @@ from htsgetr.protocol import Endpoint, Query, parse_get  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 import http_load  # noqa: E402
 import results  # noqa: E402
-from deep_data import make_deep15_bam, make_deep_vcf  # noqa: E402
+from deep_data import make_deep15_bam, make_deep15_cram_bcf, make_deep_vcf  # noqa: E402
 from exactness import exactness, make_small  # noqa: E402
 from results import record  # noqa: E402
 
@@ -375,14 +375,45 @@ def _stats_us(times: list[float], key: str = "") -> str:
             f"p99 {p99 * 1e6:7.0f} us")
 
 
-def _deep_regions(rng: random.Random, endpoint: Endpoint, n: int) -> list[Query]:
-    """`n` random 1-20 kbp regions of the deep test data (deep15, chrD: 10 Mbp)."""
+def _deep_regions(rng: random.Random, endpoint: Endpoint, n: int, fmt: str = ""
+                  ) -> list[Query]:
+    """`n` random 1-20 kbp regions of the deep test data (deep15, chrD: 10 Mbp), in `fmt`
+    (default: BAM or VCF)."""
     out = []
     for _ in range(n):
         s = rng.randrange(0, 9_900_000)
-        out.append(parse_get(endpoint, "deep15", {
-            "referenceName": "chrD", "start": str(s), "end": str(s + rng.randint(1000, 20000))}))
+        args = {"referenceName": "chrD", "start": str(s), "end": str(s + rng.randint(1000, 20000))}
+        out.append(parse_get(endpoint, "deep15", {**args, **({"format": fmt} if fmt else {})}))
     return out
+
+
+def _against_htslib(engine: Htsget, queries: list[Query], path: Path, key: str) -> None:
+    """Tickets for `queries` (CPU per ticket, the file's first ticket made before) against
+    htslib reading the same regions' records (`count`: decoded in C, no Python objects)."""
+    import pysam
+
+    engine.ticket(queries[0])
+    _, cpu = _timed_tickets(engine, queries[1:])
+    spans = [(q.regions[0].start or 0, q.regions[0].end or 0) for q in queries[1:]]
+    opener = pysam.AlignmentFile if path.suffix == ".cram" else pysam.VariantFile
+    with opener(str(path)) as f:
+        if path.suffix == ".cram":
+            def count(s: int, e: int) -> None:
+                f.count("chrD", s, e)
+        else:
+            def count(s: int, e: int) -> None:
+                for _ in f.fetch("chrD", s, e):
+                    pass
+        count(*spans[0])
+        t0 = time.process_time()
+        for s, e in spans:
+            count(s, e)
+        ref = (time.process_time() - t0) / len(spans)
+    print(f"  {path.name:14} random regions   CPU mean {cpu * 1e3:7.2f} ms   htslib reading "
+          f"them {ref * 1e3:7.2f} ms   ratio {cpu / ref:5.2f}")
+    record(f"{key}.cpu_mean_ms", cpu * 1e3, "ms")
+    record(f"{key}.htslib_ms", ref * 1e3, "ms")
+    record(f"{key}.htslib_ratio", cpu / ref, "x (time)", better="lower")
 
 
 def _timed_tickets(engine: Htsget, queries: list[Query]) -> tuple[list[float], float]:
@@ -459,6 +490,11 @@ def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
         key = f"inprocess.{kind.lower()}_random"
         print(f"  {kind} random regions   {_stats_us(times, key)}   CPU mean {cpu * 1e6:7.0f} us")
         record(f"{key}.cpu_mean_us", cpu * 1e6, "us")
+    # CRAM: boundary containers re-encoded with the region's records; BCF: as BAM
+    _against_htslib(engine, _deep_regions(random.Random(13), Endpoint.READS, 101, "CRAM"),
+                    data / "deep15.cram", "inprocess.cram_random")
+    _against_htslib(engine, _deep_regions(random.Random(14), Endpoint.VARIANTS, n + 1, "BCF"),
+                    data / "deep15.bcf", "inprocess.bcf_random")
     # a long-running worker: the walks of earlier tickets left waypoints (formats/waypoints.py)
     rng = random.Random(12)
     for q in _deep_regions(rng, Endpoint.READS, 4 * n):
@@ -502,6 +538,7 @@ def main() -> int:
     make_deep_bam(cache)
     make_deep15_bam(cache)
     make_deep_vcf(cache)
+    make_deep15_cram_bcf(cache)
     with tempfile.TemporaryDirectory() as tmp:
         bench_codecs(cache)
         bench_tickets_inprocess(cache)

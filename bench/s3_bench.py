@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from deep_data import DEEP_REF, make_deep15_bam, make_deep_vcf  # noqa: E402
+from deep_data import DEEP_REF, make_deep15_cram_bcf  # noqa: E402
 
 from htsgetr.config import Config, LocationConfig  # noqa: E402
 from htsgetr.engine import Htsget  # noqa: E402
@@ -100,17 +100,7 @@ class Tally:
 
 def make_data(cache: Path) -> list[Case]:
     """The bench files (made once into `cache`), as cases."""
-    make_deep15_bam(cache)
-    make_deep_vcf(cache)
-    cram, bcf = cache / "deep15.cram", cache / "deep15.bcf"
-    if not (cache / "deep15.cram.crai").exists():
-        subprocess.run(["samtools", "view", "-C", "--output-fmt", "cram,no_ref=1", "-o",
-                        str(cram), str(cache / "deep15.bam")], check=True)
-        subprocess.run(["samtools", "index", str(cram)], check=True)
-    if not (cache / "deep15.bcf.csi").exists():
-        subprocess.run(["bcftools", "view", "-Ob", "-o", str(bcf),
-                        str(cache / "deep15.vcf.gz")], check=True)
-        subprocess.run(["bcftools", "index", "-c", str(bcf)], check=True)
+    make_deep15_cram_bcf(cache)
     cases = [
         Case("BAM deep15", "deep15", Format.BAM, ("deep15.bam", "deep15.bam.bai"),
              (DEEP_REF,), 9_900_000),
