@@ -332,14 +332,20 @@ def _wanted(records: Iterable[Any], selection: Selection) -> tuple[Optional[int]
     reads a sorted file: up to the first record past the selection (`Selection.stop`).
     Also how many were decoded when all were (None when it stopped early)."""
     stop = selection.stop()
-    stop_ref, stop_pos = stop if stop is not None else (-1, 0)
+    last_ref, last_beg, last_end = stop if stop is not None else (-2, 0, 0)
     wants = selection.wants
     kept: list[Any] = []
     decoded = 0
     for record in records:
         ref_id, pos = record.reference_id, record.reference_start
-        if stop is not None and (
-                ref_id < 0 or ref_id > stop_ref or (ref_id == stop_ref and pos >= stop_pos)):
+        if ref_id == last_ref:
+            if pos >= last_end:
+                return None, kept
+            if pos >= last_beg:  # starts inside the last interval: overlaps it
+                decoded += 1
+                kept.append(record)
+                continue
+        elif stop is not None and (ref_id < 0 or ref_id > last_ref):
             return None, kept
         decoded += 1
         if wants(ref_id, pos, endpos(record)):

@@ -66,18 +66,20 @@ class Selection:
         i = bisect_right(ends, pos)  # the first interval ending after pos
         return i < len(ends) and self.intervals[ref_id][i][0] < endpos
 
-    def stop(self) -> Optional[tuple[int, int]]:
-        """Where a sorted file (by reference ID, then position; unplaced last) holds no more
-        wanted records: from the first record on a reference after `ref_id`, or starting at
-        or after `pos` on it; None while the unplaced reads are wanted. Where htslib's
-        region iterator stops reading."""
+    def stop(self) -> Optional[tuple[int, int, int]]:
+        """The last wanted interval, as (reference ID, beg, end): a sorted file (by
+        reference ID, then position; unplaced last) holds no more wanted records from the
+        first record on a later reference, or starting at or after `end` on it (where
+        htslib's region iterator stops reading). (-1, 0, 0) when nothing is wanted; None
+        while the unplaced reads are wanted."""
         if self.unplaced:
             return None
         wanted = [r for r, items in self.intervals.items() if items]
         if not wanted:
-            return (-1, 0)
+            return (-1, 0, 0)
         last = max(wanted)
-        return (last, self._ends[last][-1])
+        beg, end = self.intervals[last][-1]
+        return (last, beg, end)
 
     def covers(self, ref_id: int, beg: int, end: int) -> bool:
         """Is every record inside `[beg, end)` (a CRAI entry's span) of `ref_id` wanted?"""
