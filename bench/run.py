@@ -234,12 +234,17 @@ def bench_http(data: Path, tmp: Path) -> None:
 
 def bench_load(data: Path) -> None:
     """Tickets under load with RANDOM regions per request vs bare Flask (bench/http_load.py):
-    the deep BAM (1-20 kbp, the issue's figure) and the GRCh38-scale sparse BAM; /data small
+    the deep BAM (1-20 kbp, the issue's figure) and the GRCh38-scale sparse BAM, and one
+    fixed region (chr7:0-1000 of the latter, the same request every time); /data small
     ranges vs bare Flask; nginx + htsgetr accel, and nginx checking signed urls itself
     (nginx-direct), vs nginx alone."""
     http_load.bench_http_inprocess(data, "deep15", [("chrD", 10_000_000)], "http.inprocess")
     http_load.bench_load_random(data, "deep15", [("chrD", 10_000_000)], "load.deep15")
     http_load.bench_load_random(data, "genome", list(zip(NAMES, GRCH38))[:24], "load.genome")
+    # one fixed region, every request the same (the issue's first load figure): a reference
+    # "length" of span + 1 makes the script's random start always 0
+    http_load.bench_load_random(data, "genome", [("chr7", 1001)], "load.fixed_region",
+                                spans=(1000, 1000))
     http_load.bench_data_ranges(data)
     with tempfile.TemporaryDirectory() as tmp:
         for sub, mode, name, verifier in http_load.ACCEL_BENCHES:
