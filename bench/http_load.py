@@ -177,8 +177,10 @@ def paired(name: str, ours: Callable[[], dict[str, Any]], ref: Callable[[], dict
 
 def bench_load_random(root: Path, id: str, refs: list[tuple[str, int]], name: str,
                       seconds: float = 5, spans: tuple[int, int] = (1000, 20000),
-                      fmt: str = "", repeats: int = REPEATS) -> dict[str, float]:
-    """Tickets for random regions of `id` vs bare Flask, 2 workers each, wrk -t2 -c16."""
+                      fmt: str = "", repeats: int = REPEATS, what: str = ""
+                      ) -> dict[str, float]:
+    """Tickets for random regions of `id` vs bare Flask, 2 workers each, wrk -t2 -c16
+    (`what`: how to name the regions in the printout)."""
     if shutil.which("wrk") is None:
         print("load: skipped (apt install wrk)")
         return {}
@@ -197,8 +199,9 @@ def bench_load_random(root: Path, id: str, refs: list[tuple[str, int]], name: st
                              f"{refs[0][0]}&start=0&end={spans[0]}" + (f"&format={fmt}" if fmt
                                                                        else ""))
         check.raise_for_status()
-        print(f"load: {id} tickets, random {spans[0]}-{spans[1]} bp regions per request "
-              f"vs bare Flask (2 gevent workers each, wrk -t2 -c16, {seconds:g} s)", flush=True)
+        what = what or f"random {spans[0]}-{spans[1]} bp regions per request"
+        print(f"load: {id} tickets, {what} vs bare Flask (2 gevent workers each, wrk -t2 "
+              f"-c16, {seconds:g} s)", flush=True)
         return paired(name, lambda: run(port_a), lambda: run(port_b),
                       "tickets", "bare Flask", repeats)
     finally:

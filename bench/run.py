@@ -244,7 +244,7 @@ def bench_load(data: Path) -> None:
     # one fixed region, every request the same (the first load figure): a reference
     # "length" of span + 1 makes the script's random start always 0
     http_load.bench_load_random(data, "genome", [("chr7", 1001)], "load.fixed_region",
-                                spans=(1000, 1000))
+                                spans=(1000, 1000), what="one fixed region (chr7:0-1000)")
     http_load.bench_data_ranges(data)
     with tempfile.TemporaryDirectory() as tmp:
         for sub, mode, name, verifier in http_load.ACCEL_BENCHES:
