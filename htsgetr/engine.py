@@ -29,6 +29,7 @@ from .formats.derived import (
     Part,
     Recut,
     bound_inline,
+    computed,
     derived_path,
     parse_derived,
     version_tag,
@@ -176,8 +177,8 @@ class Htsget:
         if prefetch is not None and source.batched:  # remote: what pieces() reads, at once
             prefetch(source, query)
         pieces = handler.pieces(source, query)
-        if encrypted is not None:
-            return encrypted(pieces)
+        if encrypted is not None:  # its pieces are bytes it encrypts: none left to compute
+            return encrypted(computed(pieces))
         parts = bound_inline(
             pieces,
             self.config.max_inline_bytes,

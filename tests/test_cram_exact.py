@@ -768,23 +768,30 @@ def test_results_are_cached(exact_dir: Path, tmp_path: Path) -> None:
     assert again == first and engine.cache.misses == misses
 
 
-def test_recut_cap(
+def test_recut_budget(
     exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
     """A ticket re-encodes at most MAX_RECUTS containers (a POST of thousands of regions
-    must not hold a worker for minutes): past it, an ordinary ticket gets the remaining
-    boundary containers whole (valid, wider), a restricted one is refused."""
+    must not hold a worker for minutes): past it, the other boundary containers are derived
+    blocks, each re-encoded when its url is fetched. Exact either way, restricted or not."""
     monkeypatch.setattr(cram_recode, "MAX_RECUTS", 2)
-    engine = Htsget(for_data_dir(str(exact_dir)))
     original = originals["nor31"]
     regions = tuple(Region("chr1", s, s + 1_000) for s in (5_000, 20_000, 35_000, 50_000))
-    payload, urls = payload_of(engine, query("nor31", regions, exact=False), exact_dir)
-    assert 1 <= sum(1 for u in urls[1:-1] if u["url"].startswith("data:")) <= 2
-    got = check_wider(payload, original, original.expected(regions), tmp_path)
-    assert len(got) > len(original.expected(regions))
-    with pytest.raises(PermissionDenied, match="more than 2 containers"):
-        engine.ticket(query("nor31", regions))
+    expected = original.expected(regions)
+    real = cram_recode.recode
+    for exact in (False, True):
+        made: list[int] = []
+        with monkeypatch.context() as m:
+            m.setattr(cram_recode, "recode",
+                      lambda *a, made=made, **k: made.append(1) or real(*a, **k))
+            engine = Htsget(for_data_dir(str(exact_dir)))  # caches of its own
+            ticket = engine.ticket(query("nor31", regions, exact=exact))
+        assert len(made) == 2, made
+        derived = [b for b in ticket.blocks if b.headers is None and "/data/~~cram/" in b.url]
+        assert derived
+        payload, urls = payload_of(engine, query("nor31", regions, exact=exact), exact_dir)
+        check(payload, urls, original, expected, tmp_path)
 
 
 def test_without_pysam_refused(

@@ -297,6 +297,26 @@ def test_mode1_decrypts_to_the_plain_payload(client: Client, c4: dict[str, Path]
     assert_ticket_records(out.stdout, tmp_path, c4["plain"] / FILES[id][2], spec(region))
 
 
+def test_mode1_cram_past_the_recut_budget(client: Client, c4: dict[str, Path], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """CRAM containers past the ticket's re-encoding budget are derived blocks in a plain
+    ticket; an encrypted ticket has no urls for them, so it re-encodes them itself: both
+    give the same payload, with htslib's records."""
+    from htsgetr.formats import cram_recode
+
+    monkeypatch.setattr(cram_recode, "MAX_RECUTS", 0)  # every boundary container deferred
+    region = ("chr1", 100_000, 130_000)
+    path = query("reads-cram", region)
+    plain = client.http.get(path.format("plain")).get_json()
+    assert any("/data/~~cram/" in b["url"] for b in plain["htsget"]["urls"])
+    payload = fetch_all(mode1(client, path.format("enc"), c4["client_pub"]), client.get)
+    out = decrypt_cli(payload, c4["client_sec"], tmp_path)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout == fetch_all(plain, client.get)
+    assert_ticket_records(out.stdout, tmp_path, c4["plain"] / FILES["reads-cram"][2],
+                          spec(region))
+
+
 def test_mode1_random_regions(client: Client, c4: dict[str, Path], tmp_path: Path) -> None:
     """Regions that start and end anywhere inside segments, BAM and VCF."""
     rng = random.Random(7)

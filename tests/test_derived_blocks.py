@@ -38,8 +38,10 @@ from htsgetr.formats.base import ByteRange, Inline
 from htsgetr.formats.cram_recode import Selection
 from htsgetr.formats.derived import (
     CRAM_PREFIX,
+    Deferred,
     Recut,
     bound_inline,
+    computed,
     parse_derived,
 )
 from htsgetr.protocol import Class, Endpoint, Format, NotFound, Query, Region
@@ -399,6 +401,37 @@ def test_bound_inline_units() -> None:
     assert [type(p).__name__ for p in out] == ["ByteRange", "Derived", "Derived", "Derived",
                                                "ByteRange", "Inline", "Inline"]
     assert isinstance(out[5], Inline) and len(out[5].data) == 30_000
+
+
+def test_bound_inline_deferred_units() -> None:
+    """A re-cut deferred past the ticket's budget (`Deferred`) is a derived block whatever
+    the bound, and is computed now only where its url would be too long; computed, it may
+    hold nothing (left out) or be a whole container."""
+    made: list[int] = []
+
+    def deferred(start: int, result: object) -> Deferred:
+        def compute() -> object:
+            made.append(start)
+            return result
+        return Deferred(b"", Class.BODY, start, start + 10, "0:1-2", compute=compute)
+
+    def chars(part: object) -> int:
+        return 100
+
+    head = ByteRange(0, 10, Class.HEADER)
+    whole = ByteRange(30, 40, Class.BODY)
+    pieces = [head, deferred(10, Recut(b"R" * 50, Class.BODY, 10, 20, "0:1-2")),
+              deferred(20, None), deferred(30, whole), Inline(b"E", Class.BODY)]
+    out = bound_inline(pieces, 10**9, chars)
+    assert [type(p).__name__ for p in out] == ["ByteRange", "Derived", "Derived", "Derived",
+                                               "Inline"]
+    assert made == []
+    out = bound_inline(pieces, 10**9, chars, lambda r: r.start == 20)
+    assert [type(p).__name__ for p in out] == ["ByteRange", "Inline", "Derived", "ByteRange",
+                                               "Inline"]
+    assert out[1] == Inline(b"R" * 50, Class.BODY) and out[3] == whole
+    assert made == [10, 30]
+    assert computed(pieces) == [head, pieces[1].compute(), whole, pieces[-1]]
 
 
 def test_parse_derived_is_strict() -> None:

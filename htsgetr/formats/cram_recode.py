@@ -44,13 +44,14 @@ from .cram_layout import (
 )
 from .cram_reference import NO_REFERENCES, REFERENCE_TAGS, Decoding, References, strip_tags
 from .cram_selection import ContainerEntries, Selection
-from .derived import Recut
+from .derived import Deferred, Recut
 
 #: content type of the block holding the SAM header (CRAMv3 section 8.1)
 FILE_HEADER = 0
 REFUSED = "this CRAM region cannot be restricted to the record: "
-#: containers one ticket may re-encode (each is a decode and an encode of up to ~10,000
-#: records): past it, an ordinary ticket gets the rest whole, a restricted one is refused
+#: containers one ticket re-encodes (each is a decode and an encode of up to ~10,000
+#: records): past it, the rest are derived blocks, each re-encoded when its url is fetched
+#: (`derived.Deferred`), so a POST of many regions stays exact and its ticket quick
 MAX_RECUTS = 256
 
 log = logging.getLogger("htsgetr")
@@ -89,8 +90,9 @@ def exact_body(
     references: References = NO_REFERENCES,
 ) -> list[Piece]:
     """Body pieces holding exactly the selected records, in file order, each once: byte
-    ranges for covered containers, a `Recut` per re-encoded one. A container that cannot
-    be re-encoded is refused (403) when `strict`, else sent whole."""
+    ranges for covered containers, a `Recut` per re-encoded one (past `MAX_RECUTS`, a
+    `Deferred` one). A container that cannot be re-encoded is refused (403) when `strict`,
+    else sent whole."""
     by_container = _entries(source, crai, index_key)
     offsets: set[int] = set()
     for ref_id, beg, end in selection.spans():
@@ -111,20 +113,30 @@ def exact_body(
             continue
         recuts += 1
         refs = {entry[0] for entry in entries}
-        if recuts > MAX_RECUTS:
-            recoded = Recoded(b"", f"more than {MAX_RECUTS} containers to re-encode")
-        else:
+
+        def recut(start: int = start, end: int = end, wanted: Selection = wanted,
+                  refs: set[int] = refs) -> Optional[Piece]:
             recoded = _recoded(source, cram, start, end, wanted, refs, references)
-        if recoded.refused is not None:
-            if strict:
-                raise PermissionDenied(REFUSED + recoded.refused)
-            log.info(
-                "%s: the CRAM container at %d is sent whole (not re-cut to the region): %s",
-                source.key, start, recoded.refused,
-            )
+            if recoded.refused is not None:
+                if strict:
+                    raise PermissionDenied(REFUSED + recoded.refused)
+                log.info(
+                    "%s: the CRAM container at %d is sent whole (not re-cut to the region): "
+                    "%s", source.key, start, recoded.refused,
+                )
+                return ByteRange(start, end, Class.BODY)
+            if recoded.data:
+                return Recut(recoded.data, Class.BODY, start, end, wanted.token())
+            return None
+
+        if recuts > MAX_RECUTS:
+            pieces.append(Deferred(b"", Class.BODY, start, end, wanted.token(), compute=recut))
+            continue
+        made = recut()
+        if isinstance(made, ByteRange):
             _append_range(pieces, start, end)
-        elif recoded.data:
-            pieces.append(Recut(recoded.data, Class.BODY, start, end, wanted.token()))
+        elif made is not None:
+            pieces.append(made)
     return pieces
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 from ..protocol import Class
@@ -63,6 +63,44 @@ class Recut(Inline):
 
     #: first segment of its derived path
     prefix = CRAM_PREFIX
+
+
+def _nothing() -> Optional[Piece]:
+    return None
+
+
+@dataclass(frozen=True)
+class Deferred(Recut):
+    """A CRAM container's re-cut the ticket did not compute (past its re-encoding budget):
+    a derived block, computed when its url is fetched. `compute()` makes it now where no url
+    can stand for it (a Crypt4GH ticket, a selection too long for a url): the `Recut`, the
+    whole container (`ByteRange`, when it cannot be re-encoded and the ticket allows it),
+    or None (no wanted record); PermissionDenied where it allows no whole container."""
+
+    compute: Callable[[], Optional[Piece]] = field(default=_nothing, compare=False, repr=False)
+
+
+def computed(pieces: Sequence[Piece]) -> list[Piece]:
+    """`pieces` with each `Deferred` re-cut computed now (left out when it holds no
+    record): for a ticket whose bytes are all made here (Crypt4GH)."""
+    out: list[Piece] = []
+    for p in pieces:
+        made = p.compute() if isinstance(p, Deferred) else p
+        if made is not None:
+            out.append(made)
+    return out
+
+
+def _settled(pieces: Sequence[Part], derivable: Callable[[Recut], bool]) -> list[Part]:
+    """`pieces` with each `Deferred` re-cut a `Derived` block where `derivable`, else
+    computed now."""
+    out: list[Part] = []
+    for p in pieces:
+        if isinstance(p, Deferred) and derivable(p):
+            out.append(Derived(p))
+        else:
+            out.extend(computed([p]) if isinstance(p, Deferred) else [p])
+    return out
 
 
 @dataclass(frozen=True)
@@ -111,7 +149,7 @@ ENTRY_BOUND = 4096
 
 
 def bound_inline(
-    pieces: list[Piece],
+    pieces: Sequence[Part],
     limit: int,
     entry_chars: Callable[[Part], int],
     derivable: Callable[[Recut], bool] = lambda recut: True,
@@ -122,6 +160,8 @@ def bound_inline(
     non-inline part's ticket entry (a byte range, a derived block). Other inline pieces (EOF
     markers, re-cut headers) and re-cuts that are not `derivable` stay inline and count
     first."""
+    if any(isinstance(p, Deferred) for p in pieces):
+        return bound_inline(_settled(pieces, derivable), limit, entry_chars, derivable)
     inline_chars = sum(INLINE_ENTRY + inline_size(len(p.data))
                        for p in pieces if isinstance(p, Inline))
     others = sum(1 for p in pieces if not isinstance(p, Inline))
