@@ -29,9 +29,9 @@ from .formats.derived import (
     Part,
     Recut,
     bound_inline,
-    computed,
     derived_path,
     parse_derived,
+    undeferred,
     version_tag,
 )
 from .formats.fasta import FastaHandler, FastqHandler
@@ -177,8 +177,8 @@ class Htsget:
         if prefetch is not None and source.batched:  # remote: what pieces() reads, at once
             prefetch(source, query)
         pieces = handler.pieces(source, query)
-        if encrypted is not None:  # its pieces are bytes it encrypts: none left to compute
-            return encrypted(computed(pieces))
+        if encrypted is not None:  # no urls of ours in it: no derived blocks either
+            return encrypted(undeferred(pieces))
         parts = bound_inline(
             pieces,
             self.config.max_inline_bytes,

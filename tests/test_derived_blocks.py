@@ -41,10 +41,10 @@ from htsgetr.formats.derived import (
     Deferred,
     Recut,
     bound_inline,
-    computed,
     parse_derived,
+    undeferred,
 )
-from htsgetr.protocol import Class, Endpoint, Format, NotFound, Query, Region
+from htsgetr.protocol import Class, Endpoint, Format, NotFound, PermissionDenied, Query, Region
 
 pytestmark = pytest.mark.skipif(shutil.which("samtools") is None, reason="samtools not installed")
 
@@ -431,7 +431,12 @@ def test_bound_inline_deferred_units() -> None:
                                                "Inline"]
     assert out[1] == Inline(b"R" * 50, Class.BODY) and out[3] == whole
     assert made == [10, 30]
-    assert computed(pieces) == [head, pieces[1].compute(), whole, pieces[-1]]
+    # no derived blocks (a Crypt4GH ticket): each deferred re-cut as its whole container,
+    # or refused where a whole container is not allowed
+    fallback = [head, Deferred(b"", Class.BODY, 10, 20, "0:1-2", whole=whole)]
+    assert undeferred(fallback) == [head, whole]
+    with pytest.raises(PermissionDenied, match="cannot be restricted"):
+        undeferred(pieces)
 
 
 def test_parse_derived_is_strict() -> None:

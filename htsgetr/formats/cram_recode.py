@@ -130,7 +130,9 @@ def exact_body(
             return None
 
         if recuts > MAX_RECUTS:
-            pieces.append(Deferred(b"", Class.BODY, start, end, wanted.token(), compute=recut))
+            whole = None if strict else ByteRange(start, end, Class.BODY)
+            pieces.append(Deferred(b"", Class.BODY, start, end, wanted.token(), compute=recut,
+                                   whole=whole))
             continue
         made = recut()
         if isinstance(made, ByteRange):

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
-from ..protocol import Class
+from ..protocol import Class, PermissionDenied
 from .base import Inline, Piece
 
 #: first segment of a derived CRAM block's path below /data/
@@ -72,22 +72,30 @@ def _nothing() -> Optional[Piece]:
 @dataclass(frozen=True)
 class Deferred(Recut):
     """A CRAM container's re-cut the ticket did not compute (past its re-encoding budget):
-    a derived block, computed when its url is fetched. `compute()` makes it now where no url
-    can stand for it (a Crypt4GH ticket, a selection too long for a url): the `Recut`, the
-    whole container (`ByteRange`, when it cannot be re-encoded and the ticket allows it),
-    or None (no wanted record); PermissionDenied where it allows no whole container."""
+    a derived block, computed when its url is fetched. `compute()` makes it now where its
+    url would be too long: the `Recut`, the whole container (`ByteRange`, when it cannot be
+    re-encoded and the ticket allows it), or None (no wanted record); PermissionDenied where
+    it allows no whole container. `whole`: what a ticket with no urls of ours (Crypt4GH)
+    sends instead, the container as it is stored, or None where that is not allowed."""
 
     compute: Callable[[], Optional[Piece]] = field(default=_nothing, compare=False, repr=False)
+    whole: Optional[Piece] = field(default=None, compare=False, repr=False)
 
 
-def computed(pieces: Sequence[Piece]) -> list[Piece]:
-    """`pieces` with each `Deferred` re-cut computed now (left out when it holds no
-    record): for a ticket whose bytes are all made here (Crypt4GH)."""
+def undeferred(pieces: Sequence[Piece]) -> list[Piece]:
+    """`pieces` for a ticket with no derived blocks (Crypt4GH: its bytes are all encrypted
+    here), each `Deferred` re-cut as its whole container, or PermissionDenied where that is
+    not allowed (a restricted query): the re-encoding budget holds for it too."""
     out: list[Piece] = []
     for p in pieces:
-        made = p.compute() if isinstance(p, Deferred) else p
-        if made is not None:
-            out.append(made)
+        if isinstance(p, Deferred):
+            if p.whole is None:
+                raise PermissionDenied(
+                    "this CRAM region cannot be restricted to the record: more containers "
+                    "to re-encode than one ticket may")
+            out.append(p.whole)
+        else:
+            out.append(p)
     return out
 
 
@@ -96,10 +104,14 @@ def _settled(pieces: Sequence[Part], derivable: Callable[[Recut], bool]) -> list
     computed now."""
     out: list[Part] = []
     for p in pieces:
-        if isinstance(p, Deferred) and derivable(p):
+        if not isinstance(p, Deferred):
+            out.append(p)
+        elif derivable(p):
             out.append(Derived(p))
         else:
-            out.extend(computed([p]) if isinstance(p, Deferred) else [p])
+            made = p.compute()
+            if made is not None:
+                out.append(made)
     return out
 
 
