@@ -392,28 +392,36 @@ def _deep_regions(rng: random.Random, endpoint: Endpoint, n: int, fmt: str = ""
     return out
 
 
-def _against_htslib(engine: Htsget, queries: list[Query], path: Path, key: str) -> None:
-    """Tickets for `queries` (CPU per ticket, the file's first ticket made before) against
-    htslib reading the same regions' records (`count`: decoded in C, no Python objects)."""
+def _htslib_cpu(path: Path, queries: list[Query]) -> float:
+    """Mean CPU seconds htslib takes to read the records of each query's region of `path`
+    (chrD of the deep data): `count` for reads (decoded in C, no Python objects), a fetch
+    for variants. The first region is read once beforehand (index loaded)."""
     import pysam
 
-    engine.ticket(queries[0])
-    _, cpu = _timed_tickets(engine, queries[1:])
-    spans = [(q.regions[0].start or 0, q.regions[0].end or 0) for q in queries[1:]]
-    opener = pysam.AlignmentFile if path.suffix == ".cram" else pysam.VariantFile
+    spans = [(q.regions[0].start or 0, q.regions[0].end or 0) for q in queries]
+    reads = path.suffix in (".bam", ".cram")
+    opener = pysam.AlignmentFile if reads else pysam.VariantFile
     with opener(str(path)) as f:
-        if path.suffix == ".cram":
-            def count(s: int, e: int) -> None:
+        def read(s: int, e: int) -> None:
+            if reads:
                 f.count("chrD", s, e)
-        else:
-            def count(s: int, e: int) -> None:
+            else:
                 for _ in f.fetch("chrD", s, e):
                     pass
-        count(*spans[0])
+
+        read(*spans[0])
         t0 = time.process_time()
         for s, e in spans:
-            count(s, e)
-        ref = (time.process_time() - t0) / len(spans)
+            read(s, e)
+        return (time.process_time() - t0) / len(spans)
+
+
+def _against_htslib(engine: Htsget, queries: list[Query], path: Path, key: str) -> None:
+    """Tickets for `queries` (CPU per ticket, the file's first ticket made before) against
+    htslib reading the same regions' records (`_htslib_cpu`)."""
+    engine.ticket(queries[0])
+    _, cpu = _timed_tickets(engine, queries[1:])
+    ref = _htslib_cpu(path, queries[1:])
     print(f"  {path.name:14} random regions   CPU mean {cpu * 1e3:7.2f} ms   htslib reading "
           f"them {ref * 1e3:7.2f} ms   ratio {cpu / ref:5.2f}")
     record(f"{key}.cpu_mean_ms", cpu * 1e3, "ms")
@@ -438,8 +446,6 @@ def _codec_share(engine: Htsget, queries: list[Query], bam: Path, key: str) -> N
     regions' records (`AlignmentFile.count`: every block of the region inflated, in C)."""
     import dataclasses
 
-    import pysam
-
     from htsgetr.formats import bgzf
 
     spent = [0.0]
@@ -461,14 +467,7 @@ def _codec_share(engine: Htsget, queries: list[Query], bam: Path, key: str) -> N
     finally:
         bgzf.CODEC = plain
     codec = spent[0] / len(queries)
-    regions = [(q.regions[0].start or 0, q.regions[0].end or 0) for q in queries[:400]]
-    with pysam.AlignmentFile(str(bam)) as f:
-        for s, e in regions[:20]:
-            f.count("chrD", s, e)
-        t0 = time.process_time()
-        for s, e in regions:
-            f.count("chrD", s, e)
-        ref = (time.process_time() - t0) / len(regions)
+    ref = _htslib_cpu(bam, queries[:400])
     print(f"  of which inflate/deflate/CRC32 {codec * 1e6:5.0f} us ({codec / cpu:4.0%}), the rest "
           f"{(cpu - codec) * 1e6:4.0f} us; htslib reading the same regions' records "
           f"{ref * 1e6:5.0f} us CPU (ticket/htslib {cpu / ref:4.2f}x)")

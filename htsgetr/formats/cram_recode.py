@@ -44,11 +44,10 @@ from .cram_layout import (
 )
 from .cram_reference import NO_REFERENCES, REFERENCE_TAGS, Decoding, References, strip_tags
 from .cram_selection import ContainerEntries, Selection
-from .derived import Deferred, Recut
+from .derived import REFUSED, Deferred, Recut
 
 #: content type of the block holding the SAM header (CRAMv3 section 8.1)
 FILE_HEADER = 0
-REFUSED = "this CRAM region cannot be restricted to the record: "
 #: containers one ticket re-encodes (each is a decode and an encode of up to ~10,000
 #: records): past it, the rest are derived blocks, each re-encoded when its url is fetched
 #: (`derived.Deferred`), so a POST of many regions stays exact and its ticket quick

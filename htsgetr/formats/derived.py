@@ -82,6 +82,10 @@ class Deferred(Recut):
     whole: Optional[Piece] = field(default=None, compare=False, repr=False)
 
 
+#: why a restricted CRAM query is refused (a container it would have to send whole)
+REFUSED = "this CRAM region cannot be restricted to the record: "
+
+
 def undeferred(pieces: Sequence[Piece]) -> list[Piece]:
     """`pieces` for a ticket with no derived blocks (Crypt4GH: its bytes are all encrypted
     here), each `Deferred` re-cut as its whole container, or PermissionDenied where that is
@@ -91,8 +95,7 @@ def undeferred(pieces: Sequence[Piece]) -> list[Piece]:
         if isinstance(p, Deferred):
             if p.whole is None:
                 raise PermissionDenied(
-                    "this CRAM region cannot be restricted to the record: more containers "
-                    "to re-encode than one ticket may")
+                    REFUSED + "more containers to re-encode than one ticket may")
             out.append(p.whole)
         else:
             out.append(p)
