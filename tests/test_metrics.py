@@ -204,6 +204,7 @@ from htsgetr.observability import metrics
 rec = metrics.Recorder()
 for _ in range(int(sys.argv[1])):
     rec.request({"REQUEST_METHOD": "GET"}, "reads", 200, 10, 0.01)
+rec.flush()  # as a worker's exit does
 """
     env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}
     for n in (3, 4):
@@ -247,3 +248,22 @@ def test_ticket_bytes() -> None:
         ticket = Ticket(Format.BAM, [Block(inline), Block("https://h/x", {"Range": "bytes=5-14"}),
                                      Block("https://h/whole")])
         assert metrics.ticket_bytes(ticket) == len(payload) + 10
+
+
+def test_a_scrape_sees_every_request_before_it(data_dir: Path) -> None:
+    """Requests are tallied and written once a second; a scrape of this process writes
+    them first, so it misses none."""
+    app = create_app(for_data_dir(str(data_dir)))
+    get(app, TICKET)  # the first request flushes; the next ones wait in the tally
+    labels = {"endpoint": "reads", "method": "GET", "status": "200"}
+    before = value("htsgetr_http_requests_total", **labels)
+    tickets = value("htsgetr_tickets_total", format="BAM", **{"class": "all"})
+    for _ in range(3):
+        get(app, TICKET)
+    assert value("htsgetr_http_requests_total", **labels) == before  # not yet written
+    text = get(app, "/metrics").get_data(as_text=True)
+    line = next(x for x in text.splitlines()
+                if x.startswith('htsgetr_http_requests_total{endpoint="reads",method="GET",'
+                                'status="200"}'))
+    assert float(line.split()[-1]) == before + 3
+    assert value("htsgetr_tickets_total", format="BAM", **{"class": "all"}) == tickets + 3

@@ -40,6 +40,24 @@ def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
                if n == name and all((k, val) in ls for k, val in labels.items()))
 
 
+def settled(url: str, name: str, want: float, **labels: str
+            ) -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], int]:
+    """Scrape until `name` totals `want` (each worker writes its counts at most
+    FLUSH_SECONDS late); returns the samples and how many scrapes it took. Fails if it is not
+    there within FLUSH_SECONDS and a margin, or if it ever went past `want`."""
+    deadline = time.monotonic() + metrics.FLUSH_SECONDS + 5
+    scrapes = 0
+    while True:
+        samples = scrape(url)
+        scrapes += 1
+        got = total(samples, name, **labels)
+        assert got <= want, (name, got, want)
+        if got == want:
+            return samples, scrapes
+        assert time.monotonic() < deadline, (name, got, want)
+        time.sleep(0.1)
+
+
 def access_pids(output: str, since: int = 0) -> dict[int, int]:
     """Worker pid -> ticket access lines it wrote (JSON logs), from character `since`."""
     pids: dict[int, int] = {}
@@ -119,9 +137,11 @@ def test_both_workers_counted_and_a_sighup_survived(served: Server, tmp_path: Pa
     assert len(made) == 1 and made[0].is_dir()  # the server's PROMETHEUS_MULTIPROC_DIR
     sent = hammer(srv.url, 200)
     sent = until_both_served(srv, 0, sent)
-    samples = scrape(srv.url + "/metrics")
-    assert total(samples, "htsgetr_http_requests_total", endpoint="reads", status="200") == sent
-    assert total(samples, "htsgetr_tickets_total", format="BAM") == sent
+    samples, scrapes = settled(srv.url + "/metrics", "htsgetr_http_requests_total", sent,
+                               endpoint="reads", status="200")
+    samples, more_scrapes = settled(srv.url + "/metrics", "htsgetr_tickets_total", sent,
+                                    format="BAM")
+    scrapes += more_scrapes
     assert total(samples, "htsgetr_http_request_duration_seconds_count", endpoint="reads") \
         == sent
     old_workers = set(access_pids(srv.output()))
@@ -143,16 +163,19 @@ def test_both_workers_counted_and_a_sighup_survived(served: Server, tmp_path: Pa
     assert len(new_workers) == 2 and not new_workers & old_workers
     time.sleep(metrics.FLUSH_SECONDS + 0.2)  # cache gauges are written once a second
     more = until_both_served(srv, len(srv.output()), more)
-    samples = scrape(srv.url + "/metrics")
-    assert total(samples, "htsgetr_http_requests_total", endpoint="reads", status="200") \
-        == sent + more
-    assert total(samples, "htsgetr_http_requests_total", endpoint="metrics") == 1  # the 1st
+    samples, last = settled(srv.url + "/metrics", "htsgetr_http_requests_total", sent + more,
+                            endpoint="reads", status="200")
     assert total(samples, "htsgetr_tickets_total", format="BAM") == sent + more
+    # every scrape is counted once it is answered (this one not yet): every one before it,
+    # once the workers' flushers have run
+    time.sleep(2 * metrics.FLUSH_SECONDS + 0.2)
+    samples = scrape(srv.url + "/metrics")
+    assert total(samples, "htsgetr_http_requests_total", endpoint="metrics") \
+        == scrapes + last
     # live gauges sum the live workers' (one parsed index each): the old ones were marked dead
     assert total(samples, "htsgetr_cache_entries", cache="index") == 2
     assert requests.get(srv.url + "/healthz", timeout=10).json() == {"status": "ok"}
-    assert total(scrape(srv.url + "/metrics"), "htsgetr_http_requests_total",
-                 endpoint="health") == 1
+    settled(srv.url + "/metrics", "htsgetr_http_requests_total", 1, endpoint="health")
 
     srv.stop()
     assert not made[0].exists()  # removed when the server stopped
@@ -167,9 +190,8 @@ def test_a_metrics_port_of_its_own(data_dir: Path, tmp_path: Path) -> None:
         assert requests.get(srv.url + "/metrics", timeout=10).status_code == 404
         sent = hammer(srv.url, 60)
         url = f"http://127.0.0.1:{metrics_port}/metrics"
-        samples = scrape(url)
-        assert total(samples, "htsgetr_http_requests_total", endpoint="reads",
-                     status="200") == sent
+        samples, _ = settled(url, "htsgetr_http_requests_total", sent, endpoint="reads",
+                             status="200")
         assert total(samples, "htsgetr_http_requests_total", endpoint="metrics") == 0
         mark = len(srv.output())
         os.kill(srv.proc.pid, signal.SIGHUP)
@@ -178,6 +200,6 @@ def test_a_metrics_port_of_its_own(data_dir: Path, tmp_path: Path) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         sent += hammer(srv.url, 20)
-        assert total(scrape(url), "htsgetr_http_requests_total", endpoint="reads") == sent
+        settled(url, "htsgetr_http_requests_total", sent, endpoint="reads")
     finally:
         srv.stop()
