@@ -49,10 +49,11 @@ class Proc:
     """A server process in its own session, waited for on `url`, stopped with its children."""
 
     def __init__(self, cmd: list[str], url: str, cwd: Optional[Path] = None,
-                 log: Optional[Path] = None) -> None:
+                 log: Optional[Path] = None, env: Optional[dict[str, str]] = None) -> None:
         out = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                     cwd=str(cwd) if cwd else None, start_new_session=True)
+                                     cwd=str(cwd) if cwd else None, start_new_session=True,
+                                     env={**os.environ, **env} if env else None)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -75,11 +76,11 @@ class Proc:
 
 
 def htsgetr(root: Path, port: int, workers: int = 2, config: Optional[Path] = None,
-            extra: tuple[str, ...] = ()) -> Proc:
+            extra: tuple[str, ...] = (), env: Optional[dict[str, str]] = None) -> Proc:
     cmd = [sys.executable, "-m", "htsgetr", "serve", "--port", str(port), "--workers",
            str(workers), *extra]
     cmd += ["--config", str(config)] if config else ["--data-dir", str(root)]
-    return Proc(cmd, f"http://127.0.0.1:{port}/service-info", cwd=ROOT)
+    return Proc(cmd, f"http://127.0.0.1:{port}/service-info", cwd=ROOT, env=env)
 
 
 def bare(root: Path, port: int, workers: int = 2) -> Proc:
@@ -177,20 +178,23 @@ def paired(name: str, ours: Callable[[], dict[str, Any]], ref: Callable[[], dict
 
 def bench_load_random(root: Path, id: str, refs: list[tuple[str, int]], name: str,
                       seconds: float = 5, spans: tuple[int, int] = (1000, 20000),
-                      fmt: str = "", repeats: int = REPEATS, what: str = ""
-                      ) -> dict[str, float]:
+                      fmt: str = "", repeats: int = REPEATS, what: str = "",
+                      block_cache: int = 0, warmup: float = 0) -> dict[str, float]:
     """Tickets for random regions of `id` vs bare Flask, 2 workers each, wrk -t2 -c16
-    (`what`: how to name the regions in the printout)."""
+    (`what`: how to name the regions in the printout); `block_cache`: htsgetr's
+    `block_cache_bytes` (0: the default), `warmup`: seconds of the same load first, not
+    counted (a cache filled as by a server that has been up a while)."""
     if shutil.which("wrk") is None:
         print("load: skipped (apt install wrk)")
         return {}
     port_a, port_b = free_port(), free_port()
-    ours, ref = htsgetr(root, port_a), bare(root, port_b)
+    env = {"HTSGET_BLOCK_CACHE_BYTES": str(block_cache)} if block_cache else None
+    ours, ref = htsgetr(root, port_a, env=env), bare(root, port_b)
     endpoint = "variants" if fmt in ("VCF", "BCF") else "reads"
     spec = ",".join(f"{n}:{ln}" for n, ln in refs)
     seed = iter(range(1, 1000))
     try:
-        def run(port: int) -> dict[str, Any]:
+        def run(port: int, seconds: float = seconds) -> dict[str, Any]:
             return wrk(f"http://127.0.0.1:{port}", "random_regions.lua",
                        [f"/{endpoint}/{id}", spec, str(spans[0]), str(spans[1]),
                         str(next(seed)), fmt], seconds=seconds)
@@ -200,6 +204,11 @@ def bench_load_random(root: Path, id: str, refs: list[tuple[str, int]], name: st
                                                                        else ""))
         check.raise_for_status()
         what = what or f"random {spans[0]}-{spans[1]} bp regions per request"
+        if block_cache:
+            what += f", block_cache_bytes = {block_cache >> 20} MiB"
+        if warmup:
+            run(port_a, warmup)
+            what += f" (after {warmup:g} s of the same load)"
         print(f"load: {id} tickets, {what} vs bare Flask (2 gevent workers each, wrk -t2 "
               f"-c16, {seconds:g} s)", flush=True)
         return paired(name, lambda: run(port_a), lambda: run(port_b),
