@@ -216,9 +216,10 @@ class Recorder:
 
     # ------------------------------------------------------------------ tallies
 
-    def flush(self, now: Optional[float] = None) -> None:
-        """Write the storage and cache tallies gathered since the last flush."""
-        if not self._flush_lock.acquire(blocking=False):
+    def flush(self, now: Optional[float] = None, wait: bool = False) -> None:
+        """Write the tallies gathered since the last flush. A flush under way elsewhere
+        makes this one a no-op, unless `wait` (a worker's exit: nothing may stay behind)."""
+        if not self._flush_lock.acquire(blocking=wait):
             return
         try:
             self._next_flush = (now if now is not None else time.monotonic()) + FLUSH_SECONDS
@@ -347,9 +348,9 @@ def _start_flusher(recorder: Recorder) -> None:
 
 
 def flush_all() -> None:
-    """Write every recorder's tallies of this process (before a scrape, at a worker's exit)."""
+    """Write every recorder's tallies of this process (a worker's exit)."""
     for recorder in list(_RECORDERS):
-        recorder.flush()
+        recorder.flush(wait=True)
 
 
 def add_to_histogram(child: Any, buckets: list[int], seconds: float) -> None:

@@ -90,7 +90,7 @@ class Observe:
         logs.request_id.set(rid)
         observer = self.observer
         if observer.recorder is not None and environ.get("PATH_INFO") == observer.metrics_path:
-            observer.recorder.flush()  # a scrape sees this process's counts up to now
+            observer.recorder.flush(wait=True)  # a scrape sees this process's counts so far
         if logs.GUNICORN_LOGGER and "gunicorn.socket" in environ:
             def answer(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 headers.append((logs.REQUEST_ID_HEADER, rid))
