@@ -304,6 +304,21 @@ def _parse_all(parse: Callable[[bytes], Any], plain: bytes) -> Any:
     return idx
 
 
+_FLUSH = bytearray(8 << 20)  # more than this machine's caches hold
+
+
+def _cold(query: Callable[..., object], queries: list[tuple[int, int, int]]) -> float:
+    """Median seconds of a query run after 8 MiB of other memory traffic: what a query costs
+    a worker that served other requests in between (its index no longer in the caches)."""
+    times = []
+    for q in queries:
+        _FLUSH[::64] = b"\x01" * (len(_FLUSH) // 64)
+        t0 = time.perf_counter()
+        query(*q)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def bench_index_core(data: Path) -> None:
     """Index parsing MB/s per kind and chunk query µs, Cython core vs the pure-Python twin."""
     import ranges_twin
@@ -345,9 +360,11 @@ def bench_index_core(data: Path) -> None:
                                 for q in queries[:300])
         q_py = statistics.median(_best(partial(twin.query, *q), rounds=3, inner=5)
                                  for q in queries[:100])
+        q_cold = _cold(idx.query, queries[:300])
         print(f"  {kind:4} {mb:6.2f} MB   parse {mb / t_c:8.1f} MB/s (twin {mb / t_py:6.1f}, "
               f"{t_py / t_c:5.0f}x)   query {q_c * 1e6:6.2f} us (twin {q_py * 1e6:7.1f}, "
-              f"{q_py / q_c:4.0f}x)")
+              f"{q_py / q_c:4.0f}x; caches flushed before it {q_cold * 1e6:6.2f} us)")
+        record(f"index_core.{kind.lower()}.query_cold_us", q_cold * 1e6, "us")
         record(f"index_core.{kind.lower()}.parse_mb_s", mb / t_c, "MB/s")
         record(f"index_core.{kind.lower()}.twin_parse_mb_s", mb / t_py, "MB/s")
         record(f"index_core.{kind.lower()}.parse_speedup", t_py / t_c, "x (time)",
