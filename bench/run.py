@@ -238,17 +238,18 @@ def bench_load(data: Path) -> None:
     fixed region (chr7:0-1000 of the latter, the same request every time); /data small
     ranges vs bare Flask; nginx + htsgetr accel, and nginx checking signed urls itself
     (nginx-direct), vs nginx alone."""
-    http_load.bench_http_inprocess(data, "deep15", [("chrD", 10_000_000)], "http.inprocess")
-    http_load.bench_load_random(data, "deep15", [("chrD", 10_000_000)], "load.deep15")
+    deep, genome = [("chrD", 10_000_000)], list(zip(NAMES, GRCH38))[:24]
+    http_load.bench_http_inprocess(data, "deep15", deep, "http.inprocess")
+    http_load.bench_load_random(data, "deep15", deep, "load.deep15")
     # with a block cache holding the file's blocks once inflated (260 MiB): what is left is
     # re-compressing the two edges and the rest of the ticket
-    http_load.bench_load_random(data, "deep15", [("chrD", 10_000_000)], "load.deep15_cached",
+    http_load.bench_load_random(data, "deep15", deep, "load.deep15_cached",
                                 block_cache=512 << 20, warmup=15)
-    http_load.bench_load_random(data, "genome", list(zip(NAMES, GRCH38))[:24], "load.genome")
+    http_load.bench_load_random(data, "genome", genome, "load.genome")
     # the same with a block cache holding the file's inflated blocks (97 MiB; the default
     # 64 MiB holds two thirds, so a third of the tickets inflate the block they cut)
-    http_load.bench_load_random(data, "genome", list(zip(NAMES, GRCH38))[:24],
-                                "load.genome_cached", block_cache=256 << 20, warmup=10)
+    http_load.bench_load_random(data, "genome", genome, "load.genome_cached",
+                                block_cache=256 << 20, warmup=10)
     # one fixed region, every request the same (the issue's first load figure): a reference
     # "length" of span + 1 makes the script's random start always 0
     http_load.bench_load_random(data, "genome", [("chr7", 1001)], "load.fixed_region",

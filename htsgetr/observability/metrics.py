@@ -190,8 +190,8 @@ class Recorder:
                 sent: Optional[int], seconds: float) -> None:
         method = environ.get("REQUEST_METHOD", "")
         key = (endpoint, method if method in _METHODS else "other", status)
-        ticket = environ.get(TICKET)
-        covered = ticket_bytes(ticket) if ticket is not None and status == 200 else 0
+        ticket = environ.get(TICKET) if status == 200 else None
+        covered = ticket_bytes(ticket) if ticket is not None else 0
         with self._tally_lock:  # exact under threads (gthread) too; ~0.1 us uncontended
             tally = self.requests.get(key)
             if tally is None:
@@ -201,7 +201,7 @@ class Recorder:
             tally.buckets[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1
             if sent:
                 tally.sent += sent
-            if ticket is not None and status == 200:
+            if ticket is not None:
                 self._ticket(ticket, environ.get(QUERY), covered)
         now = time.monotonic()
         if now >= self._next_flush:
