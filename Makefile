@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # so 4 halve the run on 2 cores (~10 -> ~4 min); `make test PYTEST_WORKERS=0` runs in one
 PYTEST_WORKERS ?= 4
 
-.PHONY: test serve deps apt venv build lint bench bench-check bench-baseline example-data clean \
+.PHONY: test serve deps apt venv build nginx-upstream-check lint bench bench-check bench-baseline example-data clean \
 	lambda-zip test-browser browser-deps
 
 test: deps build
@@ -57,6 +57,12 @@ build: $(VENV)/.installed
 # (nginx.h holds nginx's version: a new nginx from apt gets a module built again)
 $(NGINX_MODULE): $(NGINX_MODULE_SRC) $(wildcard /usr/share/nginx/src/src/core/nginx.h)
 	sh htsgetr/api/nginx_module/build.sh /usr/share/nginx/src build/nginx
+
+# the nginx-direct image's build step without Docker: nginx and htsgetr's module built from
+# nginx.org's source (via Debian's archive, hash-checked) as nginx-direct.Dockerfile builds
+# them, then the module verifier's end-to-end tests against that nginx (~2 min; CI runs it)
+nginx-upstream-check: deps build
+	sh deploy/docker/nginx_upstream_check.sh $(PY)
 
 lint: deps build
 	$(VENV)/bin/ruff check htsgetr tests bench

@@ -24,15 +24,20 @@ from htsgetr.api.accel import VERIFIERS, installed_module
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
-#: nginx, where `make test` installs it (Debian puts it in /usr/sbin, not always on PATH)
-NGINX_BIN = shutil.which("nginx") or (
+#: nginx, where `make test` installs it (Debian puts it in /usr/sbin, not always on PATH);
+#: HTSGETR_TEST_NGINX: another one (deploy/docker/nginx_upstream_check.sh: nginx built from
+#: nginx.org's source, with the module built as the nginx-direct image builds it)
+NGINX_BIN = os.environ.get("HTSGETR_TEST_NGINX") or shutil.which("nginx") or (
     "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 
 
 #: accel = "nginx-direct" checks urls with njs (libnginx-mod-http-js), Perl (-http-perl) or
-#: htsgetr's compiled module (`make build` compiles it when Debian's nginx-dev is installed):
-#: the nginx module each verifier needs (None: not installed or not built)
-VERIFIER_MODULES = {v: installed_module(v, ROOT / "build" / "nginx") for v in VERIFIERS}
+#: htsgetr's compiled module (`make build` compiles it when Debian's nginx-dev is installed;
+#: HTSGETR_TEST_NGINX_MODULES: a directory looked in first): the nginx module each verifier
+#: needs (None: not installed or not built)
+_MODULE_DIRS = [d for d in (os.environ.get("HTSGETR_TEST_NGINX_MODULES"),) if d]
+VERIFIER_MODULES = {v: installed_module(v, *_MODULE_DIRS, ROOT / "build" / "nginx")
+                    for v in VERIFIERS}
 NJS, NGINX_PERL = VERIFIER_MODULES["njs"], VERIFIER_MODULES["perl"]
 DIRECT_MODULE = VERIFIER_MODULES["module"]
 
