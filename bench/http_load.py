@@ -218,6 +218,54 @@ def bench_load_random(root: Path, id: str, refs: list[tuple[str, int]], name: st
         ref.stop()
 
 
+def bench_turns(root: Path, name: str = "turns", regions: int = 20) -> dict[str, float]:
+    """Light tickets on ONE worker while it computes a heavy one (a CRAM POST of `regions`
+    random 2 kbp regions of deep15.cram, each re-encoding a container): how many were
+    answered meanwhile and how long they waited (htsgetr/turns.py)."""
+    import random
+    import threading
+
+    port = free_port()
+    srv = htsgetr(root, port, workers=1)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        rng = random.Random(1)
+        body = {"format": "CRAM", "regions": [
+            {"referenceName": "chrD", "start": s, "end": s + 2000}
+            for s in (rng.randrange(0, 9_900_000) for _ in range(regions))]}
+        light = requests.Session()
+        light.get(f"{base}/reads/genome?referenceName=chr1&start=0&end=1000").raise_for_status()
+        requests.get(f"{base}/reads/deep15?format=CRAM&referenceName=chrD&start=0&end=1000"
+                     ).raise_for_status()
+        heavy: dict[str, float] = {}
+
+        def post() -> None:
+            t0 = time.perf_counter()
+            requests.post(f"{base}/reads/deep15", json=body).raise_for_status()
+            heavy["s"] = time.perf_counter() - t0
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        waits = []
+        while thread.is_alive():
+            a = rng.randrange(0, 100_000_000)
+            t0 = time.perf_counter()
+            light.get(f"{base}/reads/genome?referenceName=chr2&start={a}&end={a + 5000}"
+                      ).raise_for_status()
+            waits.append(time.perf_counter() - t0)
+        thread.join()
+    finally:
+        srv.stop()
+    print(f"turns: one worker, a CRAM POST of {regions} regions ({heavy['s'] * 1e3:.0f} ms) and "
+          f"light tickets meanwhile: {len(waits)} answered, slowest {max(waits) * 1e3:.0f} ms, "
+          f"median {statistics.median(waits) * 1e3:.1f} ms", flush=True)
+    return {
+        "heavy_ms": record(f"{name}.heavy_ms", heavy["s"] * 1e3, "ms"),
+        "answered": record(f"{name}.light_answered", len(waits), "", better="higher"),
+        "max_ms": record(f"{name}.light_max_ms", max(waits) * 1e3, "ms", better="lower"),
+    }
+
+
 def make_blob(root: Path, size: int = 64 << 20) -> Path:
     """Incompressible bytes under a name /data serves (a .bam: only data files are served)."""
     blob = root / "blob.bam"

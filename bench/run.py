@@ -255,6 +255,7 @@ def bench_load(data: Path) -> None:
     http_load.bench_load_random(data, "genome", [("chr7", 1001)], "load.fixed_region",
                                 spans=(1000, 1000), what="one fixed region (chr7:0-1000)")
     http_load.bench_data_ranges(data)
+    http_load.bench_turns(data)
     with tempfile.TemporaryDirectory() as tmp:
         for sub, mode, name, verifier in http_load.ACCEL_BENCHES:
             http_load.bench_accel(data, Path(tmp) / sub, mode, name, verifier=verifier)

@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any, Mapping, Optional, Union
 from urllib.parse import quote
 
-from . import crypt4gh
+from . import crypt4gh, turns
 from .cache import LRUCache
 from .config import Config, LocationConfig, ServerConfig, load_config, load_doc
 from .formats.bam import BamHandler
@@ -164,6 +164,7 @@ class Htsget:
         (the records of its regions, or its header); HtsgetError subclasses for what the
         server would refuse (NotFound, InvalidInput, ...). `encryption`: the request's
         `encryptionScheme` and client key (Crypt4GH)."""
+        turns.begin()
         if query.regions is not None and len(query.regions) > self.config.max_regions:
             raise PayloadTooLarge(
                 f"{len(query.regions)} regions in one request; at most "
@@ -355,6 +356,7 @@ def _payload_md5(source: Source, pieces: list[Piece]) -> str:
             digest.update(p.data)
             continue
         for pos in range(p.start, p.end, 1 << 20):
+            turns.pause()
             digest.update(source.read(pos, min(p.end, pos + (1 << 20))))
     return digest.hexdigest()
 
@@ -363,5 +365,6 @@ def _file_md5(path: str) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
+            turns.pause()  # a GB takes seconds: the worker's other requests go between MiBs
             digest.update(chunk)
     return digest.hexdigest()

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from werkzeug.exceptions import RequestTimeout
 
+from . import turns
 from .config import ServerConfig
 from .protocol import CONTENT_TYPE
 
@@ -40,6 +41,38 @@ def worker_class(server: ServerConfig) -> Any:
     if server.worker_class == "gevent":
         return _gevent_worker(server.header_timeout, server.send_timeout)
     return server.worker_class
+
+
+class GreenTurns:
+    """`turns.Turns` in a gevent worker: a request that has worked for a whole turn
+    (`seconds`) waits until the worker's loop has served what else is ready — as a kept-alive
+    connection does before its next request, `IDLE_TURN` at most — then goes on."""
+
+    def __init__(self, seconds: float = turns.TURN_SECONDS) -> None:
+        import gevent
+        from gevent.local import local
+
+        self._gevent = gevent
+        self._local = local()  # per greenlet: when its request began or last paused
+        self.seconds = seconds
+        #: how many times a request let the others go first
+        self.given = 0
+
+    def begin(self) -> None:
+        self._local.since = time.monotonic()
+
+    def pause(self) -> None:
+        now = time.monotonic()
+        since = getattr(self._local, "since", None)
+        if since is None:  # work that did not say when it began: from now
+            self._local.since = now
+            return
+        if now - since < self.seconds:
+            return
+        with self._gevent.Timeout(IDLE_TURN, False):
+            self._gevent.idle()
+        self.given += 1
+        self._local.since = time.monotonic()
 
 
 def _gevent_worker(header_timeout: float, send_timeout: float) -> type:
@@ -93,6 +126,7 @@ def _gevent_worker(header_timeout: float, send_timeout: float) -> type:
             from gunicorn.sock import ssl_context
 
             self._wake = Event()
+            turns.install(GreenTurns())  # long tickets take turns with the others (turns.py)
             ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
             servers = []
             for listener in self.sockets:

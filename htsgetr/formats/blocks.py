@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
+from .. import turns
 from .._ranges import BinningIndex, merge_ranges
 from ..protocol import Class, InternalError, NotFound, Region
 from . import bgzf
@@ -274,6 +275,7 @@ def body_pieces(
             clipped.append((vbeg, vend))
     pieces: list[Piece] = []
     for vbeg, vend in merge_ranges(clipped):
+        turns.pause()  # re-cutting a chunk's edges is a step of a long ticket (turns.py)
         for piece in chunk_pieces(source, layout, vbeg, vend):
             last = pieces[-1] if pieces else None
             touching = isinstance(last, ByteRange) and last.end == getattr(piece, "start", -1)

@@ -30,6 +30,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
+from .. import turns
 from ..index.crai import Crai
 from ..protocol import Class, InternalError, NotFound, PermissionDenied
 from .base import ByteRange, Piece, Source
@@ -133,6 +134,7 @@ def exact_body(
             pieces.append(Deferred(b"", Class.BODY, start, end, wanted.token(), compute=recut,
                                    whole=whole))
             continue
+        turns.pause()  # each re-encoding is ~10-35 ms: the worker's other requests go between
         made = recut()
         if isinstance(made, ByteRange):
             _append_range(pieces, start, end)

@@ -36,7 +36,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from .. import _records
+from .. import _records, turns
 from .._ranges import merge_ranges
 from ..protocol import MAX_COORDINATE, InternalError, Region
 from . import bgzf
@@ -207,6 +207,7 @@ class _Walk:
         stop_inside = self.open_end or self.may_skip
         self.spans = []
         while True:
+            turns.pause()  # a block a step: a long walk lets the worker's other requests in
             if coff >= layout.data_end:
                 return self._data_end(buf, pos, limit)
             if self.walked > WALK_GUARD_BYTES:

@@ -1,0 +1,56 @@
+"""Taking turns: long ticket work lets the worker's other requests run between its steps.
+
+A gevent worker runs every connection in one thread, and switches only where a greenlet
+waits on a socket. Ticket work on local files never waits: a CRAM POST re-encoding dozens of
+containers (~20-35 ms each), a deep BAM POST of hundreds of regions, a whole-file md5 of a
+GB would hold every other connection of its worker for its whole length (measured: 20 CRAM
+regions in one POST held a light ticket on the same worker for ~360 ms). So work that may be
+long calls `pause()` between its steps (each container, region, block, MiB hashed); past
+`TURN_SECONDS` since the request began or last paused, the request lets the others go first
+(the worker installs how: `install`), and then goes on.
+
+Elsewhere — thread workers (preempted anyway), AWS Lambda, the CLI, the Python API — `pause`
+does nothing. A request that ends within its turn never pauses.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+#: seconds of work a request does at most before the worker's other requests get a turn
+TURN_SECONDS = 0.005
+
+
+class Turns(Protocol):
+    def begin(self) -> None:
+        """This request's work starts now."""
+
+    def pause(self) -> None:
+        """Let the others go first if this request has worked for a whole turn."""
+
+
+class _Alone:
+    """No one to take turns with (the default)."""
+
+    def begin(self) -> None:
+        pass
+
+    def pause(self) -> None:
+        pass
+
+
+_turns: Turns = _Alone()
+
+
+def install(turns: Turns) -> None:
+    """How this process's requests take turns (gevent workers install theirs)."""
+    global _turns
+    _turns = turns
+
+
+def begin() -> None:
+    _turns.begin()
+
+
+def pause() -> None:
+    _turns.pause()
