@@ -165,6 +165,12 @@ class Htsget:
         server would refuse (NotFound, InvalidInput, ...). `encryption`: the request's
         `encryptionScheme` and client key (Crypt4GH)."""
         turns.begin()
+        try:
+            return self._ticket(query, encryption)
+        finally:
+            turns.end()
+
+    def _ticket(self, query: Query, encryption: Optional[crypt4gh.Encryption]) -> Ticket:
         if query.regions is not None and len(query.regions) > self.config.max_regions:
             raise PayloadTooLarge(
                 f"{len(query.regions)} regions in one request; at most "

@@ -7,7 +7,10 @@ GB would hold every other connection of its worker for its whole length (measure
 regions in one POST held a light ticket on the same worker for ~360 ms). So work that may be
 long calls `pause()` between its steps (each container, region, block, MiB hashed); past
 `TURN_SECONDS` since the request began or last paused, the request lets the others go first
-(the worker installs how: `install`), and then goes on.
+(the worker installs how: `install`), and then goes on. A request that pauses once is a long
+one; at most `LONG_AT_ONCE` of them go on at a time in a worker (the rest wait their turn
+before going on), so that taking turns does not also let a hundred heavy POSTs hold their
+partial results in one worker's memory at once.
 
 Elsewhere — thread workers (preempted anyway), AWS Lambda, the CLI, the Python API — `pause`
 does nothing. A request that ends within its turn never pauses.
@@ -19,6 +22,8 @@ from typing import Protocol
 
 #: seconds of work a request does at most before the worker's other requests get a turn
 TURN_SECONDS = 0.005
+#: long requests (that paused once) going on at a time in one worker
+LONG_AT_ONCE = 2
 
 
 class Turns(Protocol):
@@ -28,6 +33,9 @@ class Turns(Protocol):
     def pause(self) -> None:
         """Let the others go first if this request has worked for a whole turn."""
 
+    def end(self) -> None:
+        """This request's work is done (or failed)."""
+
 
 class _Alone:
     """No one to take turns with (the default)."""
@@ -36,6 +44,9 @@ class _Alone:
         pass
 
     def pause(self) -> None:
+        pass
+
+    def end(self) -> None:
         pass
 
 
@@ -54,3 +65,7 @@ def begin() -> None:
 
 def pause() -> None:
     _turns.pause()
+
+
+def end() -> None:
+    _turns.end()

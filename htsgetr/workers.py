@@ -46,33 +46,54 @@ def worker_class(server: ServerConfig) -> Any:
 class GreenTurns:
     """`turns.Turns` in a gevent worker: a request that has worked for a whole turn
     (`seconds`) waits until the worker's loop has served what else is ready — as a kept-alive
-    connection does before its next request, `IDLE_TURN` at most — then goes on."""
+    connection does before its next request, `IDLE_TURN` at most — then goes on; the first
+    time, it also takes one of `long_at_once` slots for long requests (waiting for one if
+    all are taken), which it gives back at `end`."""
 
-    def __init__(self, seconds: float = turns.TURN_SECONDS) -> None:
+    def __init__(self, seconds: float = turns.TURN_SECONDS,
+                 long_at_once: int = turns.LONG_AT_ONCE) -> None:
         import gevent
         from gevent.local import local
+        from gevent.lock import BoundedSemaphore
 
         self._gevent = gevent
-        self._local = local()  # per greenlet: when its request began or last paused
+        self._local = local()  # per greenlet: when its request began or last paused; long?
+        self._slots = BoundedSemaphore(long_at_once)
         self.seconds = seconds
         #: how many times a request let the others go first
         self.given = 0
+        #: long requests going on now, and the most there were at once
+        self.long_now = self.long_peak = 0
 
     def begin(self) -> None:
         self._local.since = time.monotonic()
 
     def pause(self) -> None:
+        local = self._local
         now = time.monotonic()
-        since = getattr(self._local, "since", None)
+        since = getattr(local, "since", None)
         if since is None:  # work that did not say when it began: from now
-            self._local.since = now
+            local.since = now
             return
         if now - since < self.seconds:
             return
+        if not getattr(local, "long", False):
+            self._slots.acquire()  # waiting here lets the others go on
+            local.long = True
+            self.long_now += 1
+            self.long_peak = max(self.long_peak, self.long_now)
         with self._gevent.Timeout(IDLE_TURN, False):
             self._gevent.idle()
         self.given += 1
-        self._local.since = time.monotonic()
+        local.since = time.monotonic()
+
+    def end(self) -> None:
+        local = self._local
+        local.since = None
+        if getattr(local, "long", False):
+            local.long = False
+            self.long_now -= 1
+            self._slots.release()
 
 
 def _gevent_worker(header_timeout: float, send_timeout: float) -> type:

@@ -23,6 +23,8 @@ import pytest
 import requests
 from conftest import Server, free_port
 
+from htsgetr import turns
+
 #: one reference, reads of 100 bp every ~50 bp: CRAM containers of 500 reads (~25 kbp)
 LENGTH = 3_000_000
 READS = 60_000
@@ -122,32 +124,41 @@ GREEN = textwrap.dedent("""
         for _ in range(100):
             turns.pause()
 
-    def long(seconds):  # works for `seconds`, pausing between steps
+    def long(seconds, name="long"):  # works for `seconds`, pausing between steps
         turns.begin()
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            sum(range(2000))
-            turns.pause()
-        ran.append("long")
+        try:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                sum(range(2000))
+                turns.pause()
+            ran.append(name)
+        finally:
+            turns.end()
 
     def other():
         ran.append("other")
 
     short()
     out = {"short": green.given}
-    workers = [gevent.spawn(long, 0.3), gevent.spawn(other)]
-    gevent.joinall(workers)
-    out["long"], out["order"] = green.given, ran
+    gevent.joinall([gevent.spawn(long, 0.3), gevent.spawn(other)])
+    out["long"], out["order"] = green.given, list(ran)
+    # five long ones at once: two go on at a time, the others wait; all end, slots back
+    gevent.joinall([gevent.spawn(long, 0.05, f"l{i}") for i in range(5)] + [
+        gevent.spawn(other)])
+    out["peak"], out["now"], out["later"] = green.long_peak, green.long_now, ran[2:]
     print(json.dumps(out))
 """)
 
 
 def test_green_turns_pause_after_a_whole_turn_only(tmp_path: Path) -> None:
     """In a gevent process: a short request never pauses; a long one pauses about once a
-    turn, and a greenlet spawned after it runs before it ends (without turns: after)."""
+    turn, and a greenlet spawned after it runs before it ends (without turns: after); of
+    five long ones at once, `LONG_AT_ONCE` go on at a time."""
     out = subprocess.run([sys.executable, "-c", GREEN], capture_output=True, text=True,
                          check=True, timeout=60)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["short"] == 0
     assert got["order"] == ["other", "long"]
     assert got["long"] >= 10  # 0.3 s of work in turns of 5 ms: dozens of pauses
+    assert got["peak"] == turns.LONG_AT_ONCE == 2 and got["now"] == 0
+    assert got["later"][0] == "other" and sorted(got["later"][1:]) == [f"l{i}" for i in range(5)]
