@@ -132,14 +132,16 @@ previous_secrets = ["{OLD_SECRET}"]
     script = tmp / VERIFIERS[verifier]
     srv = Server(["--config", str(config), "--port", str(port), "--workers", "1"], port).start()
     url = f"http://127.0.0.1:{nginx_port}"
-    nginx = start_nginx(conf, url)
-    try:
-        yield {"url": url, "root": root, "other": other, "log": tmp / "access.log",
-               "conf": conf, "script": script, "tmp": d, "verifier": verifier,
-               "nginx": nginx}
+    try:  # an nginx that does not start (a module it cannot load) leaves no server behind
+        nginx = start_nginx(conf, url)
+        try:
+            yield {"url": url, "root": root, "other": other, "log": tmp / "access.log",
+                   "conf": conf, "script": script, "tmp": d, "verifier": verifier,
+                   "nginx": nginx}
+        finally:
+            os.killpg(nginx.pid, signal.SIGTERM)
+            nginx.wait(10)
     finally:
-        os.killpg(nginx.pid, signal.SIGTERM)
-        nginx.wait(10)
         srv.stop()
 
 
