@@ -192,7 +192,7 @@ class Htsget:
             lambda p: self._entry_chars(source, p),
             lambda recut: len(self._derived_path(source, recut)) <= MAX_PATH,
         )
-        ticket = Ticket(query.format, [self._block(source, p) for p in parts])
+        ticket = Ticket(query.format, [self._block(source, p) for p in turns.paced(parts)])
         if query.regions is None and query.klass is None:
             ticket.md5 = self._md5(source, pieces)
         return ticket

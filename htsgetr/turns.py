@@ -5,12 +5,14 @@ waits on a socket. Ticket work on local files never waits: a CRAM POST re-encodi
 containers (~20-35 ms each), a deep BAM POST of hundreds of regions, a whole-file md5 of a
 GB would hold every other connection of its worker for its whole length (measured: 20 CRAM
 regions in one POST held a light ticket on the same worker for ~360 ms). So work that may be
-long calls `pause()` between its steps (each container, region, block, MiB hashed); past
-`TURN_SECONDS` since the request began or last paused, the request lets the others go first
-(the worker installs how: `install`), and then goes on. A request that pauses once is a long
-one; at most `LONG_AT_ONCE` of them go on at a time in a worker (the rest wait their turn
-before going on), so that taking turns does not also let a hundred heavy POSTs hold their
-partial results in one worker's memory at once.
+long calls `pause()` between its steps (each container, block, chunk, MiB hashed; every 64
+url entries: `paced`); past `TURN_SECONDS` since the request began or last paused, the
+request lets the others go first (the worker installs how: `install`), and then goes on.
+Nothing pauses while holding a lock (a thread lock would block the whole worker: a CRAM
+container's re-encoding, under `Decoding.environment`'s, is one step). A request that
+pauses once is a long one; at most `LONG_AT_ONCE` of them go on at a time in a worker (the
+rest wait their turn before going on), so that taking turns does not also let a hundred
+heavy POSTs hold their partial results in one worker's memory at once.
 
 Elsewhere — thread workers (preempted anyway), AWS Lambda, the CLI, the Python API — `pause`
 does nothing. A request that ends within its turn never pauses.
@@ -18,7 +20,10 @@ does nothing. A request that ends within its turn never pauses.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol, TypeVar, Union
+
+T = TypeVar("T")
 
 #: seconds of work a request does at most before the worker's other requests get a turn
 TURN_SECONDS = 0.005
@@ -69,3 +74,18 @@ def pause() -> None:
 
 def end() -> None:
     _turns.end()
+
+
+def paced(items: Sequence[T], every: int = 64) -> Union[Sequence[T], Iterator[T]]:
+    """`items`, with a `pause` before every `every`-th one when there are more than that
+    (a ticket's thousands of entries); a short sequence comes back as it is."""
+    if len(items) <= every:
+        return items
+    return _paced(items, every)
+
+
+def _paced(items: Iterable[T], every: int) -> Iterator[T]:
+    for i, item in enumerate(items):
+        if not i % every:
+            pause()
+        yield item

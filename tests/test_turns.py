@@ -162,3 +162,31 @@ def test_green_turns_pause_after_a_whole_turn_only(tmp_path: Path) -> None:
     assert got["long"] >= 10  # 0.3 s of work in turns of 5 ms: dozens of pauses
     assert got["peak"] == turns.LONG_AT_ONCE == 2 and got["now"] == 0
     assert got["later"][0] == "other" and sorted(got["later"][1:]) == [f"l{i}" for i in range(5)]
+
+
+def test_paced_pauses_every_64th_entry_of_a_long_list_only() -> None:
+    """A ticket's thousands of entries (url blocks, the inline budget's sums) pause every 64
+    of them; a short list, a ticket's usual three, comes back as it is, at no cost."""
+
+    class Counting:
+        def __init__(self) -> None:
+            self.pauses = 0
+
+        def begin(self) -> None:
+            pass
+
+        def pause(self) -> None:
+            self.pauses += 1
+
+        def end(self) -> None:
+            pass
+
+    counting = Counting()
+    turns.install(counting)
+    try:
+        short = [1, 2, 3]
+        assert turns.paced(short) is short
+        assert list(turns.paced(list(range(1000)))) == list(range(1000))
+        assert counting.pauses == 16  # entries 0, 64, ..., 960
+    finally:
+        turns.install(turns._Alone())

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
+from .. import turns
 from ..protocol import Class, PermissionDenied
 from .base import Inline, Piece
 
@@ -187,7 +188,7 @@ def bound_inline(
         return _joined(pieces, {i for i, p in enumerate(pieces) if isinstance(p, Recut)})
     derived = {i: Derived(p) for i, p in recuts.items()}
     used = 0
-    for i, p in enumerate(pieces):
+    for i, p in enumerate(turns.paced(pieces)):
         if i in derived:
             used += entry_chars(derived[i])
         elif isinstance(p, Inline):
@@ -195,7 +196,7 @@ def bound_inline(
         else:
             used += entry_chars(p)
     inline = {i for i, p in enumerate(pieces) if isinstance(p, Recut) and i not in recuts}
-    for i in sorted(recuts, key=lambda i: (len(recuts[i].data), i)):
+    for i in turns.paced(sorted(recuts, key=lambda i: (len(recuts[i].data), i))):
         cost = INLINE_ENTRY + inline_size(len(recuts[i].data)) - entry_chars(derived[i])
         if used + cost <= limit:
             inline.add(i)
