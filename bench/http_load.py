@@ -218,52 +218,58 @@ def bench_load_random(root: Path, id: str, refs: list[tuple[str, int]], name: st
         ref.stop()
 
 
-def bench_turns(root: Path, name: str = "turns", regions: int = 20) -> dict[str, float]:
-    """Light tickets on ONE worker while it computes a heavy one (a CRAM POST of `regions`
-    random 2 kbp regions of deep15.cram, each re-encoding a container): how many were
-    answered meanwhile and how long they waited (htsgetr/turns.py)."""
+def bench_turns(root: Path, name: str = "turns") -> dict[str, float]:
+    """Light tickets on ONE worker while it computes a heavy one: a CRAM POST of 20 random
+    2 kbp regions of deep15.cram (each re-encoding a container), then a BAM POST of 400
+    random 1 kbp regions of deep15.bam; how many light tickets were answered meanwhile and
+    how long they waited (htsgetr/turns.py)."""
     import random
     import threading
 
     port = free_port()
     srv = htsgetr(root, port, workers=1)
     base = f"http://127.0.0.1:{port}"
+    figures: dict[str, float] = {}
     try:
         rng = random.Random(1)
-        body = {"format": "CRAM", "regions": [
-            {"referenceName": "chrD", "start": s, "end": s + 2000}
-            for s in (rng.randrange(0, 9_900_000) for _ in range(regions))]}
         light = requests.Session()
         light.get(f"{base}/reads/genome?referenceName=chr1&start=0&end=1000").raise_for_status()
-        requests.get(f"{base}/reads/deep15?format=CRAM&referenceName=chrD&start=0&end=1000"
-                     ).raise_for_status()
-        heavy: dict[str, float] = {}
+        for fmt, n, span in (("CRAM", 20, 2000), ("BAM", 400, 1000)):
+            requests.get(f"{base}/reads/deep15?format={fmt}&referenceName=chrD&start=0&end=1000"
+                         ).raise_for_status()
+            body = {"format": fmt, "regions": [
+                {"referenceName": "chrD", "start": s, "end": s + span}
+                for s in (rng.randrange(0, 9_900_000) for _ in range(n))]}
+            heavy: dict[str, float] = {}
 
-        def post() -> None:
-            t0 = time.perf_counter()
-            requests.post(f"{base}/reads/deep15", json=body).raise_for_status()
-            heavy["s"] = time.perf_counter() - t0
+            def post(body: dict[str, Any] = body, heavy: dict[str, float] = heavy) -> None:
+                t0 = time.perf_counter()
+                requests.post(f"{base}/reads/deep15", json=body).raise_for_status()
+                heavy["s"] = time.perf_counter() - t0
 
-        thread = threading.Thread(target=post)
-        thread.start()
-        waits = []
-        while thread.is_alive():
-            a = rng.randrange(0, 100_000_000)
-            t0 = time.perf_counter()
-            light.get(f"{base}/reads/genome?referenceName=chr2&start={a}&end={a + 5000}"
-                      ).raise_for_status()
-            waits.append(time.perf_counter() - t0)
-        thread.join()
+            thread = threading.Thread(target=post)
+            thread.start()
+            waits = []
+            while thread.is_alive():
+                a = rng.randrange(0, 100_000_000)
+                t0 = time.perf_counter()
+                light.get(f"{base}/reads/genome?referenceName=chr2&start={a}&end={a + 5000}"
+                          ).raise_for_status()
+                waits.append(time.perf_counter() - t0)
+            thread.join()
+            key = f"{name}.{fmt.lower()}_post"
+            print(f"turns: one worker, a {fmt} POST of {n} regions ({heavy['s'] * 1e3:.0f} ms) "
+                  f"and light tickets meanwhile: {len(waits)} answered, slowest "
+                  f"{max(waits) * 1e3:.0f} ms, median {statistics.median(waits) * 1e3:.1f} ms",
+                  flush=True)
+            figures[f"{fmt}.heavy_ms"] = record(f"{key}.heavy_ms", heavy["s"] * 1e3, "ms")
+            figures[f"{fmt}.answered"] = record(f"{key}.light_answered", len(waits), "",
+                                                better="higher")
+            figures[f"{fmt}.max_ms"] = record(f"{key}.light_max_ms", max(waits) * 1e3, "ms",
+                                              better="lower")
     finally:
         srv.stop()
-    print(f"turns: one worker, a CRAM POST of {regions} regions ({heavy['s'] * 1e3:.0f} ms) and "
-          f"light tickets meanwhile: {len(waits)} answered, slowest {max(waits) * 1e3:.0f} ms, "
-          f"median {statistics.median(waits) * 1e3:.1f} ms", flush=True)
-    return {
-        "heavy_ms": record(f"{name}.heavy_ms", heavy["s"] * 1e3, "ms"),
-        "answered": record(f"{name}.light_answered", len(waits), "", better="higher"),
-        "max_ms": record(f"{name}.light_max_ms", max(waits) * 1e3, "ms", better="lower"),
-    }
+    return figures
 
 
 def make_blob(root: Path, size: int = 64 << 20) -> Path:
