@@ -98,18 +98,42 @@ class LRUCache:
         self._data: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        #: `once` loads under way: their key -> set when done (or failed)
+        self._loading: dict[Hashable, threading.Event] = {}
         self.hits = 0
         self.misses = 0
 
-    def get_or_load(self, key: Hashable, load: Callable[[], T]) -> T:
-        with self._lock:
-            if key in self._data:
-                self._data.move_to_end(key)
-                self.hits += 1
-                value: T = self._data[key][0]
-                return value
-            self.misses += 1
-        value = load()  # outside the lock: loads may do I/O
+    def get_or_load(self, key: Hashable, load: Callable[[], T], once: bool = False) -> T:
+        """The value for `key`, loaded (outside the lock: loads may do I/O) when missing.
+        `once`: a long load that lets other requests run meanwhile (a whole-file md5, which
+        pauses: turns.py) is done once, the requests asking for it meanwhile wait for it
+        instead of doing it again; one that fails leaves the next of them to try. Only for
+        loads that ask for no other `once` value (waiting could then go round in a circle)."""
+        while True:
+            with self._lock:
+                if key in self._data:
+                    self._data.move_to_end(key)
+                    self.hits += 1
+                    value: T = self._data[key][0]
+                    return value
+                under_way = self._loading.get(key) if once else None
+                if under_way is None:
+                    self.misses += 1
+                    if once:
+                        self._loading[key] = threading.Event()
+                    break
+            under_way.wait()  # then look again: there, or failed (and this one tries)
+        try:
+            value = load()
+            self._keep(key, value)
+        finally:
+            if once:
+                with self._lock:
+                    done = self._loading.pop(key)
+                done.set()
+        return value
+
+    def _keep(self, key: Hashable, value: Any) -> None:
         size = weight(value)
         with self._lock:
             if key in self._data:
@@ -122,7 +146,6 @@ class LRUCache:
             ):
                 _, (_, dropped) = self._data.popitem(last=False)
                 self._bytes -= dropped
-        return value
 
     @property
     def nbytes(self) -> int:

@@ -268,7 +268,8 @@ class Htsget:
         small = storage.size(source.key) <= self.config.md5_max_bytes
         if not _is_whole_file(source, pieces):
             if isinstance(storage, LocalStorage) and small:
-                return source.cached("payload-md5", lambda: _payload_md5(source, pieces))
+                return source.cached("payload-md5", lambda: _payload_md5(source, pieces),
+                                     once=True)
             return None
         sidecar = source.key + ".md5"
         if storage.exists(sidecar):
@@ -281,7 +282,8 @@ class Htsget:
             if value:
                 return str(value)
         if isinstance(storage, LocalStorage) and small:
-            return source.cached("md5", lambda: _file_md5(storage.path(source.key)))
+            # hashing pauses (turns.py): requests for the same file meanwhile wait for it
+            return source.cached("md5", lambda: _file_md5(storage.path(source.key)), once=True)
         return None
 
 

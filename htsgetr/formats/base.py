@@ -113,8 +113,10 @@ class Source:
                 reads.append((key, 0, meta.size))
         prefetch(self.storage, reads)
 
-    def cached(self, kind: str, load: Callable[[], T], *extra_keys: str) -> T:
-        """Parse once per process per version of the file (and of `extra_keys`, e.g. indexes)."""
+    def cached(self, kind: str, load: Callable[[], T], *extra_keys: str, once: bool = False
+               ) -> T:
+        """Parse once per process per version of the file (and of `extra_keys`, e.g. indexes);
+        `once`: see `LRUCache.get_or_load`."""
         cache_key = (
             self.storage.name,
             self.key,
@@ -122,7 +124,7 @@ class Source:
             kind,
             *((k, self.version(k)) for k in extra_keys),
         )
-        return self.cache.get_or_load(cache_key, load)
+        return self.cache.get_or_load(cache_key, load, once)
 
     def read(self, start: int, end: int, key: Optional[str] = None) -> bytes:
         if self._plan is not None:
