@@ -35,9 +35,9 @@ NGINX_BIN = os.environ.get("HTSGETR_TEST_NGINX") or shutil.which("nginx") or (
 #: htsgetr's compiled module (`make build` compiles it when Debian's nginx-dev is installed;
 #: HTSGETR_TEST_NGINX_MODULES: a directory looked in first): the nginx module each verifier
 #: needs (None: not installed or not built)
-_MODULE_DIRS = [d for d in (os.environ.get("HTSGETR_TEST_NGINX_MODULES"),) if d]
-VERIFIER_MODULES = {v: installed_module(v, *_MODULE_DIRS, ROOT / "build" / "nginx")
-                    for v in VERIFIERS}
+_MODULE_DIRS = (os.environ.get("HTSGETR_TEST_NGINX_MODULES") or ROOT / "build" / "nginx",
+                ROOT / "build" / "nginx")
+VERIFIER_MODULES = {v: installed_module(v, *_MODULE_DIRS) for v in VERIFIERS}
 NJS, NGINX_PERL = VERIFIER_MODULES["njs"], VERIFIER_MODULES["perl"]
 DIRECT_MODULE = VERIFIER_MODULES["module"]
 

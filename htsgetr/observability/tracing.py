@@ -122,7 +122,7 @@ def instrument_engine(engine: Any, tracer: Any) -> None:
     cache = engine.cache
     get_or_load = cache.get_or_load
 
-    def traced_get_or_load(key: Any, load: Callable[[], Any], once: bool = False) -> Any:
+    def traced_get_or_load(key: Any, load: Callable[[], Any], *args: Any, **kw: Any) -> Any:
         def loading() -> Any:
             with tracer.start_as_current_span("htsgetr.index.load") as span:
                 if isinstance(key, tuple) and len(key) > 3:
@@ -130,7 +130,7 @@ def instrument_engine(engine: Any, tracer: Any) -> None:
                     span.set_attribute("htsgetr.kind", str(key[3]))
                 return load()
 
-        return get_or_load(key, loading, once)
+        return get_or_load(key, loading, *args, **kw)  # (whatever else it takes, as is)
 
     cache.get_or_load = traced_get_or_load
     from .metrics import STORAGE_OPS
