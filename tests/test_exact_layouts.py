@@ -1,0 +1,131 @@
+"""Record-exact tickets on BGZF layouts other writers leave: empty blocks between data blocks
+(a BGZF reader skips them; an index's virtual offset may name one), no EOF marker at the end,
+stored (level 0) blocks, and a VCF made by concatenating bgzipped parts (an EOF marker after
+each part). The whole record list of random single and multi-region tickets, and of the
+whole file, must equal htslib's (pysam) for the original file.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pysam
+import pytest
+from test_exact import Case, make_reads, make_variants, rechunk
+
+from htsgetr import Htsget
+from htsgetr.config import for_data_dir
+from htsgetr.formats import bgzf
+from htsgetr.protocol import Format
+
+
+def blocks_of(path: Path) -> list[bytes]:
+    raw, out, pos = path.read_bytes(), [], 0
+    while pos < len(raw):
+        size = bgzf.block_size(raw[pos:pos + bgzf.HEADER_SIZE])
+        out.append(raw[pos:pos + size])
+        pos += size
+    return out
+
+
+def with_empty_blocks(path: Path, seed: int, share: float, keep_eof: bool = True) -> int:
+    """Put an empty BGZF block (the EOF marker's bytes) after a `share` of the data blocks,
+    and drop the closing one unless `keep_eof`. Returns how many went in."""
+    rng = random.Random(seed)
+    blocks, out, added = blocks_of(path), [], 0
+    assert blocks[-1] == bgzf.EOF_MARKER
+    for block in blocks[:-1]:
+        out.append(block)
+        if rng.random() < share:
+            out.append(bgzf.EOF_MARKER)
+            added += 1
+    if keep_eof:
+        out.append(blocks[-1])
+    path.write_bytes(b"".join(out))
+    return added
+
+
+def concatenated_vcf(root: Path, seed: int) -> Path:
+    """A VCF bgzipped in six parts, concatenated (as `cat a.vcf.gz b.vcf.gz` makes one)."""
+    plain = make_variants(root / "parts.vcf", seed=seed)
+    lines = plain.read_text().splitlines(keepends=True)
+    head = [x for x in lines if x.startswith("#")]
+    body = [x for x in lines if not x.startswith("#")]
+    cuts = sorted(random.Random(seed).sample(range(1, len(body)), 5))
+    parts = [head + body[:cuts[0]]] + [body[a:b] for a, b in zip(cuts, cuts[1:] + [len(body)])]
+    blob = b""
+    for i, part in enumerate(parts):
+        piece = root / f"part{i}.vcf"
+        piece.write_text("".join(part))
+        subprocess.run(["bgzip", "-f", str(piece)], check=True)
+        blob += piece.with_suffix(".vcf.gz").read_bytes()
+        piece.with_suffix(".vcf.gz").unlink()
+    plain.unlink()
+    out = root / "parts.vcf.gz"
+    out.write_bytes(blob)
+    assert blob.count(bgzf.EOF_MARKER) == 6
+    return out
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("layouts")
+    make_reads(root / "empty_blocks.bam", seed=41)
+    rechunk(root / "empty_blocks.bam", seed=7)
+    assert with_empty_blocks(root / "empty_blocks.bam", 1, 0.2) > 50
+    pysam.index(str(root / "empty_blocks.bam"))
+    make_reads(root / "level0.bam", seed=42)
+    subprocess.run(["samtools", "view", "-b", "--output-fmt-option", "level=0", "-o",
+                    str(root / "stored.bam"), str(root / "level0.bam")], check=True)
+    (root / "level0.bam").unlink()
+    pysam.index(str(root / "stored.bam"))
+    make_reads(root / "no_eof.bam", seed=43)
+    rechunk(root / "no_eof.bam", seed=8)
+    with_empty_blocks(root / "no_eof.bam", 2, 0.2, keep_eof=False)
+    pysam.index(str(root / "no_eof.bam"))
+    pysam.tabix_index(str(concatenated_vcf(root, 44)), preset="vcf", force=True)
+    plain = make_variants(root / "v_empty.vcf", seed=45)
+    pysam.tabix_index(str(plain), preset="vcf", csi=True)
+    rechunk(root / "v_empty.vcf.gz", seed=9, smallest=30, largest=3000)
+    assert with_empty_blocks(root / "v_empty.vcf.gz", 4, 0.3) > 50
+    (root / "v_empty.vcf.gz.csi").unlink()
+    pysam.tabix_index(str(root / "v_empty.vcf.gz"), preset="vcf", csi=True, force=True)
+    subprocess.run(["bcftools", "view", "-Ob", "-o", str(root / "b_empty.bcf"),
+                    str(root / "v_empty.vcf.gz")], check=True)
+    rechunk(root / "b_empty.bcf", seed=10, smallest=100, largest=5000)
+    assert with_empty_blocks(root / "b_empty.bcf", 5, 0.3) > 20
+    subprocess.run(["bcftools", "index", "-f", str(root / "b_empty.bcf")], check=True)
+    return root
+
+
+class TruncatedCase(Case):
+    """A `Case` whose BAM may lack its EOF marker (pysam refuses that unless told)."""
+
+    def open(self, path: Path) -> Any:
+        if self.reads:
+            return pysam.AlignmentFile(str(path), check_sq=False, ignore_truncation=True)
+        return pysam.VariantFile(str(path))
+
+
+LAYOUTS = [("empty_blocks.bam", Format.BAM), ("stored.bam", Format.BAM),
+           ("no_eof.bam", Format.BAM), ("parts.vcf.gz", Format.VCF),
+           ("v_empty.vcf.gz", Format.VCF), ("b_empty.bcf", Format.BCF)]
+
+
+@pytest.mark.filterwarnings("ignore:no BGZF EOF marker")
+@pytest.mark.parametrize("name,fmt", LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_exact_on_other_writers_layouts(layouts: Path, tmp_path: Path, name: str,
+                                        fmt: Format) -> None:
+    case = TruncatedCase(layouts, name, fmt)
+    engine = Htsget(for_data_dir(str(layouts)))
+    got, header = case.got(engine, None, tmp_path)
+    assert got == case.all and header == case.header
+    rng = random.Random(sum(map(ord, name)))
+    for i in range(60):
+        regions = tuple(case.random_region(rng) for _ in range(1 if i < 40 else 3))
+        got, header = case.got(engine, regions, tmp_path)
+        assert header == case.header
+        assert got == case.expected(regions), (regions, len(got))
