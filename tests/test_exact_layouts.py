@@ -204,3 +204,11 @@ def test_exact_on_other_writers_layouts(layouts: Path, backend: Backend, tmp_pat
     for i in range(40):
         regions = tuple(case.random_region(rng) for _ in range(1 if i < 28 else 3))
         assert got(regions) == case.expected(regions), regions
+    if case.reads:  # referenceName=*: the unplaced reads after the last placed one
+        with case.open(case.path) as f:
+            unplaced = [r.to_string() for r in f.fetch(until_eof=True) if r.reference_id < 0]
+        assert len(unplaced) > 50
+        assert got((Region("*"),)) == unplaced
+        for _ in range(5):
+            regions = (case.random_region(rng), Region("*"))
+            assert got(regions) == case.expected(regions[:1]) + unplaced, regions
