@@ -130,11 +130,11 @@ class Htsget:
 
     def locate(self, id: str, fmt: Format) -> Source:
         """The data file for `id` in `fmt`: the first location holding one of its extensions."""
-        if id in RESERVED_IDS or safe_key(id) is None:
-            raise NotFound(f"no {fmt.value} file for ID {id!r}")
+        plan = self._plans.get((id, fmt))  # an ID refused below never gets a plan
         handler = self.handler(fmt)
-        plan = self._plans.get((id, fmt))
         if plan is None:  # the locations' answer for an ID does not change: worked out once
+            if id in RESERVED_IDS or safe_key(id) is None:
+                raise NotFound(f"no {fmt.value} file for ID {id!r}")
             plan = tuple(
                 (match, tuple(k for k in (match.key + ext for ext in handler.extensions)
                               if safe_key(k) is not None))

@@ -60,6 +60,7 @@ class BgzfLayout:
     # `block_data` on one block read it once (a tuple: threads replace it whole)
     _raw: Optional[tuple[int, int, Union[bytes, memoryview]]] = None
     _header_recut: Optional[bytes] = None
+    _header_pieces: Optional[tuple[Piece, ...]] = None
 
     @property
     def nbytes(self) -> int:
@@ -221,13 +222,18 @@ class IndexedFile:
 
 
 def header_pieces(layout: BgzfLayout) -> list[Piece]:
-    coff, uoff = bgzf.coffset(layout.header_end), bgzf.uoffset(layout.header_end)
-    pieces: list[Piece] = []
-    if coff > 0:
-        pieces.append(ByteRange(0, coff, Class.HEADER))
-    if uoff:
-        pieces.append(Inline(layout.header_recut(), Class.HEADER))
-    return pieces
+    """The header's pieces: the blocks before the one it ends in, then its part of that block
+    re-cut (worked out once per layout: every ticket of the file starts with them)."""
+    known = layout._header_pieces
+    if known is None:
+        coff, uoff = bgzf.coffset(layout.header_end), bgzf.uoffset(layout.header_end)
+        pieces: list[Piece] = []
+        if coff > 0:
+            pieces.append(ByteRange(0, coff, Class.HEADER))
+        if uoff:
+            pieces.append(Inline(layout.header_recut(), Class.HEADER))
+        known = layout._header_pieces = tuple(pieces)
+    return list(known)
 
 
 def chunk_pieces(source: Source, layout: BgzfLayout, vbeg: int, vend: int) -> list[Piece]:
@@ -303,8 +309,11 @@ def derived_edge(source: Source, ref: DerivedRef) -> bytes:
     return bgzf.compress_block(memoryview(payload)[ubeg:uend])
 
 
+_EOF_PIECES = {klass: Inline(bgzf.EOF_MARKER, klass) for klass in Class}
+
+
 def eof_piece(klass: Class) -> Piece:
-    return Inline(bgzf.EOF_MARKER, klass)
+    return _EOF_PIECES[klass]
 
 
 def assemble(

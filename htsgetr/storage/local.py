@@ -231,6 +231,7 @@ class LocalStorage:
         self.mount = mount
         self.name = f"file:{self.root}"
         self._paths: dict[str, tuple[str, float]] = {}
+        self._urls: dict[str, str] = {}  # block_url's, by key
         self.files = OpenFiles()
         #: stat() results `exists` just got, by path: (result, monotonic deadline), each
         #: used once by the `size`/`version` that follows in the same ticket
@@ -313,4 +314,9 @@ class LocalStorage:
             raise os_error(key, err) from None
 
     def block_url(self, key: str, start: int, end: int) -> tuple[str, Optional[dict[str, str]]]:
-        return self.data_url + quote(mount_path(self.mount, key)), range_header(start, end)
+        url = self._urls.get(key)
+        if url is None:  # every ticket of a file names its url: spelt once
+            if len(self._urls) >= PATH_CACHE:
+                self._urls.clear()
+            url = self._urls[key] = self.data_url + quote(mount_path(self.mount, key))
+        return url, range_header(start, end)
