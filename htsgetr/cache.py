@@ -10,6 +10,8 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable, TypeVar
 
+from . import turns
+
 T = TypeVar("T")
 
 
@@ -122,6 +124,8 @@ class LRUCache:
                     if once:
                         self._loading[key] = threading.Event()
                     break
+            # a long request gives its slot back while it waits: the loader may need one
+            turns.step_aside()
             under_way.wait()  # then look again: there, or failed (and this one tries)
         try:
             value = load()

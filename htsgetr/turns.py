@@ -12,7 +12,10 @@ Nothing pauses while holding a lock (a thread lock would block the whole worker:
 container's re-encoding, under `Decoding.environment`'s, is one step). A request that
 pauses once is a long one; at most `LONG_AT_ONCE` of them go on at a time in a worker (the
 rest wait their turn before going on), so that taking turns does not also let a hundred
-heavy POSTs hold their partial results in one worker's memory at once.
+heavy POSTs hold their partial results in one worker's memory at once. A long request that
+waits for another (a load the other is doing, `LRUCache.get_or_load(once=True)`) gives its
+slot back first (`step_aside`): the other may need one to go on, and the two would wait for
+each other for good.
 
 Elsewhere — thread workers (preempted anyway), AWS Lambda, the CLI, the Python API — `pause`
 does nothing. A request that ends within its turn never pauses.
@@ -41,6 +44,10 @@ class Turns(Protocol):
     def end(self) -> None:
         """This request's work is done (or failed)."""
 
+    def step_aside(self) -> None:
+        """This request is about to wait for another one (a load it is doing): it gives
+        back its long-request slot meanwhile, since the other may need one to go on."""
+
 
 class _Alone:
     """No one to take turns with (the default)."""
@@ -52,6 +59,9 @@ class _Alone:
         pass
 
     def end(self) -> None:
+        pass
+
+    def step_aside(self) -> None:
         pass
 
 
@@ -74,6 +84,10 @@ def pause() -> None:
 
 def end() -> None:
     _turns.end()
+
+
+def step_aside() -> None:
+    _turns.step_aside()
 
 
 def paced(items: Sequence[T], every: int = 64) -> Union[Sequence[T], Iterator[T]]:

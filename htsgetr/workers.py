@@ -48,7 +48,8 @@ class GreenTurns:
     (`seconds`) waits until the worker's loop has served what else is ready — as a kept-alive
     connection does before its next request, `IDLE_TURN` at most — then goes on; the first
     time, it also takes one of `long_at_once` slots for long requests (waiting for one if
-    all are taken), which it gives back at `end`."""
+    all are taken), which it gives back at `end`, or while it waits for another request
+    (`step_aside`). Work that pauses outside `begin`/`end` takes turns but no slot."""
 
     def __init__(self, seconds: float = turns.TURN_SECONDS,
                  long_at_once: int = turns.LONG_AT_ONCE) -> None:
@@ -67,6 +68,7 @@ class GreenTurns:
 
     def begin(self) -> None:
         self._local.since = time.monotonic()
+        self._local.begun = True
 
     def pause(self) -> None:
         local = self._local
@@ -77,7 +79,8 @@ class GreenTurns:
             return
         if now - since < self.seconds:
             return
-        if not getattr(local, "long", False):
+        # a slot only between begin and end: work outside them would never give it back
+        if not getattr(local, "long", False) and getattr(local, "begun", False):
             self._slots.acquire()  # waiting here lets the others go on
             local.long = True
             self.long_now += 1
@@ -90,6 +93,11 @@ class GreenTurns:
     def end(self) -> None:
         local = self._local
         local.since = None
+        local.begun = False
+        self.step_aside()
+
+    def step_aside(self) -> None:
+        local = self._local
         if getattr(local, "long", False):
             local.long = False
             self.long_now -= 1

@@ -164,6 +164,64 @@ def test_green_turns_pause_after_a_whole_turn_only(tmp_path: Path) -> None:
     assert got["later"][0] == "other" and sorted(got["later"][1:]) == [f"l{i}" for i in range(5)]
 
 
+WAIT_FOR_A_LOAD = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import gevent, json, sys, time
+    from htsgetr import turns
+    from htsgetr.cache import LRUCache
+    from htsgetr.workers import GreenTurns
+
+    green = GreenTurns(long_at_once=int(sys.argv[1]))
+    turns.install(green)
+    cache = LRUCache()
+    got = {}
+
+    def work(seconds):  # busy, pausing between steps, as a ticket's walk does
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            sum(range(2000))
+            turns.pause()
+
+    def loads(name, first):  # a ticket that works a while, then needs the file's md5
+        turns.begin()
+        try:
+            work(first)
+            got[name] = cache.get_or_load("md5", lambda: (work(0.05), "digest")[1], once=True)
+        finally:
+            turns.end()
+
+    # the waiters work first and become long (each takes a slot, all of them), then wait
+    # for the md5 that `loader` began computing meanwhile; the loader, long too, needs a
+    # slot to go on
+    waiters = [gevent.spawn(loads, f"waiter{i}", 0.02) for i in range(int(sys.argv[1]))]
+    gevent.sleep(0)
+    loader = gevent.spawn(loads, "loader", 0.0)
+    gevent.joinall(waiters + [loader], timeout=5)
+    # work that pauses outside a request (no begin, so no end to give a slot back) lets the
+    # others go first all the same, but takes no slot
+    alone = GreenTurns()
+    turns.install(alone)
+    work(0.03)
+    print(json.dumps({"got": got, "now": green.long_now,
+                      "outside": [alone.given > 0, alone.long_peak]}))
+""")
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_request_waiting_for_a_load_gives_up_its_slot(slots: int) -> None:
+    """A long request that waits for a load another request is doing (the file's md5, asked
+    for once) gives its long-request slot back while it waits: the loader, long too, may need
+    it to go on. Held, the two waited for each other for good (seen as a fresh worker's
+    first tickets hanging until the graceful timeout of a reload under load). Work pausing
+    outside a request takes no slot (nothing would give it back)."""
+    out = subprocess.run([sys.executable, "-c", WAIT_FOR_A_LOAD, str(slots)],
+                         capture_output=True, text=True, check=True, timeout=60)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    want = {"loader": "digest"} | {f"waiter{i}": "digest" for i in range(slots)}
+    assert got == {"got": want, "now": 0, "outside": [True, 0]}
+
+
 def test_paced_pauses_every_64th_entry_of_a_long_list_only() -> None:
     """A ticket's thousands of entries (url blocks, the inline budget's sums) pause every 64
     of them; a short list, a ticket's usual three, comes back as it is, at no cost."""
