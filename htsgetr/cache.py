@@ -111,6 +111,15 @@ class LRUCache:
         pauses: turns.py) is done once, the requests asking for it meanwhile wait for it
         instead of doing it again; one that fails leaves the next of them to try. Only for
         loads that ask for no other `once` value (waiting could then go round in a circle)."""
+        hit = self._data.get(key)  # the usual answer, without the lock (as BlockCache.get)
+        if hit is not None:
+            try:
+                self._data.move_to_end(key)
+            except KeyError:  # evicted meanwhile: still the value asked for
+                pass
+            self.hits += 1
+            found: T = hit[0]
+            return found
         while True:
             with self._lock:
                 if key in self._data:

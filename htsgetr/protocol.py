@@ -195,6 +195,10 @@ RegionLike = Union[Region, tuple[Any, ...]]
 def merge_regions(regions: tuple[Region, ...]) -> list[Region]:
     """The same records with fewer regions: per reference, overlapping or touching
     intervals become their union (order: first appearance of each reference)."""
+    if len(regions) == 1:  # the usual GET: a bounded region is its own union
+        only = regions[0]
+        if only.start and only.end is not None and only.end <= MAX_COORDINATE:
+            return [only]
     by_ref: dict[str, list[tuple[int, int]]] = {}
     for r in regions:
         end = MAX_COORDINATE + 1 if r.end is None else r.end
