@@ -176,13 +176,19 @@ def bound_inline(
     non-inline part's ticket entry (a byte range, a derived block). Other inline pieces (EOF
     markers, re-cut headers) and re-cuts that are not `derivable` stay inline and count
     first."""
-    if any(isinstance(p, Deferred) for p in pieces):
-        return bound_inline(_settled(pieces, derivable), limit, entry_chars, derivable)
-    inline_chars = sum(INLINE_ENTRY + inline_size(len(p.data))
-                       for p in pieces if isinstance(p, Inline))
-    others = sum(1 for p in pieces if not isinstance(p, Inline))
+    inline_chars = others = 0
+    at: set[int] = set()  # where the re-cuts are
+    for i, p in enumerate(pieces):
+        if not isinstance(p, Inline):
+            others += 1
+            continue
+        if isinstance(p, Deferred):
+            return bound_inline(_settled(pieces, derivable), limit, entry_chars, derivable)
+        inline_chars += INLINE_ENTRY + inline_size(len(p.data))
+        if isinstance(p, Recut):
+            at.add(i)
     if inline_chars + ENTRY_BOUND * others <= limit:  # the common ticket: far inside it
-        return _joined(pieces, {i for i, p in enumerate(pieces) if isinstance(p, Recut)})
+        return _joined(pieces, at)
     recuts = {i: p for i, p in enumerate(pieces) if isinstance(p, Recut) and derivable(p)}
     if not recuts:
         return _joined(pieces, {i for i, p in enumerate(pieces) if isinstance(p, Recut)})

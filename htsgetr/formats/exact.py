@@ -100,6 +100,10 @@ class _Walk:
     overlap it. Memory stays bounded: the buffer holds the block being walked plus the part
     of a record carried over from the blocks before it, never the whole chunk."""
 
+    __slots__ = ("source", "indexed", "layout", "kind", "ref_id", "ref_name", "beg", "end",
+                 "open_end", "index_ref", "max_off", "may_skip", "walked", "reach",
+                 "learning", "frontier", "inside", "label", "out", "spans")
+
     def __init__(
         self,
         source: Source,
