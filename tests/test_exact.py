@@ -280,8 +280,12 @@ class Case:
     def got(self, engine: Htsget, regions: Optional[tuple[Region, ...]], tmp: Path,
             exact: bool = True) -> tuple[list[str], str]:
         q = Query(self.endpoint, self.id, self.fmt, regions=regions, exact=exact)
+        return self.read(payload(engine, self.root, q), tmp)
+
+    def read(self, data: bytes, tmp: Path) -> tuple[list[str], str]:
+        """The records and header of a reassembled file (`data`), as pysam reads them."""
         out = tmp / f"out{''.join(self.path.suffixes)}"
-        out.write_bytes(payload(engine, self.root, q))
+        out.write_bytes(data)
         with self.open(out) as f:
             return self.keys(f.fetch(until_eof=True) if self.reads else f), str(f.header)
 

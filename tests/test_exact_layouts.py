@@ -135,13 +135,6 @@ def remote_payload(engine: Htsget, query: Query, store: str) -> bytes:
     return b"".join(out)
 
 
-def records_of(case: Case, data: bytes, tmp: Path) -> tuple[list[str], str]:
-    out = tmp / f"out{''.join(case.path.suffixes)}"
-    out.write_bytes(data)
-    with case.open(out) as f:
-        return case.keys(f.fetch(until_eof=True) if case.reads else f), str(f.header)
-
-
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory: pytest.TempPathFactory, layouts: Path) -> Iterator[MotoServer]:
     server = MotoServer(tmp_path_factory.mktemp("moto")).start()
@@ -194,8 +187,8 @@ def test_exact_on_other_writers_layouts(layouts: Path, backend: Backend, tmp_pat
     case = TruncatedCase(layouts, name, fmt)
 
     def got(regions: Optional[tuple[Region, ...]]) -> list[str]:
-        records, header = records_of(
-            case, backend(Query(case.endpoint, case.id, fmt, regions=regions)), tmp_path)
+        records, header = case.read(
+            backend(Query(case.endpoint, case.id, fmt, regions=regions)), tmp_path)
         assert header == case.header
         return records
 

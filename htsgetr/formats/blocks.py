@@ -59,7 +59,7 @@ class BgzfLayout:
     # the block read last: (offset, end, compressed bytes), so that `block_end` and then
     # `block_data` on one block read it once (a tuple: threads replace it whole)
     _raw: Optional[tuple[int, int, Union[bytes, memoryview]]] = None
-    _header_recut: Optional[bytes] = None
+    #: `header_pieces`, worked out once (the header's part of its last block re-cut)
     _header_pieces: Optional[tuple[Piece, ...]] = None
 
     @property
@@ -160,14 +160,6 @@ class BgzfLayout:
             uend = len(self.block_data(source, coff))
         return Edge.of(data, Class.BODY, coff, self.block_end(source, coff), ustart, uend)
 
-    def header_recut(self) -> bytes:
-        """The header's part of the block where it ends, compressed as a block of its own."""
-        if self._header_recut is None:
-            self._header_recut = bgzf.compress_block(
-                self.header_block[: bgzf.uoffset(self.header_end)]
-            )
-        return self._header_recut
-
 
 def load_layout(source: Source, prefix: bgzf.Prefix, header_len: int) -> BgzfLayout:
     """Build the layout from the decompressed prefix that `bgzf.read_prefix` returned."""
@@ -223,7 +215,8 @@ class IndexedFile:
 
 def header_pieces(layout: BgzfLayout) -> list[Piece]:
     """The header's pieces: the blocks before the one it ends in, then its part of that block
-    re-cut (worked out once per layout: every ticket of the file starts with them)."""
+    compressed as a block of its own (worked out once per layout: every ticket of the file
+    starts with them)."""
     known = layout._header_pieces
     if known is None:
         coff, uoff = bgzf.coffset(layout.header_end), bgzf.uoffset(layout.header_end)
@@ -231,7 +224,8 @@ def header_pieces(layout: BgzfLayout) -> list[Piece]:
         if coff > 0:
             pieces.append(ByteRange(0, coff, Class.HEADER))
         if uoff:
-            pieces.append(Inline(layout.header_recut(), Class.HEADER))
+            recut = bgzf.compress_block(layout.header_block[:uoff])
+            pieces.append(Inline(recut, Class.HEADER))
         known = layout._header_pieces = tuple(pieces)
     return list(known)
 
