@@ -825,12 +825,54 @@ def test_a_leak_or_a_loss_fails_the_check(
                                    exact_dir)
         with pytest.raises(AssertionError, match="outside the regions"):
             check(payload, urls, original, expected, tmp_path)
+    # one region (its edges' records are told apart by their CIGAR's end alone), and two
+    # (by `endpos`)
+    two = (Region("chr1", 20_000, 21_000), Region("chr1", 22_000, 22_500))
+    for broken, wanted in (("_reference_end", regions), ("endpos", two)):
+        with monkeypatch.context() as m:
+            m.setattr(cram_recode, broken, lambda r: r.reference_start)
+            payload, urls = payload_of(Htsget(for_data_dir(str(exact_dir))),
+                                       query("nor30", wanted), exact_dir)
+            with pytest.raises(AssertionError, match="missing"):
+                check(payload, urls, original, original.expected(wanted), tmp_path)
+
+
+def test_containers_are_re_encoded_in_memory_or_else_in_a_file(
+    exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A container's records are decoded and re-encoded in anonymous memory (memfd): no
+    temporary file is made, so a human sample's reads never reach the disk. Where memfd is
+    refused (a sandbox), unlinked temporary files do the same work, record for record."""
+    original = originals["nor30"]
+    regions = (Region("chr1", 20_000, 21_000), Region("chr1", 40_500, 41_000))
+    expected = original.expected(regions)
+    if hasattr(os, "memfd_create"):
+        with monkeypatch.context() as m:
+            def no_file() -> None:
+                raise AssertionError("a temporary file was made")
+
+            m.setattr(cram_recode.tempfile, "TemporaryFile", no_file)
+            payload, urls = payload_of(Htsget(for_data_dir(str(exact_dir))),
+                                       query("nor30", regions), exact_dir)
+            check(payload, urls, original, expected, tmp_path)
+    made = []
+    real = cram_recode.tempfile.TemporaryFile
+
+    def counted() -> Any:
+        made.append(1)
+        return real()
+
+    def refused(name: str, flags: int = 0) -> int:
+        raise PermissionError(1, "Operation not permitted")
+
     with monkeypatch.context() as m:
-        m.setattr(cram_recode, "endpos", lambda r: r.reference_start)
+        m.setattr(cram_recode.os, "memfd_create", refused, raising=False)
+        m.setattr(cram_recode.tempfile, "TemporaryFile", counted)
         payload, urls = payload_of(Htsget(for_data_dir(str(exact_dir))), query("nor30", regions),
                                    exact_dir)
-        with pytest.raises(AssertionError, match="missing"):
-            check(payload, urls, original, expected, tmp_path)
+        check(payload, urls, original, expected, tmp_path)
+    assert made, "memfd refused: the re-encoding must have used temporary files"
 
 
 def test_a_re_encoding_that_changes_a_record_is_refused(

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
+import os
 import struct
 import tempfile
 import zlib
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import IO, Any, Callable, Iterable, Optional
 
 from .. import turns
 from ..index.crai import Crai
@@ -230,6 +232,20 @@ def itf8(value: int) -> bytes:
     return bytes([0xF0 | v >> 28, (v >> 20) & 0xFF, (v >> 12) & 0xFF, (v >> 4) & 0xFF, v & 0x0F])
 
 
+def scratch() -> IO[bytes]:
+    """An anonymous read-write file for htslib to decode from or encode into: in memory
+    (memfd_create, Linux), so the records of a container never reach a disk and closing
+    the writer syncs nothing (htslib's close calls fdatasync: on a real disk, milliseconds
+    a container); else an unlinked temporary file."""
+    make = getattr(os, "memfd_create", None)
+    if make is not None:
+        try:
+            return open(make("htsgetr-cram", os.MFD_CLOEXEC), "w+b")
+        except OSError:  # not allowed here (a sandbox's seccomp filter): a file will do
+            pass
+    return tempfile.TemporaryFile()
+
+
 def _crc(data: bytes) -> bytes:
     return struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
 
@@ -269,6 +285,10 @@ def count_records(data: bytes, start: int, end: int, major: int) -> int:
     return records
 
 
+#: a record's end by its CIGAR, None when unmapped or without one (pysam's `reference_end`)
+_reference_end = operator.attrgetter("reference_end")
+
+
 def endpos(record: Any) -> int:
     """htslib's `bam_endpos`: reference end, or pos + 1 when unmapped or of no length."""
     end: Optional[int] = None if record.is_unmapped else record.reference_end
@@ -295,10 +315,9 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
     except ValueError as exc:
         raise CannotRecode(f"unreadable container ({exc})") from None
     head = file_head(cram.version, decoding.header_text)
-    # anonymous temporary files, handed to pysam as descriptors (given a name, it would look
-    # for an index beside it)
-    with tempfile.TemporaryFile() as src, tempfile.TemporaryFile() as dst, \
-            decoding.environment():
+    # anonymous files, handed to pysam as descriptors (given a name, it would look for an
+    # index beside it)
+    with scratch() as src, scratch() as dst, decoding.environment():
         src.write(head + chunk + eof)
         src.flush()
         src.seek(0)
@@ -348,21 +367,32 @@ def _wanted(records: Iterable[Any], selection: Selection) -> tuple[Optional[int]
     Also how many were decoded when all were (None when it stopped early)."""
     stop = selection.stop()
     last_ref, last_beg, last_end = stop if stop is not None else (-2, 0, 0)
-    wants = selection.wants
+    # a single interval (a region's edge container): a record before it is wanted when it
+    # reaches into it, which its CIGAR's end alone tells (None: unmapped or no CIGAR, so
+    # `endpos` is pos + 1, not past the interval's start); most records of the container
+    # are such, so this costs one attribute per record instead of `endpos` and `wants`
+    alone = stop is not None and len(selection.spans()) == 1
+    wants, reference_end = selection.wants, _reference_end
     kept: list[Any] = []
     decoded = 0
     for record in records:
+        decoded += 1
         ref_id, pos = record.reference_id, record.reference_start
         if ref_id == last_ref:
             if pos >= last_end:
                 return None, kept
             if pos >= last_beg:  # starts inside the last interval: overlaps it
-                decoded += 1
                 kept.append(record)
+                continue
+            if alone:
+                end = reference_end(record)
+                if end is not None and end > last_beg:
+                    kept.append(record)
                 continue
         elif stop is not None and (ref_id < 0 or ref_id > last_ref):
             return None, kept
-        decoded += 1
+        elif alone:  # another reference, before the interval's
+            continue
         if wants(ref_id, pos, endpos(record)):
             kept.append(record)
     return decoded, kept
