@@ -8,14 +8,15 @@ regions in one POST held a light ticket on the same worker for ~360 ms). So work
 long calls `pause()` between its steps (each container, block, chunk, MiB hashed; every 64
 url entries: `paced`); past `TURN_SECONDS` since the request began or last paused, the
 request lets the others go first (the worker installs how: `install`), and then goes on.
-Nothing pauses while holding a lock (a thread lock would block the whole worker: a CRAM
-container's re-encoding, under `Decoding.environment`'s, is one step). A request that
-pauses once is a long one; at most `LONG_AT_ONCE` of them go on at a time in a worker (the
-rest wait their turn before going on), so that taking turns does not also let a hundred
-heavy POSTs hold their partial results in one worker's memory at once. A long request that
-waits for another (a load the other is doing, `LRUCache.get_or_load(once=True)`) gives its
-slot back first (`step_aside`): the other may need one to go on, and the two would wait for
-each other for good.
+Nothing pauses while holding a lock (a thread lock would block the whole worker): a CRAM
+container's re-encoding pauses while it decodes and between encoding and checking, except
+when it decodes with a reference, under `Decoding.environment`'s lock: then it is one step.
+A request that pauses once is a long one; at most `LONG_AT_ONCE` of them go on at a time in
+a worker (the rest wait their turn before going on), so that taking turns does not also let
+a hundred heavy POSTs hold their partial results in one worker's memory at once. A long
+request that waits for another (a load the other is doing,
+`LRUCache.get_or_load(once=True)`) gives its slot back first (`step_aside`): the other may
+need one to go on, and the two would wait for each other for good.
 
 Elsewhere — thread workers (preempted anyway), AWS Lambda, the CLI, the Python API — `pause`
 does nothing. A request that ends within its turn never pauses.

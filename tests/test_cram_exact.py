@@ -875,6 +875,58 @@ def test_containers_are_re_encoded_in_memory_or_else_in_a_file(
     assert made, "memfd refused: the re-encoding must have used temporary files"
 
 
+@pytest.mark.parametrize("name", ["nor30", "ref31"])
+def test_a_re_encoding_takes_turns_unless_it_holds_the_reference_lock(
+    exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, name: str,
+) -> None:
+    """A container's re-encoding lets the worker's other requests go between its steps
+    (turns.py): every PAUSE_RECORDS records decoded, before encoding, before checking. With
+    a reference configured it decodes under `Decoding.environment`'s lock and never pauses
+    inside (nothing pauses holding a lock). The records are exactly htslib's either way."""
+    from htsgetr import turns
+    from htsgetr.formats import cram_reference
+
+    inside = {"recode": False}
+    seen = {"inside": 0, "locked": 0}
+
+    class Counting:
+        def begin(self) -> None: ...
+        def end(self) -> None: ...
+        def step_aside(self) -> None: ...
+
+        def pause(self) -> None:
+            seen["inside"] += inside["recode"]
+            seen["locked"] += cram_reference._ENV_LOCK.locked()
+
+    real = cram_recode.recode
+
+    def recode(*args: Any, **kwargs: Any) -> bytes:
+        inside["recode"] = True
+        try:
+            return real(*args, **kwargs)
+        finally:
+            inside["recode"] = False
+
+    monkeypatch.setattr(cram_recode, "recode", recode)
+    monkeypatch.setattr(cram_recode, "PAUSE_RECORDS", 16)
+    turns.install(Counting())
+    try:
+        config = Config(locations=[LocationConfig(root=str(exact_dir))],
+                        cram_reference_path=[str(exact_dir)] if name == "ref31" else [])
+        original = originals[name]
+        regions = (Region("chr1", 20_000, 21_000), Region("chr2", 5_000, 9_000))
+        payload, urls = payload_of(Htsget(config), query(name, regions), exact_dir)
+    finally:
+        turns.install(turns._Alone())
+    check(payload, urls, original, original.expected(regions), tmp_path)
+    assert seen["locked"] == 0
+    if name == "ref31":
+        assert seen["inside"] == 0
+    else:  # two to four edge containers of 150 records: ~9 pauses decoding, 2 after, each
+        assert seen["inside"] >= 20
+
+
 def test_a_re_encoding_that_changes_a_record_is_refused(
     exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,

@@ -55,6 +55,8 @@ FILE_HEADER = 0
 #: records): past it, the rest are derived blocks, each re-encoded when its url is fetched
 #: (`derived.Deferred`), so a POST of many regions stays exact and its ticket quick
 MAX_RECUTS = 256
+#: records decoded between two pauses (turns.py) of a container's re-encoding
+PAUSE_RECORDS = 1024
 
 log = logging.getLogger("htsgetr")
 
@@ -315,6 +317,10 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
     except ValueError as exc:
         raise CannotRecode(f"unreadable container ({exc})") from None
     head = file_head(cram.version, decoding.header_text)
+    # the worker's other requests go between its steps (decoding, every PAUSE_RECORDS
+    # records; encoding; checking), except while a reference's REF_PATH is set: that holds
+    # a lock, and nothing pauses holding one (turns.py)
+    pause = turns.pause if decoding.ref_path is None else None
     # anonymous files, handed to pysam as descriptors (given a name, it would look for an
     # index beside it)
     with scratch() as src, scratch() as dst, decoding.environment():
@@ -326,7 +332,7 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
                 src.fileno(), "rc", check_sq=False, reference_filename=decoding.fasta
             ) as reader:
                 header = reader.header
-                decoded, kept = _wanted(reader.fetch(until_eof=True), selection)
+                decoded, kept = _wanted(reader.fetch(until_eof=True), selection, pause)
         except (OSError, ValueError) as exc:
             # a reference-based container whose reference is not in a configured directory
             raise CannotRecode(
@@ -336,6 +342,8 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
             raise CannotRecode(f"decoded {decoded} of its {expected} records")
         if not kept:
             return b""
+        if pause is not None:
+            pause()
         options = ["no_ref=1", f"version={major}.{minor}", "level=1"]
         with pysam.AlignmentFile(
             dst.fileno(), "wc", header=header, format_options=options
@@ -352,6 +360,8 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
             if written != len(kept):
                 raise ValueError(f"{written} records written of {len(kept)}")
             dst.seek(0)
+            if pause is not None:
+                pause()
             with pysam.AlignmentFile(dst.fileno(), "rc", check_sq=False) as check:
                 same = _same_records(check.fetch(until_eof=True), kept)
         except (OSError, ValueError, Truncated) as exc:
@@ -361,10 +371,12 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
         return out[start : len(out) - len(eof)]
 
 
-def _wanted(records: Iterable[Any], selection: Selection) -> tuple[Optional[int], list[Any]]:
+def _wanted(records: Iterable[Any], selection: Selection,
+            pause: Optional[Callable[[], None]] = None) -> tuple[Optional[int], list[Any]]:
     """The selected records of a container's, in order, read as htslib's region iterator
     reads a sorted file: up to the first record past the selection (`Selection.stop`).
-    Also how many were decoded when all were (None when it stopped early)."""
+    Also how many were decoded when all were (None when it stopped early). `pause`: called
+    every PAUSE_RECORDS records."""
     stop = selection.stop()
     last_ref, last_beg, last_end = stop if stop is not None else (-2, 0, 0)
     # a single interval (a region's edge container): a record before it is wanted when it
@@ -375,8 +387,11 @@ def _wanted(records: Iterable[Any], selection: Selection) -> tuple[Optional[int]
     wants, reference_end = selection.wants, _reference_end
     kept: list[Any] = []
     decoded = 0
+    every = PAUSE_RECORDS
     for record in records:
         decoded += 1
+        if not decoded % every and pause is not None:
+            pause()
         ref_id, pos = record.reference_id, record.reference_start
         if ref_id == last_ref:
             if pos >= last_end:
