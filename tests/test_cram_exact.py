@@ -42,7 +42,7 @@ from conftest import make_bam, shared
 
 from htsgetr.config import Config, LocationConfig, for_data_dir
 from htsgetr.engine import Htsget
-from htsgetr.formats import cram_recode
+from htsgetr.formats import cram_encoder, cram_recode
 from htsgetr.formats.cram import CramHandler
 from htsgetr.formats.cram_layout import (
     EOF_CONTAINER_V2,
@@ -848,16 +848,17 @@ def test_containers_are_re_encoded_in_memory_or_else_in_a_file(
     regions = (Region("chr1", 20_000, 21_000), Region("chr1", 40_500, 41_000))
     expected = original.expected(regions)
     if hasattr(os, "memfd_create"):
+        cram_encoder.POOL.clear()
         with monkeypatch.context() as m:
             def no_file() -> None:
                 raise AssertionError("a temporary file was made")
 
-            m.setattr(cram_recode.tempfile, "TemporaryFile", no_file)
+            m.setattr(cram_encoder.tempfile, "TemporaryFile", no_file)
             payload, urls = payload_of(Htsget(for_data_dir(str(exact_dir))),
                                        query("nor30", regions), exact_dir)
             check(payload, urls, original, expected, tmp_path)
     made = []
-    real = cram_recode.tempfile.TemporaryFile
+    real = cram_encoder.tempfile.TemporaryFile
 
     def counted() -> Any:
         made.append(1)
@@ -866,29 +867,34 @@ def test_containers_are_re_encoded_in_memory_or_else_in_a_file(
     def refused(name: str, flags: int = 0) -> int:
         raise PermissionError(1, "Operation not permitted")
 
+    cram_encoder.POOL.clear()  # (kept writers have their scratch files already)
     with monkeypatch.context() as m:
-        m.setattr(cram_recode.os, "memfd_create", refused, raising=False)
-        m.setattr(cram_recode.tempfile, "TemporaryFile", counted)
+        m.setattr(cram_encoder.os, "memfd_create", refused, raising=False)
+        m.setattr(cram_encoder.tempfile, "TemporaryFile", counted)
         payload, urls = payload_of(Htsget(for_data_dir(str(exact_dir))), query("nor30", regions),
                                    exact_dir)
         check(payload, urls, original, expected, tmp_path)
-    assert made, "memfd refused: the re-encoding must have used temporary files"
+    cram_encoder.POOL.clear()
+    # the decoding's, the writer's and the check's
+    assert len(made) >= 3, "memfd refused: the re-encoding must have used temporary files"
 
 
 @pytest.mark.parametrize("name", ["nor30", "ref31"])
-def test_a_re_encoding_takes_turns_unless_it_holds_the_reference_lock(
+def test_a_re_encoding_takes_turns_but_never_holding_the_reference_lock(
     exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path, name: str,
 ) -> None:
     """A container's re-encoding lets the worker's other requests go between its steps
     (turns.py): every PAUSE_RECORDS records decoded, before encoding, before checking. With
-    a reference configured it decodes under `Decoding.environment`'s lock and never pauses
-    inside (nothing pauses holding a lock). The records are exactly htslib's either way."""
+    a reference configured it decodes under `Decoding.environment`'s lock, and does not
+    pause while decoding (nothing pauses holding a lock); it still pauses after. The
+    records are exactly htslib's either way."""
     from htsgetr import turns
     from htsgetr.formats import cram_reference
 
-    inside = {"recode": False}
-    seen = {"inside": 0, "locked": 0}
+    where = {"recode": False, "decoding": False}
+    seen = {"recode": 0, "decoding": 0, "locked": 0}
+    calls = {"recode": 0, "decoding": 0}
 
     class Counting:
         def begin(self) -> None: ...
@@ -896,35 +902,142 @@ def test_a_re_encoding_takes_turns_unless_it_holds_the_reference_lock(
         def step_aside(self) -> None: ...
 
         def pause(self) -> None:
-            seen["inside"] += inside["recode"]
+            seen["recode"] += where["recode"]
+            seen["decoding"] += where["decoding"]
             seen["locked"] += cram_reference._ENV_LOCK.locked()
 
-    real = cram_recode.recode
+    def flagged(fn: Any, flag: str) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            where[flag] = True
+            calls[flag] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                where[flag] = False
+        return run
 
-    def recode(*args: Any, **kwargs: Any) -> bytes:
-        inside["recode"] = True
-        try:
-            return real(*args, **kwargs)
-        finally:
-            inside["recode"] = False
-
-    monkeypatch.setattr(cram_recode, "recode", recode)
+    monkeypatch.setattr(cram_recode, "recode", flagged(cram_recode.recode, "recode"))
+    monkeypatch.setattr(cram_recode, "_wanted", flagged(cram_recode._wanted, "decoding"))
     monkeypatch.setattr(cram_recode, "PAUSE_RECORDS", 16)
     turns.install(Counting())
     try:
         config = Config(locations=[LocationConfig(root=str(exact_dir))],
                         cram_reference_path=[str(exact_dir)] if name == "ref31" else [])
         original = originals[name]
-        regions = (Region("chr1", 20_000, 21_000), Region("chr2", 5_000, 9_000))
+        regions = (Region("chr1", 20_000, 21_000), Region("chr1", 40_500, 41_000),
+                   Region("chr1", 60_000, 60_500))
         payload, urls = payload_of(Htsget(config), query(name, regions), exact_dir)
     finally:
         turns.install(turns._Alone())
     check(payload, urls, original, original.expected(regions), tmp_path)
     assert seen["locked"] == 0
+    recodes = calls["recode"]
+    assert recodes >= 2
+    assert seen["recode"] >= 2 * recodes  # before encoding, before checking, each
     if name == "ref31":
-        assert seen["inside"] == 0
-    else:  # two to four edge containers of 150 records: ~9 pauses decoding, 2 after, each
-        assert seen["inside"] >= 20
+        assert seen["decoding"] == 0
+    else:  # edge containers of 150 records: ~9 pauses decoding each
+        assert seen["decoding"] >= 5 * recodes
+
+
+def test_a_kept_writer_encodes_the_containers_of_later_tickets(
+    exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """Re-encodings of one file share one CRAM writer kept open (cram_encoder.py: htslib's
+    codec trials once, not per container): one writer made for many tickets, each exact;
+    once its scratch file holds WRITER_BYTES it is closed and a new one made."""
+    original = originals["nor30"]
+    made: list[Any] = []
+
+    encoded: list[int] = []
+
+    class Counted(cram_encoder.Encoder):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def encode(self, records: Any) -> bytes:
+            encoded.append(len(records))
+            return super().encode(records)
+
+    monkeypatch.setattr(cram_recode, "Encoder", Counted)
+    cram_encoder.POOL.clear()
+    engine = Htsget(for_data_dir(str(exact_dir)))
+    starts = (2_000, 12_000, 22_000, 32_000, 42_000, 52_000)  # chr1 is 60 kbp
+    for start in starts:
+        regions = (Region("chr1", start, start + 700),)
+        payload, urls = payload_of(engine, query("nor30", regions), exact_dir)
+        check(payload, urls, original, original.expected(regions), tmp_path)
+    assert len(encoded) >= len(starts) and len(made) == 1 and not made[0].file.closed
+    monkeypatch.setattr(cram_encoder, "WRITER_BYTES", 1)  # spent after each re-encoding
+    before = len(encoded)
+    for start in starts:
+        regions = (Region("chr1", start + 4_000, start + 4_700),)
+        payload, urls = payload_of(engine, query("nor30", regions), exact_dir)
+        check(payload, urls, original, original.expected(regions), tmp_path)
+    # the first re-encoding spends the writer kept before, each later one a new writer
+    assert len(made) == len(encoded) - before and all(e.file.closed for e in made)
+    cram_encoder.POOL.clear()
+
+
+def test_a_kept_writer_gone_wrong_is_closed_and_the_records_written_again(
+    exact_dir: Path, originals: dict[str, Original], tmp_path: Path
+) -> None:
+    """A kept writer whose output is not whole containers of exactly the records (here:
+    its scratch file read from one byte early) fails the check: it is closed, never kept
+    again, and a new writer encodes the records; the ticket is exact all the same."""
+    original = originals["nor30"]
+    cram_encoder.POOL.clear()
+    engine = Htsget(for_data_dir(str(exact_dir)))
+    regions = (Region("chr1", 20_000, 20_700),)
+    payload_of(engine, query("nor30", regions), exact_dir)
+    (key,) = cram_encoder.POOL._free
+    spoiled = cram_encoder.POOL.take(key)
+    assert spoiled is not None
+    spoiled.offset -= 1
+    cram_encoder.POOL.give(key, spoiled)
+    regions = (Region("chr1", 48_000, 48_700),)
+    payload, urls = payload_of(engine, query("nor30", regions), exact_dir)
+    check(payload, urls, original, original.expected(regions), tmp_path)
+    assert spoiled.file.closed
+    kept = cram_encoder.POOL.take(key)
+    assert kept is not None and kept is not spoiled
+    kept.close()
+
+
+def test_the_pool_of_kept_writers_is_bounded() -> None:
+    """At most KEPT writers in all, the least recently used closed first; a spent one is
+    closed, not kept; a forked child uses none of its parent's."""
+
+    class Fake:
+        def __init__(self) -> None:
+            self.pid, self.spent, self.closed = os.getpid(), False, False
+
+        def close(self) -> None:
+            self.closed = True
+
+    pool = cram_encoder.Pool(kept=3)
+    made = [Fake() for _ in range(5)]
+    for i, fake in enumerate(made):  # files 0, 1, 0, 1, 9: file 0 is the least recent
+        pool.give(("k", i % 2 if i < 4 else 9), fake)  # type: ignore[arg-type]
+    assert [f.closed for f in made] == [True, False, True, False, False]
+    assert pool.take(("k", 0)) is None
+    assert pool.take(("k", 1)) is made[3] and pool.take(("k", 1)) is made[1]
+    assert pool.take(("k", 1)) is None
+    pool.give(("k", 1), made[1])  # type: ignore[arg-type]
+    pool.give(("k", 1), made[3])  # type: ignore[arg-type]
+    spent = Fake()
+    spent.spent = True
+    pool.give("s", spent)  # type: ignore[arg-type]
+    assert spent.closed and pool.take("s") is None
+    pool.give("s", made[0])  # type: ignore[arg-type]
+    made[0].closed = False
+    made[0].pid = -1  # another process's
+    assert pool.take("s") is None and not made[0].closed
+    pool.forget()
+    assert pool.take(("k", 1)) is None and pool.take(("k", 9)) is None
+    assert not made[1].closed and not made[3].closed  # dropped unclosed: the parent's
 
 
 def test_a_re_encoding_that_changes_a_record_is_refused(
@@ -959,6 +1072,7 @@ def test_a_re_encoding_that_changes_a_record_is_refused(
                 record.mapping_quality = (record.mapping_quality + 1) % 255
             return self.file.write(record)
 
+    cram_encoder.POOL.clear()  # a kept writer was made before the tampering
     with monkeypatch.context() as m:
         m.setattr(pysam, "AlignmentFile", Tampering)
         engine = Htsget(for_data_dir(str(exact_dir)))

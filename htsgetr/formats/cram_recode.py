@@ -24,25 +24,23 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
-import os
 import struct
-import tempfile
 import zlib
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .. import turns
 from ..index.crai import Crai
 from ..protocol import Class, InternalError, NotFound, PermissionDenied
 from .base import ByteRange, Piece, Source
+from .cram_encoder import POOL, Encoder, scratch
 from .cram_layout import (
     BLOCK_RAW,
     FILE_DEFINITION_SIZE,
     CramFile,
     Truncated,
     parse_container_header,
-    parse_header,
     verify_containers,
 )
 from .cram_reference import NO_REFERENCES, REFERENCE_TAGS, Decoding, References, strip_tags
@@ -120,7 +118,11 @@ def exact_body(
 
         def recut(start: int = start, end: int = end, wanted: Selection = wanted,
                   refs: set[int] = refs) -> Optional[Piece]:
-            recoded = _recoded(source, cram, start, end, wanted, refs, references)
+            # computed for the ticket, sent inline: a kept writer's encoding will do (a
+            # re-cut past the inline budget is served as a derived block, its canonical
+            # encoding computed then: `derived_recut`)
+            recoded = _recoded(source, cram, start, end, wanted, refs, references,
+                               canonical=False)
             if recoded.refused is not None:
                 if strict:
                     raise PermissionDenied(REFUSED + recoded.refused)
@@ -193,24 +195,26 @@ def _append_range(pieces: list[Piece], start: int, end: int) -> None:
 
 def _recoded(
     source: Source, cram: CramFile, start: int, end: int, wanted: Selection,
-    refs: set[int], references: References,
+    refs: set[int], references: References, canonical: bool = True,
 ) -> Recoded:
     """The re-cut of container `[start, end)` (holding references `refs`) for `wanted`
-    (clipped to it), cached per file version, container, selection and configured
-    reference directories."""
-    kind = f"cram-recut:{start}-{end}:{wanted.token()}:{references.fingerprint}"
-    return source.cached(kind, _recoder(source, cram, start, end, wanted, refs, references))
+    (clipped to it), cached per file version, container, selection, configured reference
+    directories and encoding (`recode`'s `canonical`)."""
+    kind = (f"cram-recut:{start}-{end}:{wanted.token()}:{references.fingerprint}"
+            f"{'' if canonical else ':kept'}")
+    return source.cached(kind, _recoder(source, cram, start, end, wanted, refs, references,
+                                        canonical))
 
 
 def _recoder(
     source: Source, cram: CramFile, start: int, end: int, wanted: Selection,
-    refs: set[int], references: References,
+    refs: set[int], references: References, canonical: bool,
 ) -> Callable[[], Recoded]:
     def load() -> Recoded:
         chunk = source.read(start, end)
         decoding = references.decoding(cram.header_text, refs)
         try:
-            return Recoded(recode(cram, chunk, wanted, decoding))
+            return Recoded(recode(cram, chunk, wanted, decoding, canonical))
         except CannotRecode as exc:
             return Recoded(b"", exc.reason)
 
@@ -232,20 +236,6 @@ def itf8(value: int) -> bytes:
     if v < 0x10000000:
         return bytes([0xE0 | v >> 24, (v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF])
     return bytes([0xF0 | v >> 28, (v >> 20) & 0xFF, (v >> 12) & 0xFF, (v >> 4) & 0xFF, v & 0x0F])
-
-
-def scratch() -> IO[bytes]:
-    """An anonymous read-write file for htslib to decode from or encode into: in memory
-    (memfd_create, Linux), so the records of a container never reach a disk and closing
-    the writer syncs nothing (htslib's close calls fdatasync: on a real disk, milliseconds
-    a container); else an unlinked temporary file."""
-    make = getattr(os, "memfd_create", None)
-    if make is not None:
-        try:
-            return open(make("htsgetr-cram", os.MFD_CLOEXEC), "w+b")
-        except OSError:  # not allowed here (a sandbox's seccomp filter): a file will do
-            pass
-    return tempfile.TemporaryFile()
 
 
 def _crc(data: bytes) -> bytes:
@@ -299,11 +289,16 @@ def endpos(record: Any) -> int:
 
 
 def recode(cram: CramFile, chunk: bytes, selection: Selection,
-           decoding: Optional[Decoding] = None) -> bytes:
+           decoding: Optional[Decoding] = None, canonical: bool = True) -> bytes:
     """Data containers (CRAM of the file's version, `no_ref`) holding the selected records
     of `chunk` (whole containers of the file), in order; b"" when there are none. Decoded
     as `decoding` says (default: no reference at all). CannotRecode when htslib cannot
-    decode them, or the re-encoding does not give the same records back."""
+    decode them, or the re-encoding does not give the same records back.
+
+    `canonical`: encoded by a new writer, so the bytes depend on the records alone: what a
+    derived block must be, the same from every worker and every fetch (a client may ask
+    for its ranges from different workers). Else by a writer kept open (cram_encoder.py),
+    ~2.7x faster, whose bytes depend on what it encoded before: for a ticket's inline data."""
     try:
         import pysam
     except ImportError:
@@ -318,13 +313,15 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
         raise CannotRecode(f"unreadable container ({exc})") from None
     head = file_head(cram.version, decoding.header_text)
     # the worker's other requests go between its steps (decoding, every PAUSE_RECORDS
-    # records; encoding; checking), except while a reference's REF_PATH is set: that holds
-    # a lock, and nothing pauses holding one (turns.py)
+    # records; encoding; checking), except while a reference's REF_PATH is set for decoding:
+    # that holds a lock, and nothing pauses holding one (turns.py)
     pause = turns.pause if decoding.ref_path is None else None
-    # anonymous files, handed to pysam as descriptors (given a name, it would look for an
+    # an anonymous file, handed to pysam as a descriptor (given a name, it would look for an
     # index beside it)
-    with scratch() as src, scratch() as dst, decoding.environment():
-        src.write(head + chunk + eof)
+    with scratch() as src, decoding.environment():
+        src.write(head)
+        src.write(chunk)
+        src.write(eof)
         src.flush()
         src.seek(0)
         try:
@@ -338,37 +335,70 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
             raise CannotRecode(
                 f"its records cannot be decoded without the reference ({exc})"
             ) from None
-        if decoded is not None and decoded != expected:
-            raise CannotRecode(f"decoded {decoded} of its {expected} records")
-        if not kept:
-            return b""
-        if pause is not None:
-            pause()
-        options = ["no_ref=1", f"version={major}.{minor}", "level=1"]
-        with pysam.AlignmentFile(
-            dst.fileno(), "wc", header=header, format_options=options
-        ) as writer:
-            for record in kept:
-                writer.write(record)
-        dst.seek(0)
-        out = dst.read()
+    if decoded is not None and decoded != expected:
+        raise CannotRecode(f"decoded {decoded} of its {expected} records")
+    if not kept:
+        return b""
+    turns.pause()
+    return _encoded(kept, header, head, cram, canonical)
+
+
+def _encoded(kept: list[Any], header: Any, head: bytes, cram: CramFile, canonical: bool
+             ) -> bytes:
+    """The data containers holding `kept`, checked: whole containers of exactly those
+    records, read back equal. Not `canonical`: by a kept writer for this header and version
+    (cram_encoder.py); one whose output fails is closed and the records written again by a
+    new one. CannotRecode if a new writer's output fails."""
+    major, minor = cram.version
+    key = (cram.version, head)
+    encoder = None if canonical else POOL.take(key)
+    retry = encoder is not None
+    while True:
         try:
-            start = parse_header(out)[1].end
-            if not out.endswith(eof):
-                raise ValueError("no EOF container")
-            written = count_records(out, start, len(out) - len(eof), major)
-            if written != len(kept):
-                raise ValueError(f"{written} records written of {len(kept)}")
-            dst.seek(0)
-            if pause is not None:
-                pause()
-            with pysam.AlignmentFile(dst.fileno(), "rc", check_sq=False) as check:
+            if encoder is None:
+                encoder = Encoder(header, ["no_ref=1", f"version={major}.{minor}", "level=1"])
+            out = encoder.encode(kept)
+            turns.pause()
+            failure = _check(out, kept, head, cram.eof, major)
+        except (OSError, ValueError) as exc:
+            failure = f"re-encoding failed ({exc})"
+        except BaseException:  # (a deadline while it paused): the writer is not kept
+            if encoder is not None:
+                encoder.close()
+            raise
+        if failure is None and encoder is not None:
+            if canonical:
+                encoder.close()
+            else:
+                POOL.give(key, encoder)
+            return out
+        if encoder is not None:
+            encoder.close()
+        if not retry:
+            raise CannotRecode(failure or "re-encoding failed")
+        encoder, retry = None, False
+
+
+def _check(out: bytes, kept: list[Any], head: bytes, eof: bytes, major: int) -> Optional[str]:
+    """Why `out` is not whole data containers holding exactly `kept` as htslib reads them
+    back, or None."""
+    import pysam
+
+    try:
+        written = count_records(out, 0, len(out), major)
+        if written != len(kept):
+            return f"re-encoding failed ({written} records written of {len(kept)})"
+        with scratch() as again:
+            again.write(head)
+            again.write(out)
+            again.write(eof)
+            again.flush()
+            again.seek(0)
+            with pysam.AlignmentFile(again.fileno(), "rc", check_sq=False) as check:
                 same = _same_records(check.fetch(until_eof=True), kept)
-        except (OSError, ValueError, Truncated) as exc:
-            raise CannotRecode(f"re-encoding failed ({exc})") from None
-        if not same:
-            raise CannotRecode("re-encoding changed its records")
-        return out[start : len(out) - len(eof)]
+    except (OSError, ValueError, Truncated) as exc:
+        return f"re-encoding failed ({exc})"
+    return None if same else "re-encoding changed its records"
 
 
 def _wanted(records: Iterable[Any], selection: Selection,
