@@ -69,7 +69,8 @@ def default_handlers(config: Optional[Config] = None) -> dict[Format, FormatHand
     limits = Limits.of(config) if config else DEFAULT_LIMITS  # max_index/header_bytes
     return {
         Format.BAM: BamHandler(limits),
-        Format.CRAM: CramHandler(limits, references=references),
+        Format.CRAM: CramHandler(limits, references=references,
+                                 reproducible=bool(config and config.cram_reproducible)),
         Format.VCF: VcfHandler(limits),
         Format.BCF: BcfHandler(limits),
         Format.FASTA: FastaHandler(),

@@ -1006,6 +1006,30 @@ def test_a_kept_writer_gone_wrong_is_closed_and_the_records_written_again(
     kept.close()
 
 
+@pytest.mark.parametrize("reproducible", [False, True])
+def test_cram_reproducible_makes_tickets_the_same_bytes_everywhere(
+    exact_dir: Path, originals: dict[str, Original], tmp_path: Path, reproducible: bool
+) -> None:
+    """`cram_reproducible = true`: every re-cut a writer of its own, so two workers (here two
+    engines, sharing this process's kept writers, which have encoded other records
+    meanwhile) give a region the same bytes. By default the bytes of inline re-cuts follow
+    the kept writer's history (they differ here); the records are exact either way."""
+    original = originals["nor30"]
+    regions = (Region("chr1", 14_000, 14_900), Region("chr2", 3_000, 4_000))
+    payloads = []
+    for other in (30_000, 45_000):
+        config = Config(locations=[LocationConfig(root=str(exact_dir))],
+                        cram_reproducible=reproducible)
+        engine = Htsget(config)
+        payload, urls = payload_of(engine, query("nor30", regions), exact_dir)
+        check(payload, urls, original, original.expected(regions), tmp_path)
+        payloads.append(payload)
+        # the kept writer encodes something else before the next engine's ticket
+        payload_of(Htsget(for_data_dir(str(exact_dir))),
+                   query("nor30", (Region("chr1", other, other + 700),)), exact_dir)
+    assert (payloads[0] == payloads[1]) is reproducible
+
+
 def test_the_pool_of_kept_writers_is_bounded() -> None:
     """At most KEPT writers in all, the least recently used closed first; a spent one is
     closed, not kept; a forked child uses none of its parent's."""

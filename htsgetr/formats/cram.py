@@ -43,11 +43,14 @@ class CramHandler:
     extensions = (".cram",)
 
     def __init__(
-        self, limits: Limits = DEFAULT_LIMITS, references: Optional[References] = None
+        self, limits: Limits = DEFAULT_LIMITS, references: Optional[References] = None,
+        reproducible: bool = False,
     ) -> None:
         self.limits = limits  # max_header_bytes, max_index_bytes
         #: where reference-based containers may find their reference (cram_reference_path)
         self.references = references or NO_REFERENCES
+        #: re-cuts sent inline encoded canonically too (cram_reproducible; cram_recode.recode)
+        self.reproducible = reproducible
 
     def sidecars(self, key: str) -> list[str]:
         """Files that go with `key`, asked about with it (one listing on S3)."""
@@ -153,7 +156,8 @@ class CramHandler:
             used |= crai.containers(ref_id, beg, end)
         verify_containers(source, cram, crai, index_key, used)
         return exact_body(
-            source, cram, crai, index_key, selection, query.exact, self.references
+            source, cram, crai, index_key, selection, query.exact, self.references,
+            canonical=self.reproducible,
         )
 
     def derived(self, source: Source, ref: DerivedRef) -> bytes:

@@ -90,11 +90,12 @@ def exact_body(
     selection: Selection,
     strict: bool = True,
     references: References = NO_REFERENCES,
+    canonical: bool = False,
 ) -> list[Piece]:
     """Body pieces holding exactly the selected records, in file order, each once: byte
     ranges for covered containers, a `Recut` per re-encoded one (past `MAX_RECUTS`, a
     `Deferred` one). A container that cannot be re-encoded is refused (403) when `strict`,
-    else sent whole."""
+    else sent whole. `canonical`: `recode`'s, for the re-cuts made here."""
     by_container = _entries(source, crai, index_key)
     offsets: set[int] = set()
     for ref_id, beg, end in selection.spans():
@@ -118,11 +119,10 @@ def exact_body(
 
         def recut(start: int = start, end: int = end, wanted: Selection = wanted,
                   refs: set[int] = refs) -> Optional[Piece]:
-            # computed for the ticket, sent inline: a kept writer's encoding will do (a
-            # re-cut past the inline budget is served as a derived block, its canonical
-            # encoding computed then: `derived_recut`)
-            recoded = _recoded(source, cram, start, end, wanted, refs, references,
-                               canonical=False)
+            # computed for the ticket, sent inline: a kept writer's encoding will do unless
+            # `canonical` (a re-cut past the inline budget is served as a derived block, its
+            # canonical encoding computed then: `derived_recut`)
+            recoded = _recoded(source, cram, start, end, wanted, refs, references, canonical)
             if recoded.refused is not None:
                 if strict:
                     raise PermissionDenied(REFUSED + recoded.refused)
