@@ -677,6 +677,50 @@ def inline_only(payload: bytes) -> list[str]:
             return [key(r) for r in reader.fetch(until_eof=True)]
 
 
+def test_no_reference_is_looked_up_beyond_the_configured_directories(
+    exact_dir: Path, originals: dict[str, Original], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reference-based CRAM, its reference configured: decoding looks only there; encoding
+    (no_ref) and reading the output back (outside the reference lock, a header with M5
+    tags) look nowhere. The process's REF_PATH names a local HTTP server standing in for
+    EBI's: it sees no request."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("REF_PATH", f"http://127.0.0.1:{server.server_address[1]}/%s")
+        monkeypatch.delenv("REF_CACHE", raising=False)
+        engine = Htsget(Config(locations=[LocationConfig(root=str(exact_dir))],
+                               cram_reference_path=[str(exact_dir)]))
+        got = []
+        for name in ("ref30", "ref31"):
+            for start in (3_000, 21_000, 47_000):
+                regions = (Region("chr1", start, start + 900),)
+                # exact=False: a container that could not be decoded would be sent whole,
+                # so a lookup shows below as a request, not as a refusal
+                got.append((name, regions, *payload_of(engine, query(name, regions, False),
+                                                       exact_dir)))
+    finally:
+        server.shutdown()
+    assert asked == []
+    for name, regions, payload, urls in got:
+        check(payload, urls, originals[name], originals[name].expected(regions), tmp_path)
+
+
 def test_a_wrong_reference_is_never_used(
     exact_dir: Path, originals: dict[str, Original], tmp_path: Path
 ) -> None:
