@@ -1005,7 +1005,7 @@ def test_a_kept_writer_encodes_the_containers_of_later_tickets(
             encoded.append(len(records))
             return super().encode(records)
 
-    monkeypatch.setattr(cram_recode, "Encoder", Counted)
+    monkeypatch.setattr(cram_encoder, "Encoder", Counted)
     cram_encoder.POOL.clear()
     engine = Htsget(for_data_dir(str(exact_dir)))
     starts = (2_000, 12_000, 22_000, 32_000, 42_000, 52_000)  # chr1 is 60 kbp

@@ -1,5 +1,6 @@
-"""CRAM writers for re-encoded containers (cram_recode.py): scratch files in memory, and
-writers kept open from one re-encoding to the next.
+"""Writing re-encoded CRAM containers (for cram_recode.py): scratch files in memory,
+writers kept open from one re-encoding to the next, and the check every output passes
+(`write_checked`).
 
 Why kept open: htslib's CRAM encoder, new, tries every codec it may use (gzip, gzip RLE,
 rANS order 0 and 1 at level 1) on every block of its first containers, and only then keeps
@@ -17,21 +18,25 @@ be read (each has its own compression header; CRAMv3 7-8); their record counters
 from the writer's earlier containers, as those of a writer's own file would, which readers
 do not check (names are stored, never made from the counter).
 
-Each output is still checked by the caller as before (whole containers, every record read
-back equal). A kept writer whose output fails the check is closed, never reused, and the
-records are written again by a writer of their own. A kept writer is replaced once its file
-holds `WRITER_BYTES` (the file is memory); at most `KEPT` writers are kept per worker, the
-least recently used closed first; one is used by one re-encoding at a time (taken out of
-the pool meanwhile), and a forked child starts with none.
+Each output is checked (`write_checked`: whole containers, every record read back equal, as
+before the writers were kept). A kept writer whose output fails the check is closed, never
+reused, and the records are written again by a writer of their own. A kept writer is
+replaced once its file holds `WRITER_BYTES` (the file is memory); at most `KEPT` writers
+are kept per worker, the least recently used closed first; one is used by one re-encoding
+at a time (taken out of the pool meanwhile), and a forked child starts with none.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import threading
 from collections import OrderedDict
 from typing import IO, Any, Hashable, Iterable, Optional
+
+from .. import turns
+from .cram_layout import Truncated, count_records
 
 #: bytes a kept writer's scratch file may hold before the writer is replaced
 WRITER_BYTES = 4 << 20
@@ -168,3 +173,73 @@ POOL = Pool()
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=POOL.forget)
+
+
+class EncodingFailed(Exception):
+    """The records could not be written as CRAM that reads back the same."""
+
+
+def write_checked(kept: list[Any], header: Any, head: bytes, version: tuple[int, int],
+                  eof: bytes, canonical: bool) -> bytes:
+    """Data containers (CRAM `version`, no_ref) holding `kept`, checked: whole containers of
+    exactly those records, read back equal behind `head` (a file definition and header
+    container) and before `eof`. `canonical`: by a new writer; else by a kept one for this
+    header and version, and one whose output fails is closed and the records written again
+    by a new one. EncodingFailed if a new writer's output fails."""
+    major, minor = version
+    key = (version, head)
+    encoder = None if canonical else POOL.take(key)
+    retry = encoder is not None
+    while True:
+        try:
+            if encoder is None:
+                encoder = Encoder(header, ["no_ref=1", f"version={major}.{minor}", "level=1"])
+            out = encoder.encode(kept)
+            turns.pause()
+            failure = _check(out, kept, head, eof, major)
+        except (OSError, ValueError) as exc:
+            failure = f"re-encoding failed ({exc})"
+        except BaseException:  # (a deadline while it paused): the writer is not kept
+            if encoder is not None:
+                encoder.close()
+            raise
+        if failure is None and encoder is not None:
+            if canonical:
+                encoder.close()
+            else:
+                POOL.give(key, encoder)
+            return out
+        if encoder is not None:
+            encoder.close()
+        if not retry:
+            raise EncodingFailed(failure or "re-encoding failed")
+        encoder, retry = None, False
+
+
+def _check(out: bytes, kept: list[Any], head: bytes, eof: bytes, major: int) -> Optional[str]:
+    """Why `out` is not whole data containers holding exactly `kept` as htslib reads them
+    back, or None."""
+    import pysam
+
+    try:
+        written = count_records(out, 0, len(out), major)
+        if written != len(kept):
+            return f"re-encoding failed ({written} records written of {len(kept)})"
+        with scratch() as again:
+            again.write(head)
+            again.write(out)
+            again.write(eof)
+            again.flush()
+            again.seek(0)
+            with pysam.AlignmentFile(again.fileno(), "rc", check_sq=False) as check:
+                same = _same_records(check.fetch(until_eof=True), kept)
+    except (OSError, ValueError, Truncated) as exc:
+        return f"re-encoding failed ({exc})"
+    return None if same else "re-encoding changed its records"
+
+
+def _same_records(again: Iterable[Any], kept: list[Any]) -> bool:
+    """The records read back from the re-encoding are `kept`, in order: equal as htslib
+    holds them in memory (compared in C), or else in their SAM text."""
+    return all(a is not None and b is not None and (a == b or a.to_string() == b.to_string())
+               for a, b in itertools.zip_longest(again, kept))

@@ -373,3 +373,17 @@ def container_problem(source: Source, cram: CramFile, crai: Crai, offset: int) -
         if head.ref_seq_id >= 0 and not head.start <= line.start <= head.start + head.span:
             return f"a slice start ({line.start}) outside the container at {offset}"
     return None
+
+
+def count_records(data: bytes, start: int, end: int, major: int) -> int:
+    """Records in the containers of `data[start:end]`; ValueError unless they tile it."""
+    records, pos = 0, start
+    while pos < end:
+        try:
+            c = parse_container_header(data, pos, major, pos)
+        except Truncated:
+            raise ValueError("a container is cut short") from None
+        records, pos = records + c.n_records, c.end
+    if pos != end:
+        raise ValueError("containers do not end where expected")
+    return records

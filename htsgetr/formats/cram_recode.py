@@ -21,7 +21,6 @@ authorization rules): never sent whole there.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import operator
 import struct
@@ -34,13 +33,12 @@ from .. import turns
 from ..index.crai import Crai
 from ..protocol import Class, InternalError, NotFound, PermissionDenied
 from .base import ByteRange, Piece, Source
-from .cram_encoder import POOL, Encoder, scratch
+from .cram_encoder import EncodingFailed, scratch, write_checked
 from .cram_layout import (
     BLOCK_RAW,
     FILE_DEFINITION_SIZE,
     CramFile,
-    Truncated,
-    parse_container_header,
+    count_records,
     verify_containers,
 )
 from .cram_reference import NO_REFERENCES, REFERENCE_TAGS, Decoding, References, strip_tags
@@ -263,20 +261,6 @@ def file_head(version: tuple[int, int], text: bytes) -> bytes:
     return definition + head + block
 
 
-def count_records(data: bytes, start: int, end: int, major: int) -> int:
-    """Records in the containers of `data[start:end]`; ValueError unless they tile it."""
-    records, pos = 0, start
-    while pos < end:
-        try:
-            c = parse_container_header(data, pos, major, pos)
-        except Truncated:
-            raise ValueError("a container is cut short") from None
-        records, pos = records + c.n_records, c.end
-    if pos != end:
-        raise ValueError("containers do not end where expected")
-    return records
-
-
 #: a record's end by its CIGAR, None when unmapped or without one (pysam's `reference_end`)
 _reference_end = operator.attrgetter("reference_end")
 
@@ -340,65 +324,10 @@ def recode(cram: CramFile, chunk: bytes, selection: Selection,
     if not kept:
         return b""
     turns.pause()
-    return _encoded(kept, header, head, cram, canonical)
-
-
-def _encoded(kept: list[Any], header: Any, head: bytes, cram: CramFile, canonical: bool
-             ) -> bytes:
-    """The data containers holding `kept`, checked: whole containers of exactly those
-    records, read back equal. Not `canonical`: by a kept writer for this header and version
-    (cram_encoder.py); one whose output fails is closed and the records written again by a
-    new one. CannotRecode if a new writer's output fails."""
-    major, minor = cram.version
-    key = (cram.version, head)
-    encoder = None if canonical else POOL.take(key)
-    retry = encoder is not None
-    while True:
-        try:
-            if encoder is None:
-                encoder = Encoder(header, ["no_ref=1", f"version={major}.{minor}", "level=1"])
-            out = encoder.encode(kept)
-            turns.pause()
-            failure = _check(out, kept, head, cram.eof, major)
-        except (OSError, ValueError) as exc:
-            failure = f"re-encoding failed ({exc})"
-        except BaseException:  # (a deadline while it paused): the writer is not kept
-            if encoder is not None:
-                encoder.close()
-            raise
-        if failure is None and encoder is not None:
-            if canonical:
-                encoder.close()
-            else:
-                POOL.give(key, encoder)
-            return out
-        if encoder is not None:
-            encoder.close()
-        if not retry:
-            raise CannotRecode(failure or "re-encoding failed")
-        encoder, retry = None, False
-
-
-def _check(out: bytes, kept: list[Any], head: bytes, eof: bytes, major: int) -> Optional[str]:
-    """Why `out` is not whole data containers holding exactly `kept` as htslib reads them
-    back, or None."""
-    import pysam
-
     try:
-        written = count_records(out, 0, len(out), major)
-        if written != len(kept):
-            return f"re-encoding failed ({written} records written of {len(kept)})"
-        with scratch() as again:
-            again.write(head)
-            again.write(out)
-            again.write(eof)
-            again.flush()
-            again.seek(0)
-            with pysam.AlignmentFile(again.fileno(), "rc", check_sq=False) as check:
-                same = _same_records(check.fetch(until_eof=True), kept)
-    except (OSError, ValueError, Truncated) as exc:
-        return f"re-encoding failed ({exc})"
-    return None if same else "re-encoding changed its records"
+        return write_checked(kept, header, head, cram.version, cram.eof, canonical)
+    except EncodingFailed as exc:
+        raise CannotRecode(str(exc)) from None
 
 
 def _wanted(records: Iterable[Any], selection: Selection,
@@ -441,10 +370,3 @@ def _wanted(records: Iterable[Any], selection: Selection,
         if wants(ref_id, pos, endpos(record)):
             kept.append(record)
     return decoded, kept
-
-
-def _same_records(again: Iterable[Any], kept: list[Any]) -> bool:
-    """The records read back from the re-encoding are `kept`, in order: equal as htslib
-    holds them in memory (compared in C), or else in their SAM text."""
-    return all(a is not None and b is not None and (a == b or a.to_string() == b.to_string())
-               for a, b in itertools.zip_longest(again, kept))
