@@ -70,7 +70,7 @@ def default_handlers(config: Optional[Config] = None) -> dict[Format, FormatHand
     return {
         Format.BAM: BamHandler(limits),
         Format.CRAM: CramHandler(limits, references=references,
-                                 reproducible=bool(config and config.cram_reproducible)),
+                                 reproducible=config.cram_reproducible if config else True),
         Format.VCF: VcfHandler(limits),
         Format.BCF: BcfHandler(limits),
         Format.FASTA: FastaHandler(),

@@ -984,13 +984,20 @@ def test_a_re_encoding_takes_turns_but_never_holding_the_reference_lock(
         assert seen["decoding"] >= 5 * recodes
 
 
+def kept_writers(root: Path) -> Config:
+    """A configuration whose workers keep their CRAM writers open (`cram_reproducible =
+    false`)."""
+    return Config(locations=[LocationConfig(root=str(root))], cram_reproducible=False)
+
+
 def test_a_kept_writer_encodes_the_containers_of_later_tickets(
     exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """Re-encodings of one file share one CRAM writer kept open (cram_encoder.py: htslib's
-    codec trials once, not per container): one writer made for many tickets, each exact;
-    once its scratch file holds WRITER_BYTES it is closed and a new one made."""
+    """`cram_reproducible = false`: re-encodings of one file share one CRAM writer kept open
+    (cram_encoder.py: htslib's codec trials once, not per container): one writer made for
+    many tickets, each exact; once its scratch file holds WRITER_BYTES it is closed and a
+    new one made."""
     original = originals["nor30"]
     made: list[Any] = []
 
@@ -1007,7 +1014,7 @@ def test_a_kept_writer_encodes_the_containers_of_later_tickets(
 
     monkeypatch.setattr(cram_encoder, "Encoder", Counted)
     cram_encoder.POOL.clear()
-    engine = Htsget(for_data_dir(str(exact_dir)))
+    engine = Htsget(kept_writers(exact_dir))
     starts = (2_000, 12_000, 22_000, 32_000, 42_000, 52_000)  # chr1 is 60 kbp
     for start in starts:
         regions = (Region("chr1", start, start + 700),)
@@ -1033,7 +1040,7 @@ def test_a_kept_writer_gone_wrong_is_closed_and_the_records_written_again(
     again, and a new writer encodes the records; the ticket is exact all the same."""
     original = originals["nor30"]
     cram_encoder.POOL.clear()
-    engine = Htsget(for_data_dir(str(exact_dir)))
+    engine = Htsget(kept_writers(exact_dir))
     regions = (Region("chr1", 20_000, 20_700),)
     payload_of(engine, query("nor30", regions), exact_dir)
     (key,) = cram_encoder.POOL._free
@@ -1054,23 +1061,23 @@ def test_a_kept_writer_gone_wrong_is_closed_and_the_records_written_again(
 def test_cram_reproducible_makes_tickets_the_same_bytes_everywhere(
     exact_dir: Path, originals: dict[str, Original], tmp_path: Path, reproducible: bool
 ) -> None:
-    """`cram_reproducible = true`: every re-cut a writer of its own, so two workers (here two
-    engines, sharing this process's kept writers, which have encoded other records
-    meanwhile) give a region the same bytes. By default the bytes of inline re-cuts follow
-    the kept writer's history (they differ here); the records are exact either way."""
+    """`cram_reproducible = true` (the default): every re-cut a writer of its own, so two
+    workers (here two engines, beside this process's kept writers, which encode other
+    records meanwhile) give a region the same bytes. With false, the bytes of inline
+    re-cuts follow the kept writer's history (they differ here); the records are exact
+    either way."""
     original = originals["nor30"]
     regions = (Region("chr1", 14_000, 14_900), Region("chr2", 3_000, 4_000))
     payloads = []
     cram_encoder.POOL.clear()  # the first ticket's writer new; by the second, it has history
     for other in (30_000, 45_000):
-        config = Config(locations=[LocationConfig(root=str(exact_dir))],
-                        cram_reproducible=reproducible)
-        engine = Htsget(config)
+        engine = Htsget(for_data_dir(str(exact_dir)) if reproducible  # the default
+                        else kept_writers(exact_dir))
         payload, urls = payload_of(engine, query("nor30", regions), exact_dir)
         check(payload, urls, original, original.expected(regions), tmp_path)
         payloads.append(payload)
         # the kept writer encodes something else before the next engine's ticket
-        payload_of(Htsget(for_data_dir(str(exact_dir))),
+        payload_of(Htsget(kept_writers(exact_dir)),
                    query("nor30", (Region("chr1", other, other + 700),)), exact_dir)
     assert (payloads[0] == payloads[1]) is reproducible
 

@@ -2,7 +2,8 @@
 served through /data instead, recomputed there from what their url names (file version,
 container, selection) — the same records the inline form would have held, in canonical
 bytes: encoded by a writer of their own, so every worker and every fetch gives the same ones
-(the inline form comes from a writer kept open: cram_encoder.py).
+(by default the inline form is too; with `cram_reproducible = false` it comes from a writer
+kept open, cram_encoder.py, in other bytes).
 
 Checked at engine level (every ticket reassembled and compared with pysam's `fetch`, whole
 record list, in order), through Flask with and without signed urls (tampering: 403 with
@@ -143,6 +144,7 @@ def test_recuts_past_the_bound_are_derived_and_exact(
         whole, all_inline = engine_payload(unbounded, q, root)
         assert not derived_urls(all_inline)
         check(whole, all_inline, original, original.expected(regions), tmp_path)
+        assert whole == payload  # cram_reproducible (the default): the same bytes too
         if derived_urls(urls):
             with_derived += 1
             fresh = Htsget(config_for(ddir, BOUND))
@@ -177,6 +179,7 @@ def test_derived_bytes_are_canonical_and_hold_the_inline_records(
         assert Htsget(config_for(ddir, 0)).derived(ref_path(url)) == derived
         assert inline_only(head + derived + EOF_CONTAINER_V3) == inline_only(
             head + recut.data + EOF_CONTAINER_V3) != []
+        assert derived == recut.data  # cram_reproducible (the default): the same bytes too
 
 
 def ref_path(url: str) -> str:

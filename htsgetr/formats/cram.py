@@ -44,12 +44,13 @@ class CramHandler:
 
     def __init__(
         self, limits: Limits = DEFAULT_LIMITS, references: Optional[References] = None,
-        reproducible: bool = False,
+        reproducible: bool = True,
     ) -> None:
         self.limits = limits  # max_header_bytes, max_index_bytes
         #: where reference-based containers may find their reference (cram_reference_path)
         self.references = references or NO_REFERENCES
-        #: re-cuts sent inline encoded canonically too (cram_reproducible; cram_recode.recode)
+        #: re-cuts sent inline encoded canonically too (cram_reproducible; cram_recode.recode);
+        #: else by writers each worker keeps open
         self.reproducible = reproducible
 
     def sidecars(self, key: str) -> list[str]:
