@@ -181,11 +181,30 @@ def test_both_workers_counted_and_a_sighup_survived(served: Server, tmp_path: Pa
     assert not made[0].exists()  # removed when the server stopped
 
 
+def metrics_server(data_dir: Path, tmp_path: Path) -> tuple[Server, int]:
+    """A server whose master answers scrapes on a port of its own. The port is picked free,
+    then bound by the master: a test running beside this one may take it in between (the
+    master then logs that it cannot listen, and a scrape would reach the other server), so
+    the master's own line says it listens, or another port is tried."""
+    for _ in range(5):
+        port, metrics_port = free_port(), free_port()
+        config = write_config(tmp_path, data_dir, port,
+                              f"[metrics]\nport = {metrics_port}\nhost = '127.0.0.1'\n")
+        srv = Server(["--config", str(config)], port).start()
+        deadline = time.monotonic() + 30
+        while True:
+            out = srv.output()
+            if f"metrics at http://127.0.0.1:{metrics_port}/metrics" in out:
+                return srv, metrics_port
+            if "metrics cannot listen" in out or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        srv.stop()
+    raise AssertionError("the master never listened for scrapes on a port of its own")
+
+
 def test_a_metrics_port_of_its_own(data_dir: Path, tmp_path: Path) -> None:
-    port, metrics_port = free_port(), free_port()
-    config = write_config(tmp_path, data_dir, port,
-                          f"[metrics]\nport = {metrics_port}\nhost = '127.0.0.1'\n")
-    srv = Server(["--config", str(config)], port).start()
+    srv, metrics_port = metrics_server(data_dir, tmp_path)
     try:
         assert requests.get(srv.url + "/metrics", timeout=10).status_code == 404
         sent = hammer(srv.url, 60)
