@@ -88,7 +88,7 @@ def exact_body(
     selection: Selection,
     strict: bool = True,
     references: References = NO_REFERENCES,
-    canonical: bool = False,
+    canonical: bool = True,
 ) -> list[Piece]:
     """Body pieces holding exactly the selected records, in file order, each once: byte
     ranges for covered containers, a `Recut` per re-encoded one (past `MAX_RECUTS`, a

@@ -189,9 +189,13 @@ def bound_inline(
             at.add(i)
     if inline_chars + ENTRY_BOUND * others <= limit:  # the common ticket: far inside it
         return _joined(pieces, at)
-    recuts = {i: p for i, p in enumerate(pieces) if isinstance(p, Recut) and derivable(p)}
+    recuts: dict[int, Recut] = {}
+    for i in sorted(at):
+        recut = pieces[i]
+        if isinstance(recut, Recut) and derivable(recut):
+            recuts[i] = recut
     if not recuts:
-        return _joined(pieces, {i for i, p in enumerate(pieces) if isinstance(p, Recut)})
+        return _joined(pieces, at)
     derived = {i: Derived(p) for i, p in recuts.items()}
     used = 0
     for i, p in enumerate(turns.paced(pieces)):
@@ -201,7 +205,7 @@ def bound_inline(
             used += INLINE_ENTRY + inline_size(len(p.data))
         else:
             used += entry_chars(p)
-    inline = {i for i, p in enumerate(pieces) if isinstance(p, Recut) and i not in recuts}
+    inline = at - recuts.keys()
     for i in turns.paced(sorted(recuts, key=lambda i: (len(recuts[i].data), i))):
         cost = INLINE_ENTRY + inline_size(len(recuts[i].data)) - entry_chars(derived[i])
         if used + cost <= limit:
