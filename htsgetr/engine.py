@@ -5,7 +5,6 @@ No Flask here: the same object serves the WSGI app, AWS Lambda, the CLI and note
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -48,6 +47,7 @@ from .protocol import (
     Query,
     Region,
     Ticket,
+    data_uri,
 )
 from .storage.base import batched, stat_many
 from .storage.local import LocalStorage, mount_path, safe_key, visible
@@ -76,11 +76,6 @@ def default_handlers(config: Optional[Config] = None) -> dict[Format, FormatHand
         Format.FASTA: FastaHandler(),
         Format.FASTQ: FastqHandler(),
     }
-
-
-def data_uri(data: bytes) -> str:
-    """Inline block, written exactly `data:;base64,` (some clients accept nothing else)."""
-    return "data:;base64," + base64.b64encode(data).decode("ascii")
 
 
 class Htsget:

@@ -6,11 +6,23 @@ engine turns a `Query` into a `Ticket`, and errors carry their own status and ht
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+
+#: base64 for inline blocks: a deep region's ticket inlines ~30 KB of re-cut edges, which
+#: the standard library encodes at ~1 GB/s (~30 us, 5% of the ticket) and pybase64's vector
+#: code ~40x faster; the same characters either way
+_b64encode: Callable[[bytes], bytes] = base64.b64encode
+try:
+    import pybase64
+
+    _b64encode = pybase64.b64encode
+except ImportError:  # pragma: no cover - a dependency; the standard library still works
+    pass
 
 CONTENT_TYPE = "application/vnd.ga4gh.htsget.v1.3.0+json"
 PROTOCOL_VERSION = "1.3.0"
@@ -634,6 +646,11 @@ def parse_post(
 
 
 # --------------------------------------------------------------------------- ticket
+
+
+def data_uri(data: bytes) -> str:
+    """An inline block, written exactly `data:;base64,` (some clients accept nothing else)."""
+    return "data:;base64," + _b64encode(data).decode("ascii")
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,11 @@ payload byte for byte.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from ..formats.base import ByteRange, Inline, Piece, Source
-from ..protocol import Block, Class, Query, Ticket
+from ..protocol import Block, Class, Query, Ticket, data_uri
 from .header import SEGMENT, encrypt_segment, make_header, new_session_key
 from .segments import cipher_range, segment_span
 from .storage import Crypt4ghStorage, Stored
@@ -51,10 +50,6 @@ class _Made:
 
 
 Run = Union[_Cipher, _Made]
-
-
-def data_uri(data: bytes) -> str:
-    return "data:;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _runs(storage: Crypt4ghStorage, source: Source, obj: Stored, pieces: list[Piece]
