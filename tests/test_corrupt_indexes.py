@@ -398,9 +398,9 @@ def test_good_crai_verified_once(base: Path) -> None:
     seen = set(crai.verified)
     assert seen and seen <= set(crai.container_offsets)
     engine.ticket(query("small", Format.CRAM, "chr1", 0, 60_000))
-    assert crai.verified == seen
+    assert set(crai.verified) == seen
     engine.ticket(query("small", Format.CRAM, "*"))
-    assert crai.verified > seen
+    assert set(crai.verified) > seen
 
 
 @needs_samtools

@@ -81,7 +81,7 @@ class CramHandler:
                 offsets = sorted(crai.containers(ref_id, beg, end))
                 edges = {offsets[0], offsets[-1]} if offsets and ref_id != UNMAPPED else set()
                 for offset in offsets:
-                    stop = min(crai.next_container(offset, cram.data_end), cram.data_end)
+                    stop = crai.container_end(offset, cram.data_end)
                     if offset in edges and stop - offset <= EDGE_BUDGET:
                         reads.append((offset, stop))
                     elif offset not in crai.verified:

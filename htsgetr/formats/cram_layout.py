@@ -13,7 +13,7 @@ import lzma
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, TypeVar
+from typing import Callable, Iterable, Optional, TypeVar, Union
 
 from ..index.crai import Crai
 from ..protocol import InternalError
@@ -334,16 +334,17 @@ def verify_containers(
     for offset in sorted(offsets):
         if offset in crai.verified:
             continue
-        problem = container_problem(source, cram, crai, offset)
-        if problem is not None:
-            raise InternalError(f"{index_key} does not match {source.key}: {problem}")
-        crai.verified.add(offset)
+        found = container_problem(source, cram, crai, offset)
+        if isinstance(found, str):
+            raise InternalError(f"{index_key} does not match {source.key}: {found}")
+        crai.verified[offset] = found
 
 
-def container_problem(source: Source, cram: CramFile, crai: Crai, offset: int) -> Optional[str]:
-    """What is wrong with the container at `offset` by its CRAI lines, or None: its header
-    must parse, end by the next indexed container, hold each line's reference (or be a
-    multi-reference container), and have each line's slice offset among its landmarks, its
+def container_problem(source: Source, cram: CramFile, crai: Crai, offset: int
+                      ) -> Union[str, int]:
+    """What is wrong with the container at `offset` by its CRAI lines, or where it ends: its
+    header must parse, end by the next indexed container, hold each line's reference (or be
+    a multi-reference container), and have each line's slice offset among its landmarks, its
     slice inside it and its start inside its span."""
     stop = crai.next_container(offset, cram.data_end)
     want = min(stop, offset + CONTAINER_HEAD_READ)
@@ -372,7 +373,7 @@ def container_problem(source: Source, cram: CramFile, crai: Crai, offset: int) -
             return f"a slice runs past the end of the container at {offset}"
         if head.ref_seq_id >= 0 and not head.start <= line.start <= head.start + head.span:
             return f"a slice start ({line.start}) outside the container at {offset}"
-    return None
+    return head.end
 
 
 def count_records(data: bytes, start: int, end: int, major: int) -> int:

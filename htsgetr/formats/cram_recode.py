@@ -102,7 +102,7 @@ def exact_body(
     recuts = 0
     for offset in sorted(offsets):
         start = max(offset, cram.header_end)
-        end = min(crai.next_container(offset, cram.data_end), cram.data_end)
+        end = crai.container_end(offset, cram.data_end)  # verified: by its header
         if end <= start:
             continue
         entries = by_container.entries.get(offset, [])
@@ -165,13 +165,13 @@ def derived_recut(
     i = bisect_left(offsets, start)
     if i == len(offsets) or offsets[i] != start or start < cram.header_end:
         raise NotFound("no such CRAM container: ask the ticket endpoint again")
-    if end != min(crai.next_container(start, cram.data_end), cram.data_end):
+    verify_containers(source, cram, crai, index_key, {start})
+    if end != crai.container_end(start, cram.data_end):
         raise NotFound("no such CRAM container: ask the ticket endpoint again")
     wanted = Selection.parse(token)
     entries = _entries(source, crai, index_key).entries.get(start, [])
     if wanted is None or wanted.empty or wanted.clip(entries).token() != token:
         raise NotFound("no such selection of this CRAM container")
-    verify_containers(source, cram, crai, index_key, {start})
     refs = {entry[0] for entry in entries}
     recoded = _recoded(source, cram, start, end, wanted, refs, references)
     if recoded.refused is not None:

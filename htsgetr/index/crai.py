@@ -79,9 +79,10 @@ class Crai:
     container_offsets: list[int]  # sorted, distinct
     #: the lines of each container, to check against the container header (cram.py)
     slices: dict[int, list[Slice]] = field(default_factory=dict)
-    #: containers whose header was found to agree with their lines (a ticket checks the
-    #: ones it uses once; the parsed CRAI is cached per version of the CRAM and CRAI)
-    verified: set[int] = field(default_factory=set, compare=False, repr=False)
+    #: containers whose header was found to agree with their lines, and where each ends by
+    #: its header (a ticket checks the ones it uses once; the parsed CRAI is cached per
+    #: version of the CRAM and CRAI)
+    verified: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -148,3 +149,11 @@ class Crai:
         """The start of the container after the one at `offset` (`default` after the last)."""
         i = bisect_right(self.container_offsets, offset)
         return self.container_offsets[i] if i < len(self.container_offsets) else default
+
+    def container_end(self, offset: int, default: int) -> int:
+        """Where the container at `offset` ends: by its header once verified (the CRAMv3
+        extent: a container's length), else where the next one starts (`default` after the
+        last). The two agree on a file whose containers follow one another; where bytes lie
+        between them, only the container itself is read or sent."""
+        end = self.verified.get(offset)
+        return end if end is not None else min(self.next_container(offset, default), default)
