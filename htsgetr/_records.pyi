@@ -33,6 +33,10 @@ def runs(
     record at `pos` and all later ones of the reference overlap.
     """
 
+def record_end(buf: bytes | bytearray | memoryview, pos: int, kind: int, scanned: int) -> int:
+    """Where the record at `pos` ends, or -1 while it runs past `buf` (when `runs` would
+    stop there with NEED_MORE); a VCF line is searched for its newline from `scanned` on."""
+
 def head(
     buf: bytes | bytearray | memoryview, pos: int, kind: int, ref_id: int, ref_name: bytes
 ) -> tuple[int, int]:

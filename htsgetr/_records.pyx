@@ -330,6 +330,32 @@ def runs(const unsigned char[:] buf, Py_ssize_t pos, Py_ssize_t limit, int kind,
     return outcome, pos, found, odd, reach
 
 
+def record_end(const unsigned char[:] buf, Py_ssize_t pos, int kind, Py_ssize_t scanned):
+    """Where the record at `pos` ends, or -1 while it runs past the data given: exactly when
+    `runs` would stop at `pos` asking for more (NEED_MORE). `scanned`: a VCF line has no
+    newline before it (a record growing block by block is searched once, not per block)."""
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef const unsigned char *p = NULL
+    cdef const unsigned char *nl
+    cdef Py_ssize_t nxt = -1
+    if n > 0:
+        p = &buf[0]
+    if kind == KIND_BAM:
+        if pos + 36 <= n:
+            nxt = pos + 4 + <Py_ssize_t>_u32(p + pos)
+    elif kind == KIND_BCF:
+        if pos + 20 <= n:
+            nxt = pos + 8 + <Py_ssize_t>_u32(p + pos) + <Py_ssize_t>_u32(p + pos + 4)
+    else:
+        if scanned < pos:
+            scanned = pos
+        if scanned < n:
+            nl = <const unsigned char *>memchr(p + scanned, 10, n - scanned)
+            if nl != NULL:
+                nxt = (nl - p) + 1
+    return nxt if 0 <= nxt <= n else -1
+
+
 def head(const unsigned char[:] buf, Py_ssize_t pos, int kind, int64_t ref_id,
          bytes ref_name):
     """Where the record at `pos` starts: (state, beg). State -1: `buf` ends before that is

@@ -210,6 +210,24 @@ def test_runs_match_twin(kind: str, data: st.DataObject) -> None:
     assert got == want
 
 
+@given(kind=st.sampled_from(["BAM", "VCFX", "BCFX"]), data=st.data())
+def test_record_end_is_where_runs_asks_for_more(kind: str, data: st.DataObject) -> None:
+    """`_records.record_end` (a walk skips `runs` while a record runs on, exact.py) is -1
+    exactly where `runs` stops at `pos` asking for more, else the record's own end; a VCF
+    line searched from any point before its newline ends there too."""
+    body, starts, _, parse, ckind = STREAMS[kind]
+    i = data.draw(st.integers(0, len(starts) - 2))
+    pos = starts[i]
+    cut = data.draw(st.one_of(st.integers(pos, min(len(body), starts[i + 1] + 2)),
+                              st.integers(pos, len(body))))
+    buf = body[:cut]
+    outcome, stopped, _, _, _ = _records.runs(buf, pos, -1, ckind, -1, b"\x00", 0, 1, False)
+    need_more = outcome == _records.NEED_MORE and stopped == pos
+    end = starts[i + 1]
+    scanned = data.draw(st.integers(pos, max(pos, min(cut, end - 1))))
+    assert _records.record_end(buf, pos, ckind, scanned) == (-1 if need_more else end)
+
+
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kind=st.sampled_from(["BAM", "VCFX", "BCFX"]), data=st.data())
 def test_head_matches_twin(kind: str, data: st.DataObject) -> None:

@@ -207,7 +207,7 @@ class _Walk:
         coff, uoff = bgzf.coffset(vbeg), bgzf.uoffset(vbeg)
         end_coff, end_uoff = bgzf.coffset(vend), bgzf.uoffset(vend)
         buf: Union[bytearray, memoryview] = memoryview(b"")
-        pos, limit, pending = 0, -1, -1
+        pos, limit, pending, grown = 0, -1, -1, 0
         stop_inside = self.open_end or self.may_skip
         self.spans = []
         while True:
@@ -238,8 +238,12 @@ class _Walk:
                 limit = limit - pos if limit >= 0 else -1
                 carried, pos = buf[pos:], 0
             if len(carried):  # a record runs on into this block
-                buf = bytearray(carried)
-                buf += data
+                grown = len(carried)  # it has no VCF newline before this
+                if carried is buf and isinstance(buf, bytearray):
+                    buf += data  # in place: a record over many blocks is copied once
+                else:
+                    buf = bytearray(carried)
+                    buf += data
             else:  # walked where it lies, not copied
                 buf = data
             self.spans.append((len(buf) - len(data), coff, uoff, len(data), nxt))
@@ -254,6 +258,8 @@ class _Walk:
                 elif end_uoff == 0 and nxt == end_coff:
                     limit = len(buf)
             coff, uoff = nxt, 0
+            if len(carried) and _records.record_end(buf, pos, self.kind, grown) < 0:
+                continue  # it runs on past this block too: nothing new to walk (NEED_MORE)
             outcome, pos = self._runs(buf, pos, limit, stop_inside)
             if outcome == _records.OPEN_END and not self.open_end:
                 # the first record starting inside the bounded region: the rest of the block
