@@ -1218,3 +1218,39 @@ def _write(tmp: Path, data: bytes) -> Path:
     out = tmp / "payload.cram"
     out.write_bytes(data)
     return out
+
+
+def test_a_container_past_the_recut_bound_is_never_read_for_a_recut(
+    exact_dir: Path, originals: dict[str, Original], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A container larger than MAX_RECUT_BYTES (a crafted header and CRAI may agree on any
+    size) is not read into memory to be re-encoded: an ordinary ticket sends it whole (a
+    superset, logged), a restricted one is refused with 403. Here the bound is lowered to
+    below the file's containers; the storage reads are counted."""
+    from htsgetr.formats import cram_recode
+
+    monkeypatch.setattr(cram_recode, "MAX_RECUT_BYTES", 1000)
+    engine = Htsget(for_data_dir(str(exact_dir)))  # nothing re-cut cached yet
+    original = originals["mk"]
+    containers = {offset: end for offset, end, _ in original.containers()}
+    whole_reads: list[tuple[int, int]] = []  # reads of a whole container, from its start
+    source = engine.locate("mk", Format.CRAM)
+    real_read = type(source.storage).read
+
+    def read(self: Any, key: str, start: int, end: int) -> bytes:
+        if containers.get(start, end + 1) <= end:
+            whole_reads.append((start, end))
+        return real_read(self, key, start, end)
+
+    monkeypatch.setattr(type(source.storage), "read", read)
+    regions = (Region("chr1", 20_000, 20_100),)
+    with caplog.at_level(logging.INFO, logger="htsgetr"):
+        payload, _ = payload_of(engine, query("mk", regions, exact=False), exact_dir)
+    assert any("more than a re-cut reads" in r.getMessage() for r in caplog.records)
+    expected = original.expected(regions)
+    assert check_wider(payload, original, expected, tmp_path) != expected  # whole containers
+    assert not whole_reads
+    with pytest.raises(PermissionDenied) as info:
+        engine.ticket(query("mk", regions))
+    assert "more than a re-cut reads" in info.value.message

@@ -53,6 +53,10 @@ FILE_HEADER = 0
 MAX_RECUTS = 256
 #: records decoded between two pauses (turns.py) of a container's re-encoding
 PAUSE_RECORDS = 1024
+#: the largest container a re-cut reads into memory. htslib's containers are a few MB (10,000
+#: records, at most ~5 Mbases a slice); one larger than this is sent whole (refused under
+#: restrictions), so a crafted header and CRAI agreeing on a huge container cost no memory
+MAX_RECUT_BYTES = 256 << 20
 
 log = logging.getLogger("htsgetr")
 
@@ -209,6 +213,9 @@ def _recoder(
     refs: set[int], references: References, canonical: bool,
 ) -> Callable[[], Recoded]:
     def load() -> Recoded:
+        if end - start > MAX_RECUT_BYTES:
+            return Recoded(b"", f"the container is {end - start} bytes, more than a re-cut "
+                                f"reads ({MAX_RECUT_BYTES})")
         chunk = source.read(start, end)
         decoding = references.decoding(cram.header_text, refs)
         try:
