@@ -98,11 +98,15 @@ test-browser: deps build browser-deps
 	HTSGETR_BROWSER=1 HTSGETR_NODE_MODULES=$(CURDIR)/$(BROWSER_DIR)/node_modules \
 	  $(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
+# only what is missing: a node from elsewhere (NodeSource's nodejs holds npm itself and
+# conflicts with Debian's npm package) stays as it is
 browser-deps: $(BROWSER_STAMP)
-	@missing=""; for p in chromium node npm; do command -v $$p >/dev/null 2>&1 || missing=1; done; \
+	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium nodejs npm; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
 $(BROWSER_STAMP):
