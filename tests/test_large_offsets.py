@@ -3,12 +3,13 @@ compressed offsets that need more than 32 bits (BGZF virtual offsets keep 48 for
 Every offset the server reads, compares, writes into a Range header or a derived path must
 survive that, as must htslib reading the ticket.
 
-Each file here is a small real file (samtools, bcftools) with a 4 GiB + hole inserted
-between its header and its first record, and its index (BAI, CSI, TBI, CRAI) rewritten with
-every offset past the hole moved by the hole's size. The hole is sparse: no disk, and
-nothing ever reads it (the header ends before it, every region's walk starts after it at an
-index offset), as on a real file where those bytes are other records. htslib reads the
-same sparse file through the rewritten index, so the comparison stands: every region's
+Each file here is a small real file (samtools, bcftools), re-blocked so that its second
+reference starts a BGZF block (CRAM: a container), with a 4 GiB + hole inserted there and
+its index (BAI, TBI, CSI, CRAI) rewritten with every offset past the hole moved by the
+hole's size. The hole is sparse: no disk. Regions of the references past it are asked for,
+whose walks start past it at index offsets and never read it (on a real file those bytes
+are the first reference's last records and the next one's first). htslib reads the same
+sparse file through the rewritten index, so the comparison stands: every region's
 reassembled ticket holds exactly htslib's records, through a real gunicorn, and samtools /
 bcftools read the ticket urls themselves.
 """
@@ -26,6 +27,7 @@ import pysam
 import pytest
 import requests
 from conftest import (
+    BGZF_EOF_MARKER,
     Server,
     assert_records,
     assert_ticket_records,
@@ -40,7 +42,7 @@ from conftest import (
 HOLE = (1 << 32) + 0x12345
 #: the gap between two CRAM containers in test_a_cram_container_is_read_by_its_own_length
 GAP = 16 << 20
-BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
+BGZF_EOF = BGZF_EOF_MARKER
 BAI_PSEUDO_BIN = 37450
 
 Shift = Callable[..., int]
