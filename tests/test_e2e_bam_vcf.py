@@ -7,12 +7,20 @@ import collections
 import random
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pysam
 import pytest
 import requests
-from conftest import Server, assert_records, assert_ticket_records, reassemble, shared
+from conftest import (
+    Server,
+    assert_records,
+    assert_ticket_records,
+    make_bam,
+    reassemble,
+    shared,
+)
 
 CT = "application/vnd.ga4gh.htsget.v1.3.0+json"
 BGZF_EOF = bytes.fromhex("1f8b08040000000000ff0600424302001b0003000000000000000000")
@@ -333,3 +341,54 @@ def test_empty_regions_every_format(server: Server, data_dir: Path, tmp_path: Pa
     out.write_bytes(reassemble(t))
     assert assert_ticket_records(out.read_bytes(), tmp_path, path, [region]) == []
     assert header_text(out) == header_text(path)
+
+
+#: reference names as GRCh38's analysis set spells them (HLA alleles, decoys), and one that
+#: reads like a region string
+ODD_NAMES = ["chr1", "HLA-A*01:01:01:01", "chrUn_JTFH01000001v1_decoy", "chr6:1-100"]
+
+
+@pytest.fixture(scope="module")
+def odd_names_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    from conftest import free_port
+
+    d = tmp_path_factory.mktemp("odd_names")
+    make_bam(d / "odd.bam", seed=23, refs=[(n, 100_000) for n in ODD_NAMES], n_reads=2000)
+    lines = ["##fileformat=VCFv4.3"] + [f"##contig=<ID={n},length=100000>" for n in ODD_NAMES]
+    lines.append("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO")
+    rng = random.Random(23)
+    for name in ODD_NAMES:
+        lines += [f"{name}\t{pos}\t.\tA\tG\t50\tPASS\t." for pos in
+                  sorted(rng.sample(range(1, 100_000), 300))]
+    (d / "odd.vcf").write_text("\n".join(lines) + "\n")
+    pysam.tabix_index(str(d / "odd.vcf"), preset="vcf", force=True)
+    subprocess.run(["bcftools", "view", "-Ob", "-o", str(d / "odd.bcf"), str(d / "odd.vcf.gz")],
+                   check=True)
+    subprocess.run(["bcftools", "index", str(d / "odd.bcf")], check=True)
+    port = free_port()
+    srv = Server(["--data-dir", str(d), "--port", str(port)], port).start()
+    yield srv, d
+    srv.stop()
+
+
+@pytest.mark.parametrize("endpoint,suffix", [("reads", ".bam"), ("variants", ".vcf.gz"),
+                                             ("variants", ".bcf")])
+def test_reference_names_with_stars_colons_and_dashes(
+        odd_names_server: tuple[Server, Path], tmp_path: Path, endpoint: str,
+        suffix: str) -> None:
+    """`HLA-A*01:01:01:01` is a reference like any other (its `*` is not the unplaced reads,
+    `chr6:1-100` is not a region string), alone and together in one POST."""
+    server, d = odd_names_server
+    path = d / f"odd{suffix}"
+    fmt = {"reads": {}, "variants": {"format": FORMAT[suffix]}}[endpoint]
+    for name in ODD_NAMES:
+        for start, end in [(None, None), (1000, 50_000), (99_000, 100_000)]:
+            t = ticket(server, endpoint, "odd", **fmt, **_params(name, start, end))
+            got = assert_ticket_records(reassemble(t), tmp_path, path, [(name, start, end)])
+            assert got, (name, start, end)
+    regions = [{"referenceName": n, "start": 2000, "end": 30_000} for n in ODD_NAMES[1:]]
+    resp = requests.post(f"{server.url}/{endpoint}/odd", json={"regions": regions, **fmt},
+                         timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert_ticket_records(reassemble(resp.json()), tmp_path, path,
+                          [(n, 2000, 30_000) for n in ODD_NAMES[1:]])
