@@ -83,7 +83,7 @@ def header_text(path: Path) -> str:
 # --------------------------------------------------------------------------- whole file
 
 
-FORMAT = {".bam": "BAM", ".vcf.gz": "VCF", ".bcf": "BCF"}
+FORMAT = {".bam": "BAM", ".cram": "CRAM", ".vcf.gz": "VCF", ".bcf": "BCF"}
 
 
 @pytest.mark.parametrize("id,suffix,endpoint", [
@@ -354,6 +354,10 @@ def odd_names_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 
     d = tmp_path_factory.mktemp("odd_names")
     make_bam(d / "odd.bam", seed=23, refs=[(n, 100_000) for n in ODD_NAMES], n_reads=2000)
+    subprocess.run(["samtools", "view", "-C", "--output-fmt-option", "no_ref=1",
+                    "--output-fmt-option", "seqs_per_slice=300", "-o", str(d / "odd.cram"),
+                    str(d / "odd.bam")], check=True)
+    subprocess.run(["samtools", "index", str(d / "odd.cram")], check=True)
     lines = ["##fileformat=VCFv4.3"] + [f"##contig=<ID={n},length=100000>" for n in ODD_NAMES]
     lines.append("#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO")
     rng = random.Random(23)
@@ -371,8 +375,8 @@ def odd_names_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     srv.stop()
 
 
-@pytest.mark.parametrize("endpoint,suffix", [("reads", ".bam"), ("variants", ".vcf.gz"),
-                                             ("variants", ".bcf")])
+@pytest.mark.parametrize("endpoint,suffix", [("reads", ".bam"), ("reads", ".cram"),
+                                             ("variants", ".vcf.gz"), ("variants", ".bcf")])
 def test_reference_names_with_stars_colons_and_dashes(
         odd_names_server: tuple[Server, Path], tmp_path: Path, endpoint: str,
         suffix: str) -> None:
@@ -380,7 +384,7 @@ def test_reference_names_with_stars_colons_and_dashes(
     `chr6:1-100` is not a region string), alone and together in one POST."""
     server, d = odd_names_server
     path = d / f"odd{suffix}"
-    fmt = {"reads": {}, "variants": {"format": FORMAT[suffix]}}[endpoint]
+    fmt = {"format": FORMAT[suffix]}
     for name in ODD_NAMES:
         for start, end in [(None, None), (1000, 50_000), (99_000, 100_000)]:
             t = ticket(server, endpoint, "odd", **fmt, **_params(name, start, end))
