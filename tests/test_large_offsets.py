@@ -6,9 +6,10 @@ survive that, as must htslib reading the ticket.
 Each file here is a small real file (samtools, bcftools), re-blocked so that its second
 reference starts a BGZF block (CRAM: a container), with a 4 GiB + hole inserted there and
 its index (BAI, TBI, CSI, CRAI) rewritten with every offset past the hole moved by the
-hole's size. The hole is sparse: no disk. Regions of the references past it are asked for,
-whose walks start past it at index offsets and never read it (on a real file those bytes
-are the first reference's last records and the next one's first). htslib reads the same
+hole's size. The hole is sparse: no disk, and nothing may read it: the walks of the first
+reference's regions stop where its data ends, as htslib's do, and the others' start past it
+at index offsets (on a real file those bytes are the next reference's first records, never
+the first reference's). htslib reads the same
 sparse file through the rewritten index, so the comparison stands: every region's
 reassembled ticket holds exactly htslib's records, through a real gunicorn, and samtools /
 bcftools read the ticket urls themselves.
@@ -292,16 +293,15 @@ def big_server(request: pytest.FixtureRequest, big_dir: Path,
 
 
 def _regions(path: Path, n: int, seed: int) -> list[tuple[str, Optional[int], Optional[int]]]:
-    """Random regions of the references past the hole (with reads: `*` too). The first
-    reference's are not asked for: on a real file the bytes after its data are the next
-    reference's first records, which a walk to its end may read a record head of (the index
-    says a record starts there); here they are the hole."""
+    """Random regions of every reference (with reads: `*` too). The first reference's data
+    ends at the hole: a walk to its end must stop there, as htslib's does (the bytes after
+    a reference's data are another reference's records, never its own)."""
     if path.suffix in (".bam", ".cram"):
         with pysam.AlignmentFile(str(path)) as f:
-            refs = list(zip(f.references, f.lengths))[1:] + [("*", 0)]
+            refs = list(zip(f.references, f.lengths)) + [("*", 0)]
     else:
         with pysam.VariantFile(str(path)) as f:
-            refs = [(c, f.header.contigs[c].length) for c in f.header.contigs][1:]
+            refs = [(c, f.header.contigs[c].length) for c in f.header.contigs]
     rng = random.Random(seed)
     out: list[tuple[str, Optional[int], Optional[int]]] = []
     for _ in range(n):

@@ -291,10 +291,15 @@ class _Walk:
         are the furthest one earlier walks learned (formats/waypoints.py) and those of
         index queries at the region's last base (and, when no walk learned one, at its
         window starts, sampled when many), kept below max_off (records there start past the
-        end) and past `start`'s block (nearer ones save nothing); a bisection over the index's
-        reads one record head per probe.
+        end) and below where the reference's data ends (the pseudo-bin says; a record there
+        is another reference's, never read: htslib stops there too) and past `start`'s block
+        (nearer ones save nothing); a bisection over the index's reads one record head per
+        probe.
         """
         upper = min(self.max_off, self.layout.data_end << 16)
+        meta = self.indexed.index.ref_meta(self.index_ref)
+        if meta is not None and meta[1] > meta[0]:
+            upper = min(upper, meta[1])
         # a boundary in start's block saves nothing: it is inflated either way
         after = ((bgzf.coffset(start) + 1) << 16) - 1
         known = self.indexed.waypoints.last_inside(
