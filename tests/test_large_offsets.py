@@ -38,6 +38,7 @@ from conftest import (
     make_vcf,
     reassemble,
 )
+from test_corrupt_indexes import crai_lines, write_crai
 
 #: the hole: past 4 GiB, and odd, so that no offset past it is a round number by chance
 HOLE = (1 << 32) + 0x12345
@@ -217,17 +218,13 @@ def _holed_copy(src: Path, dst: Path, split: int, hole: int = HOLE) -> None:
 def holed_cram(src: Path, dst: Path, hole: int = HOLE) -> int:
     """`src` CRAM at `dst` with `hole` bytes before the first container of its second
     reference (containers hold one reference each here), its CRAI shifted."""
-    crai = src.parent / (src.name + ".crai")
-    lines = [line.split("\t") for line in gzip.decompress(crai.read_bytes()).decode().splitlines()
-             if line]
-    first_ref = min(int(f[0]) for f in lines if int(f[0]) >= 0)
-    split = min(int(f[3]) for f in lines if int(f[0]) > first_ref)
-    assert all(int(f[3]) < split for f in lines if int(f[0]) == first_ref)
+    lines = crai_lines(src.parent / (src.name + ".crai"))
+    first_ref = min(f[0] for f in lines if f[0] >= 0)
+    split = min(f[3] for f in lines if f[0] > first_ref)
+    assert all(f[3] < split for f in lines if f[0] == first_ref)
     _holed_copy(src, dst, split, hole)
-    for f in lines:
-        f[3] = str(int(f[3]) + hole) if int(f[3]) >= split else f[3]
-    (dst.parent / (dst.name + ".crai")).write_bytes(
-        gzip.compress(("\n".join("\t".join(f) for f in lines) + "\n").encode()))
+    write_crai(dst.parent / (dst.name + ".crai"),
+               [f[:3] + [f[3] + hole if f[3] >= split else f[3]] + f[4:] for f in lines])
     return split
 
 

@@ -334,18 +334,17 @@ def verify_containers(
     for offset in sorted(offsets):
         if offset in crai.verified:
             continue
-        found = container_problem(source, cram, crai, offset)
-        if isinstance(found, str):
-            raise InternalError(f"{index_key} does not match {source.key}: {found}")
-        crai.verified[offset] = found
+        end = container_end(source, cram, crai, offset)
+        if isinstance(end, str):
+            raise InternalError(f"{index_key} does not match {source.key}: {end}")
+        crai.verified[offset] = end
 
 
-def container_problem(source: Source, cram: CramFile, crai: Crai, offset: int
-                      ) -> Union[str, int]:
-    """What is wrong with the container at `offset` by its CRAI lines, or where it ends: its
-    header must parse, end by the next indexed container, hold each line's reference (or be
-    a multi-reference container), and have each line's slice offset among its landmarks, its
-    slice inside it and its start inside its span."""
+def container_end(source: Source, cram: CramFile, crai: Crai, offset: int) -> Union[int, str]:
+    """Where the container at `offset` ends by its header, or (a str) what is wrong with it
+    by its CRAI lines: its header must parse, end by the next indexed container, hold each
+    line's reference (or be a multi-reference container), and have each line's slice offset
+    among its landmarks, its slice inside it and its start inside its span."""
     stop = crai.next_container(offset, cram.data_end)
     want = min(stop, offset + CONTAINER_HEAD_READ)
     while True:
