@@ -334,13 +334,14 @@ def verify_containers(
     for offset in sorted(offsets):
         if offset in crai.verified:
             continue
-        end = container_end(source, cram, crai, offset)
+        end = read_container_end(source, cram, crai, offset)
         if isinstance(end, str):
             raise InternalError(f"{index_key} does not match {source.key}: {end}")
         crai.verified[offset] = end
 
 
-def container_end(source: Source, cram: CramFile, crai: Crai, offset: int) -> Union[int, str]:
+def read_container_end(source: Source, cram: CramFile, crai: Crai, offset: int
+                       ) -> Union[int, str]:
     """Where the container at `offset` ends by its header, or (a str) what is wrong with it
     by its CRAI lines: its header must parse, end by the next indexed container, hold each
     line's reference (or be a multi-reference container), and have each line's slice offset
