@@ -368,6 +368,13 @@ class Config:
         factory=list,
         check=_check_reference_dirs,
     )
+    cram_max_recut_bytes: int = _opt(
+        256 << 20,
+        "largest CRAM container a region's re-cut reads into memory, bytes (htslib writes"
+        " containers of a few MB): a larger one is sent whole, or refused (403) when an"
+        " authorization rule restricts the query",
+        min=1,
+    )
     cram_reproducible: bool = _opt(
         True,
         "re-encode each re-cut CRAM container with a writer of its own, so a region's ticket"

@@ -20,6 +20,7 @@ from .formats.base import ByteRange, FormatHandler, Inline, Piece, Source, compa
 from .formats.bgzf import DEFAULT_LIMITS, Limits
 from .formats.blocks import derived_edge
 from .formats.cram import CramHandler
+from .formats.cram_recode import MAX_RECUT_BYTES
 from .formats.cram_reference import References
 from .formats.derived import (
     CRAM_PREFIX,
@@ -70,7 +71,9 @@ def default_handlers(config: Optional[Config] = None) -> dict[Format, FormatHand
     return {
         Format.BAM: BamHandler(limits),
         Format.CRAM: CramHandler(limits, references=references,
-                                 reproducible=config.cram_reproducible if config else True),
+                                 reproducible=config.cram_reproducible if config else True,
+                                 max_recut_bytes=config.cram_max_recut_bytes if config
+                                 else MAX_RECUT_BYTES),
         Format.VCF: VcfHandler(limits),
         Format.BCF: BcfHandler(limits),
         Format.FASTA: FastaHandler(),

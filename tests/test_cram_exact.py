@@ -22,6 +22,7 @@ from __future__ import annotations
 import array
 import base64
 import collections
+import dataclasses
 import gzip
 import hashlib
 import logging
@@ -1224,14 +1225,12 @@ def test_a_container_past_the_recut_bound_is_never_read_for_a_recut(
     exact_dir: Path, originals: dict[str, Original], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A container larger than MAX_RECUT_BYTES (a crafted header and CRAI may agree on any
-    size) is not read into memory to be re-encoded: an ordinary ticket sends it whole (a
-    superset, logged), a restricted one is refused with 403. Here the bound is lowered to
+    """A container larger than `cram_max_recut_bytes` (a crafted header and CRAI may agree
+    on any size) is not read into memory to be re-encoded: an ordinary ticket sends it whole
+    (a superset, logged), a restricted one is refused with 403. Here the bound is configured
     below the file's containers; the storage reads are counted."""
-    from htsgetr.formats import cram_recode
-
-    monkeypatch.setattr(cram_recode, "MAX_RECUT_BYTES", 1000)
-    engine = Htsget(for_data_dir(str(exact_dir)))  # nothing re-cut cached yet
+    config = dataclasses.replace(for_data_dir(str(exact_dir)), cram_max_recut_bytes=1000)
+    engine = Htsget(config)  # nothing re-cut cached yet
     original = originals["mk"]
     containers = {offset: end for offset, end, _ in original.containers()}
     whole_reads: list[tuple[int, int]] = []  # reads of a whole container, from its start

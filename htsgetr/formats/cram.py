@@ -34,6 +34,7 @@ from .cram_layout import (
     load_cram,
     verify_containers,
 )
+from .cram_recode import MAX_RECUT_BYTES, derived_recut, exact_body
 from .cram_reference import NO_REFERENCES, References
 from .derived import DerivedRef
 
@@ -44,7 +45,7 @@ class CramHandler:
 
     def __init__(
         self, limits: Limits = DEFAULT_LIMITS, references: Optional[References] = None,
-        reproducible: bool = True,
+        reproducible: bool = True, max_recut_bytes: int = MAX_RECUT_BYTES,
     ) -> None:
         self.limits = limits  # max_header_bytes, max_index_bytes
         #: where reference-based containers may find their reference (cram_reference_path)
@@ -52,6 +53,8 @@ class CramHandler:
         #: re-cuts sent inline encoded canonically too (cram_reproducible; cram_recode.recode);
         #: else by writers each worker keeps open
         self.reproducible = reproducible
+        #: the largest container a re-cut reads (cram_max_recut_bytes): larger ones go whole
+        self.max_recut_bytes = max_recut_bytes
 
     def sidecars(self, key: str) -> list[str]:
         """Files that go with `key`, asked about with it (one listing on S3)."""
@@ -143,7 +146,6 @@ class CramHandler:
     def _exact_body(self, source: Source, cram: CramFile, query: Query) -> list[Piece]:
         """Exactly the records htslib's region queries return, each once, in file order
         (where a container cannot be re-encoded: the whole container, unless `query.exact`)."""
-        from .cram_recode import exact_body  # imports this module
         from .cram_selection import Selection
 
         spans = list(self._spans(cram, query))  # unknown references: NotFound first
@@ -158,15 +160,14 @@ class CramHandler:
         verify_containers(source, cram, crai, index_key, used)
         return exact_body(
             source, cram, crai, index_key, selection, query.exact, self.references,
-            canonical=self.reproducible,
+            canonical=self.reproducible, max_recut_bytes=self.max_recut_bytes,
         )
 
     def derived(self, source: Source, ref: DerivedRef) -> bytes:
         """The bytes of a derived block (a re-encoded container a ticket named by url)."""
-        from .cram_recode import derived_recut  # imports this module
-
         cram = self.open(source)
         index_key, crai = self._index(source)
         return derived_recut(
-            source, cram, crai, index_key, ref.start, ref.end, ref.token, self.references
+            source, cram, crai, index_key, ref.start, ref.end, ref.token, self.references,
+            self.max_recut_bytes,
         )

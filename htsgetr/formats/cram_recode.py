@@ -53,9 +53,10 @@ FILE_HEADER = 0
 MAX_RECUTS = 256
 #: records decoded between two pauses (turns.py) of a container's re-encoding
 PAUSE_RECORDS = 1024
-#: the largest container a re-cut reads into memory. htslib's containers are a few MB (10,000
-#: records, at most ~5 Mbases a slice); one larger than this is sent whole (refused under
-#: restrictions), so a crafted header and CRAI agreeing on a huge container cost no memory
+#: the largest container a re-cut reads into memory, by default (`cram_max_recut_bytes`).
+#: htslib's containers are a few MB (10,000 records, at most ~5 Mbases a slice); one larger
+#: is sent whole (refused under restrictions), so a crafted header and CRAI agreeing on a
+#: huge container cost no memory
 MAX_RECUT_BYTES = 256 << 20
 
 log = logging.getLogger("htsgetr")
@@ -93,11 +94,13 @@ def exact_body(
     strict: bool = True,
     references: References = NO_REFERENCES,
     canonical: bool = True,
+    max_recut_bytes: int = MAX_RECUT_BYTES,
 ) -> list[Piece]:
     """Body pieces holding exactly the selected records, in file order, each once: byte
     ranges for covered containers, a `Recut` per re-encoded one (past `MAX_RECUTS`, a
-    `Deferred` one). A container that cannot be re-encoded is refused (403) when `strict`,
-    else sent whole. `canonical`: `recode`'s, for the re-cuts made here."""
+    `Deferred` one). A container that cannot be re-encoded, or is larger than
+    `max_recut_bytes`, is refused (403) when `strict`, else sent whole. `canonical`:
+    `recode`'s, for the re-cuts made here."""
     by_container = _entries(source, crai, index_key)
     offsets: set[int] = set()
     for ref_id, beg, end in selection.spans():
@@ -124,7 +127,8 @@ def exact_body(
             # computed for the ticket, sent inline: a kept writer's encoding will do unless
             # `canonical` (a re-cut past the inline budget is served as a derived block, its
             # canonical encoding computed then: `derived_recut`)
-            recoded = _recoded(source, cram, start, end, wanted, refs, references, canonical)
+            recoded = _recoded(source, cram, start, end, wanted, refs, references, canonical,
+                               max_recut_bytes)
             if recoded.refused is not None:
                 if strict:
                     raise PermissionDenied(REFUSED + recoded.refused)
@@ -160,6 +164,7 @@ def derived_recut(
     end: int,
     token: str,
     references: References = NO_REFERENCES,
+    max_recut_bytes: int = MAX_RECUT_BYTES,
 ) -> bytes:
     """The bytes of the `Recut` that `exact_body` made for container `[start, end)` and the
     selection spelled `token`: the same bytes, recomputed (or cached). NotFound unless the
@@ -177,7 +182,8 @@ def derived_recut(
     if wanted is None or wanted.empty or wanted.clip(entries).token() != token:
         raise NotFound("no such selection of this CRAM container")
     refs = {entry[0] for entry in entries}
-    recoded = _recoded(source, cram, start, end, wanted, refs, references)
+    recoded = _recoded(source, cram, start, end, wanted, refs, references,
+                       max_recut_bytes=max_recut_bytes)
     if recoded.refused is not None:
         raise InternalError(f"this CRAM container cannot be re-encoded: {recoded.refused}")
     return recoded.data
@@ -198,10 +204,16 @@ def _append_range(pieces: list[Piece], start: int, end: int) -> None:
 def _recoded(
     source: Source, cram: CramFile, start: int, end: int, wanted: Selection,
     refs: set[int], references: References, canonical: bool = True,
+    max_recut_bytes: int = MAX_RECUT_BYTES,
 ) -> Recoded:
     """The re-cut of container `[start, end)` (holding references `refs`) for `wanted`
     (clipped to it), cached per file version, container, selection, configured reference
-    directories and encoding (`recode`'s `canonical`)."""
+    directories and encoding (`recode`'s `canonical`). A container larger than
+    `max_recut_bytes` is never read (and its refusal not cached: the bound may change on
+    reload)."""
+    if end - start > max_recut_bytes:
+        return Recoded(b"", f"the container is {end - start} bytes, more than a re-cut "
+                            f"reads ({max_recut_bytes}, cram_max_recut_bytes)")
     kind = (f"cram-recut:{start}-{end}:{wanted.token()}:{references.fingerprint}"
             f"{'' if canonical else ':kept'}")
     return source.cached(kind, _recoder(source, cram, start, end, wanted, refs, references,
@@ -213,9 +225,6 @@ def _recoder(
     refs: set[int], references: References, canonical: bool,
 ) -> Callable[[], Recoded]:
     def load() -> Recoded:
-        if end - start > MAX_RECUT_BYTES:
-            return Recoded(b"", f"the container is {end - start} bytes, more than a re-cut "
-                                f"reads ({MAX_RECUT_BYTES})")
         chunk = source.read(start, end)
         decoding = references.decoding(cram.header_text, refs)
         try:
