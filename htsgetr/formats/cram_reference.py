@@ -27,23 +27,32 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
-#: @SQ tags that let htslib fetch a reference (EBI by MD5, a path or URL)
-REFERENCE_TAGS = (b"M5:", b"UR:")
-
 #: htslib reads REF_PATH / REF_CACHE from the process environment at decode time: decodes that
 #: rely on them hold this lock (same values in every thread but during a reload)
 _ENV_LOCK = threading.Lock()
 
 
-def strip_tags(text: bytes, tags: Iterable[bytes]) -> bytes:
-    """The SAM header without the @SQ `tags` (e.g. b"UR:")."""
-    drop = tuple(tags)
+#: @SQ tags a container's decoding may need whatever else it lacks: the name (a FASTA's
+#: sequences are found by it) and the length
+SQ_CODING_TAGS = (b"SN:", b"LN:")
+
+
+def coding_header(text: bytes, keep: Iterable[bytes] = ()) -> bytes:
+    """The SAM header as far as a container's records depend on it when htslib decodes or
+    encodes them: @HD; every @SQ, in order (a record's reference ID is its line's place),
+    with only SN, LN and the tags in `keep` (b"M5:" for REF_PATH lookups); every @RG whole,
+    in order (the RG data series is a line's place). No @PG or @CO: a real GRCh38 header is
+    ~0.5 MB, mostly @SQ tags such as UR, AS and SP, which htslib would parse on each of the
+    three opens of a re-cut."""
+    wanted = SQ_CODING_TAGS + tuple(keep)
     lines = []
     for line in text.split(b"\n"):
         if line.startswith(b"@SQ\t"):
-            line = b"\t".join(f for f in line.split(b"\t") if not f.startswith(drop))
-        lines.append(line)
-    return b"\n".join(lines)
+            fields = line.rstrip(b"\r").split(b"\t")
+            lines.append(b"\t".join([fields[0], *(f for f in fields[1:] if f.startswith(wanted))]))
+        elif line.startswith((b"@HD\t", b"@RG\t")):
+            lines.append(line)
+    return b"\n".join(lines) + b"\n" if lines else b""
 
 
 def sq_tag(text: bytes, ref_id: int, tag: bytes) -> Optional[str]:
@@ -69,6 +78,11 @@ class Decoding:
     header_text: bytes
     fasta: Optional[str]
     ref_path: Optional[str]
+
+    @property
+    def nbytes(self) -> int:
+        """What it weighs in a cache."""
+        return len(self.header_text) + 512
 
     @contextmanager
     def environment(self) -> Iterator[None]:
@@ -105,7 +119,7 @@ class References:
     def decoding(self, text: bytes, ref_ids: Iterable[int]) -> Decoding:
         """The decoding of a container holding `ref_ids` of a file whose header is `text`."""
         if not self.dirs:
-            return Decoding(strip_tags(text, REFERENCE_TAGS), None, None)
+            return Decoding(coding_header(text), None, None)
         fasta = None
         for ref_id in sorted(set(ref_ids)):
             if ref_id >= 0:
@@ -115,7 +129,7 @@ class References:
         templates = []
         for d in self.dirs:
             templates += [f"{d}/%2s/%2s/%s", f"{d}/%s"]
-        return Decoding(strip_tags(text, (b"UR:",)), fasta, ":".join(templates))
+        return Decoding(coding_header(text, (b"M5:",)), fasta, ":".join(templates))
 
     def fasta_for(self, ur: Optional[str]) -> Optional[str]:
         """The indexed FASTA in a configured directory that a UR value names, or None."""
