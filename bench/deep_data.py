@@ -5,6 +5,8 @@
 - `deep15.vcf.gz` (+ .tbi): a variant every ~40 bp over the same reference with a few
   samples, so tabix chunks span many records and BGZF blocks cut lines in half.
 - `deep15.cram` (+ .crai, no reference needed) and `deep15.bcf` (+ .csi): the same records.
+- `deep15h.cram` (+ .crai): the same reads behind a header as GRCh38's full analysis set has
+  (3,366 @SQ lines with M5, UR, AS and SP tags; read groups; @PG lines), ~0.5 MB.
 
 `python bench/deep_data.py [DIR]` makes them; `bench/run.py` imports the functions.
 """
@@ -99,6 +101,44 @@ def make_deep15_cram_bcf(out: Path) -> tuple[Path, Path]:
     return cram, bcf
 
 
+#: @SQ lines of GRCh38's full analysis set (plus decoys and HLA), which real CRAMs carry
+GRCH38_SQ_LINES = 3366
+
+
+def grch38_style_header(out: Path) -> Path:
+    """deep15's header as a GRCh38 alignment's would be: chrD, then as many more @SQ lines as
+    GRCh38's full analysis set has, each with M5/UR/AS/SP tags, four read groups, @PG lines."""
+    rng = random.Random(38)
+    lines = ["@HD\tVN:1.6\tSO:coordinate", f"@SQ\tSN:{DEEP_REF}\tLN:{DEEP_LENGTH}"]
+    for i in range(GRCH38_SQ_LINES - 1):
+        m5 = f"{rng.getrandbits(128):032x}"
+        lines.append(f"@SQ\tSN:chrUn_KI27{i:04d}v1_decoy\tLN:{rng.randint(1000, 200_000)}\t"
+                     f"M5:{m5}\tAS:GRCh38\tSP:Homo sapiens\t"
+                     "UR:file:///refs/GRCh38_full_analysis_set_plus_decoy_hla.fa")
+    lines += [f"@RG\tID:rg{i}\tSM:NA12878\tPL:ILLUMINA\tLB:lib{i}\tPU:unit{i}" for i in range(4)]
+    lines += [f"@PG\tID:step{i}\tPN:aligner\tVN:1.{i}\tCL:aligner --threads 32 ref.fa r1.fq r2.fq"
+              for i in range(3)]
+    header = out / "grch38-style-header.sam"
+    header.write_text("\n".join(lines) + "\n")
+    return header
+
+
+def make_deep15h_cram(out: Path) -> Path:
+    """deep15h.cram (no_ref): deep15's reads behind `grch38_style_header`."""
+    make_deep15_bam(out)
+    cram = out / "deep15h.cram"
+    if not (out / "deep15h.cram.crai").exists():
+        header = grch38_style_header(out)
+        reheadered = subprocess.Popen(["samtools", "reheader", str(header),
+                                       str(out / "deep15.bam")], stdout=subprocess.PIPE)
+        subprocess.run(["samtools", "view", "-C", "--output-fmt", "cram,no_ref=1", "-o",
+                        str(cram), "-"], stdin=reheadered.stdout, check=True)
+        if reheadered.wait() != 0:
+            raise RuntimeError("samtools reheader failed")
+        subprocess.run(["samtools", "index", str(cram)], check=True)
+    return cram
+
+
 def main() -> int:
     default = Path(__file__).resolve().parent.parent / "build" / "bench-data"
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else default
@@ -106,6 +146,7 @@ def main() -> int:
     print(make_deep15_bam(out))
     print(make_deep_vcf(out))
     print(*make_deep15_cram_bcf(out))
+    print(make_deep15h_cram(out))
     return 0
 
 

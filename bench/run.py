@@ -43,7 +43,12 @@ from htsgetr.protocol import Endpoint, Query, parse_get  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 import http_load  # noqa: E402
 import results  # noqa: E402
-from deep_data import make_deep15_bam, make_deep15_cram_bcf, make_deep_vcf  # noqa: E402
+from deep_data import (  # noqa: E402
+    make_deep15_bam,
+    make_deep15_cram_bcf,
+    make_deep15h_cram,
+    make_deep_vcf,
+)
 from exactness import exactness, make_small  # noqa: E402
 from results import record  # noqa: E402
 
@@ -390,15 +395,15 @@ def _stats_us(times: list[float], key: str = "") -> str:
             f"p99 {p99 * 1e6:7.0f} us")
 
 
-def _deep_regions(rng: random.Random, endpoint: Endpoint, n: int, fmt: str = ""
-                  ) -> list[Query]:
-    """`n` random 1-20 kbp regions of the deep test data (deep15, chrD: 10 Mbp), in `fmt`
-    (default: BAM or VCF)."""
+def _deep_regions(rng: random.Random, endpoint: Endpoint, n: int, fmt: str = "",
+                  ident: str = "deep15") -> list[Query]:
+    """`n` random 1-20 kbp regions of the deep test data (deep15, chrD: 10 Mbp; or `ident`,
+    the same reads), in `fmt` (default: BAM or VCF)."""
     out = []
     for _ in range(n):
         s = rng.randrange(0, 9_900_000)
         args = {"referenceName": "chrD", "start": str(s), "end": str(s + rng.randint(1000, 20000))}
-        out.append(parse_get(endpoint, "deep15", {**args, **({"format": fmt} if fmt else {})}))
+        out.append(parse_get(endpoint, ident, {**args, **({"format": fmt} if fmt else {})}))
     return out
 
 
@@ -507,6 +512,11 @@ def bench_tickets_inprocess(data: Path, n: int = 2000) -> None:
     # CRAM: boundary containers re-encoded with the region's records; BCF: as BAM
     _against_htslib(engine, _deep_regions(random.Random(13), Endpoint.READS, 101, "CRAM"),
                     data / "deep15.cram", "inprocess.cram_random")
+    # the same behind a header as GRCh38's (3,366 @SQ lines): what each re-cut's htslib
+    # opens parse (cram_reference.coding_header keeps what the records depend on)
+    _against_htslib(engine, _deep_regions(random.Random(13), Endpoint.READS, 101, "CRAM",
+                                          "deep15h"),
+                    data / "deep15h.cram", "inprocess.cram_grch38_header")
     _against_htslib(engine, _deep_regions(random.Random(14), Endpoint.VARIANTS, n + 1, "BCF"),
                     data / "deep15.bcf", "inprocess.bcf_random")
     # a long-running worker: the walks of earlier tickets left waypoints (formats/waypoints.py)
@@ -553,6 +563,7 @@ def main() -> int:
     make_deep15_bam(cache)
     make_deep_vcf(cache)
     make_deep15_cram_bcf(cache)
+    make_deep15h_cram(cache)
     with tempfile.TemporaryDirectory() as tmp:
         bench_codecs(cache)
         bench_tickets_inprocess(cache)
