@@ -81,8 +81,8 @@ class Decoding:
 
     @property
     def nbytes(self) -> int:
-        """What it weighs in a cache."""
-        return len(self.header_text) + 512
+        """What it weighs in a cache (its header text is the file's, cached once)."""
+        return 512
 
     @contextmanager
     def environment(self) -> Iterator[None]:
@@ -116,10 +116,20 @@ class References:
         """Part of the cache key of a decoding outcome (a reference may make it succeed)."""
         return "|".join(self.dirs)
 
-    def decoding(self, text: bytes, ref_ids: Iterable[int]) -> Decoding:
-        """The decoding of a container holding `ref_ids` of a file whose header is `text`."""
+    @property
+    def coding_tags(self) -> tuple[bytes, ...]:
+        """The @SQ tags `coding_header` keeps besides SN and LN: M5 when there are
+        directories to look references up in by it."""
+        return (b"M5:",) if self.dirs else ()
+
+    def decoding(self, text: bytes, ref_ids: Iterable[int], coding: Optional[bytes] = None
+                 ) -> Decoding:
+        """The decoding of a container holding `ref_ids` of a file whose header is `text`
+        (`coding`: its `coding_header(text, self.coding_tags)`, if made already)."""
+        if coding is None:
+            coding = coding_header(text, self.coding_tags)
         if not self.dirs:
-            return Decoding(coding_header(text), None, None)
+            return Decoding(coding, None, None)
         fasta = None
         for ref_id in sorted(set(ref_ids)):
             if ref_id >= 0:
@@ -129,7 +139,7 @@ class References:
         templates = []
         for d in self.dirs:
             templates += [f"{d}/%2s/%2s/%s", f"{d}/%s"]
-        return Decoding(coding_header(text, (b"M5:",)), fasta, ":".join(templates))
+        return Decoding(coding, fasta, ":".join(templates))
 
     def fasta_for(self, ur: Optional[str]) -> Optional[str]:
         """The indexed FASTA in a configured directory that a UR value names, or None."""
