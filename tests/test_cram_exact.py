@@ -913,7 +913,8 @@ def test_containers_are_re_encoded_in_memory_or_else_in_a_file(
     def refused(name: str, flags: int = 0) -> int:
         raise PermissionError(1, "Operation not permitted")
 
-    cram_encoder.POOL.clear()  # (kept writers have their scratch files already)
+    cram_encoder.POOL.clear()  # (kept writers and readers have their scratch files already)
+    cram_encoder.READERS.clear()
     with monkeypatch.context() as m:
         m.setattr(cram_encoder.os, "memfd_create", refused, raising=False)
         m.setattr(cram_encoder.tempfile, "TemporaryFile", counted)
@@ -1032,6 +1033,73 @@ def test_a_kept_writer_encodes_the_containers_of_later_tickets(
     # the first re-encoding spends the writer kept before, each later one a new writer
     assert len(made) == len(encoded) - before and all(e.file.closed for e in made)
     cram_encoder.POOL.clear()
+
+
+def test_the_check_reads_back_with_a_kept_reader(
+    exact_dir: Path, originals: dict[str, Original], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Re-encodings are read back by a reader kept open (`cram_encoder.Reader`), not one
+    opened per check (each would parse the header again): one reader for the re-cuts of
+    many tickets, each exact. Closed, it warns of no missing EOF container: htslib never
+    met the end of its file."""
+    original = originals["nor30"]
+    made: list[Any] = []
+
+    class Counted(cram_encoder.Reader):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(cram_encoder, "Reader", Counted)
+    cram_encoder.READERS.clear()
+    engine = Htsget(for_data_dir(str(exact_dir)))
+    for start in (2_000, 12_000, 22_000, 32_000, 42_000, 52_000):  # chr1 is 60 kbp
+        regions = (Region("chr1", start, start + 3_000),)
+        payload, urls = payload_of(engine, query("nor30", regions), exact_dir)
+        check(payload, urls, original, original.expected(regions), tmp_path)
+    assert len(made) == 1 and made[0].end - made[0].start > 6 * cram_encoder.PEEK_BYTES
+    capfd.readouterr()
+    cram_encoder.READERS.clear()
+    assert made[0].file.closed and "EOF marker" not in capfd.readouterr().err
+
+
+def test_a_kept_reader_decides_nothing_alone(originals: dict[str, Original]) -> None:
+    """An output whose records are not the ones written fails the check, kept reader or
+    not; a kept reader gone wrong (here: fed its next output a byte early) is closed and
+    the check decided by a new reader: it can cost time, never change an answer."""
+    original = originals["nor30"]
+    version, _, text = parse_header(original.path.read_bytes())
+    head = cram_recode.file_head(version, coding_header(text))
+    records = original.records()[:300]
+    encoder = cram_encoder.Encoder(original.file.header, ["no_ref=1", "version=3.0"])
+    out = encoder.encode(records)
+    encoder.close()
+    cram_encoder.READERS.clear()
+    assert cram_encoder._check(out, records, head, EOF_CONTAINER_V3, 3) is None
+    changed = pysam.AlignedSegment.from_dict(records[7].to_dict(), original.file.header)
+    changed.mapping_quality = (changed.mapping_quality + 1) % 250
+    other = [*records[:7], changed, *records[8:]]
+    assert cram_encoder._check(out, other, head, EOF_CONTAINER_V3, 3) == \
+        "re-encoding changed its records"
+    assert cram_encoder._check(out, records, head, EOF_CONTAINER_V3, 3) is None
+    spoiled = cram_encoder.READERS.take(head)
+    assert spoiled is not None and not spoiled.file.closed
+    spoiled.end -= 1
+    cram_encoder.READERS.give(head, spoiled)
+    assert cram_encoder._check(out, records, head, EOF_CONTAINER_V3, 3) is None
+    assert spoiled.file.closed
+    # one that reads back other records than those written, without an error
+    assert cram_encoder._check(out, records, head, EOF_CONTAINER_V3, 3) is None  # (a new one)
+    astray = cram_encoder.READERS.take(head)
+    assert astray is not None and astray is not spoiled
+    astray.iterator = iter(other)
+    cram_encoder.READERS.give(head, astray)
+    assert cram_encoder._check(out, records, head, EOF_CONTAINER_V3, 3) is None
+    assert astray.file.closed
+    assert cram_encoder._check(out, other, head, EOF_CONTAINER_V3, 3) == \
+        "re-encoding changed its records"
+    cram_encoder.READERS.clear()
 
 
 def test_a_kept_writer_gone_wrong_is_closed_and_the_records_written_again(
