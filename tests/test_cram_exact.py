@@ -1116,7 +1116,7 @@ def test_a_kept_writer_gone_wrong_is_closed_and_the_records_written_again(
     (key,) = cram_encoder.POOL._free
     spoiled = cram_encoder.POOL.take(key)
     assert spoiled is not None
-    spoiled.offset -= 1
+    spoiled.end -= 1
     cram_encoder.POOL.give(key, spoiled)
     regions = (Region("chr1", 48_000, 48_700),)
     payload, urls = payload_of(engine, query("nor30", regions), exact_dir)

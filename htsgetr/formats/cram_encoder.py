@@ -41,7 +41,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from typing import IO, Any, Generic, Hashable, Iterable, Optional, Protocol, TypeVar
+from typing import IO, Any, Generic, Hashable, Iterable, Optional, TypeVar
 
 from .. import turns
 from .cram_layout import Truncated, count_records
@@ -70,20 +70,42 @@ def scratch() -> IO[bytes]:
     return tempfile.TemporaryFile()
 
 
-class Encoder:
+class KeptFile:
+    """An htslib file (`htsfile`) kept open on a scratch file by this process: spent once
+    `WRITER_BYTES` have gone through it past the header (from `start` to `end`), or in a
+    forked child."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.file = scratch()
+        self.htsfile: Any = None
+        self.start = self.end = 0
+
+    @property
+    def spent(self) -> bool:
+        return self.end - self.start >= WRITER_BYTES or self.pid != os.getpid()
+
+    def close(self) -> None:
+        try:
+            if self.htsfile is not None:
+                self.htsfile.close()
+        finally:
+            self.file.close()
+
+
+class Encoder(KeptFile):
     """A CRAM writer (`options`: htslib's, e.g. version and no_ref) whose containers are
     taken from its scratch file one re-encoding at a time."""
 
     def __init__(self, header: Any, options: list[str]) -> None:
         import pysam
 
-        self.pid = os.getpid()
-        self.file = scratch()
-        self.writer = pysam.AlignmentFile(self.file.fileno(), "wc", header=header,
-                                          format_options=[*options, "block_size=1"])
+        super().__init__()
         try:
-            self.writer.flush()  # the file definition and header container: not ours
-            self.offset = self.start = os.fstat(self.file.fileno()).st_size
+            self.htsfile = pysam.AlignmentFile(self.file.fileno(), "wc", header=header,
+                                               format_options=[*options, "block_size=1"])
+            self.htsfile.flush()  # the file definition and header container: not ours
+            self.end = self.start = os.fstat(self.file.fileno()).st_size
         except BaseException:
             self.close()
             raise
@@ -91,28 +113,16 @@ class Encoder:
     def encode(self, records: Iterable[Any]) -> bytes:
         """The data containers holding `records`, in order (b"" for none)."""
         for record in records:
-            self.writer.write(record)
-        self.writer.flush()
+            self.htsfile.write(record)
+        self.htsfile.flush()
         fd = self.file.fileno()
         end = os.fstat(fd).st_size
-        out = os.pread(fd, end - self.offset, self.offset)
-        self.offset = end
+        out = os.pread(fd, end - self.end, self.end)
+        self.end = end
         return out
 
-    @property
-    def spent(self) -> bool:
-        return self.offset - self.start >= WRITER_BYTES or self.pid != os.getpid()
 
-    def close(self) -> None:
-        try:
-            writer = getattr(self, "writer", None)
-            if writer is not None:
-                writer.close()
-        finally:
-            self.file.close()
-
-
-class Reader:
+class Reader(KeptFile):
     """A CRAM reader kept open on a scratch file that starts with a file head: each output
     appended to it is read back, exactly its records, so htslib never meets the file's end
     (hFILE would remember that it had). Opened on the head and a first output together:
@@ -121,14 +131,13 @@ class Reader:
     def __init__(self, head: bytes, first: bytes) -> None:
         import pysam
 
-        self.pid = os.getpid()
-        self.file = scratch()
+        super().__init__()
         try:
             os.pwrite(self.file.fileno(), head + first, 0)
             self.start = len(head)
             self.end = len(head) + len(first)
-            self.reader = pysam.AlignmentFile(self.file.fileno(), "rc", check_sq=False)
-            self.iterator = self.reader.fetch(until_eof=True)
+            self.htsfile = pysam.AlignmentFile(self.file.fileno(), "rc", check_sq=False)
+            self.iterator = self.htsfile.fetch(until_eof=True)
         except BaseException:
             self.close()
             raise
@@ -142,31 +151,8 @@ class Reader:
         """The next `n` records (fewer if htslib met the file's end: then it is spent)."""
         return list(itertools.islice(self.iterator, n))
 
-    @property
-    def spent(self) -> bool:
-        return self.end - self.start >= WRITER_BYTES or self.pid != os.getpid()
 
-    def close(self) -> None:
-        try:
-            reader = getattr(self, "reader", None)
-            if reader is not None:
-                reader.close()
-        finally:
-            self.file.close()
-
-
-class Kept(Protocol):
-    """What a pool keeps: an htslib file kept open by one process."""
-
-    pid: int
-
-    @property
-    def spent(self) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-K = TypeVar("K", bound=Kept)
+K = TypeVar("K", bound=KeptFile)
 
 
 class Pool(Generic[K]):
@@ -235,7 +221,7 @@ class Pool(Generic[K]):
 
 
 #: the writers and readers a forked child inherited (see `Pool.forget`)
-_FORSAKEN: list[Kept] = []
+_FORSAKEN: list[KeptFile] = []
 
 #: this process's kept writers
 POOL: Pool[Encoder] = Pool()
