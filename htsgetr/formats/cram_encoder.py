@@ -48,7 +48,7 @@ from .cram_layout import Truncated, count_records
 
 #: bytes a kept writer (or reader) may write (or read) past the header before it is replaced
 WRITER_BYTES = 4 << 20
-#: writers kept open per worker (each a scratch file of up to WRITER_BYTES, in memory)
+#: writers, and readers, kept open per worker (each a scratch file in memory)
 KEPT = 4
 #: bytes a file must hold when htslib opens it to read: it peeks at 1,024 of them to tell
 #: the format (hts_detect_format2), and a peek that meets the end leaves the file at its
@@ -171,23 +171,22 @@ class Pool(Generic[K]):
             free = self._free.get(key)
             if not free:
                 return None
-            encoder = free.pop()
+            one = free.pop()
             self._count -= 1
             if not free:
                 del self._free[key]
-        if encoder.pid != os.getpid():  # (not ours: see `forget`)
+        if one.pid != os.getpid():  # (not ours: see `forget`)
             return None
-        return encoder
+        return one
 
-    def give(self, key: Hashable, encoder: K) -> None:
-        """Keep `encoder` for the next use for `key` (or close it: spent, or one too
-        many)."""
-        if encoder.spent:
-            encoder.close()
+    def give(self, key: Hashable, one: K) -> None:
+        """Keep `one` for the next use for `key` (or close it: spent, or one too many)."""
+        if one.spent:
+            one.close()
             return
         dropped: list[K] = []
         with self._lock:
-            self._free.setdefault(key, []).append(encoder)
+            self._free.setdefault(key, []).append(one)
             self._free.move_to_end(key)
             self._count += 1
             while self._count > self.kept:
@@ -200,20 +199,21 @@ class Pool(Generic[K]):
             old.close()
 
     def clear(self) -> None:
-        """Close every kept writer."""
+        """Close every one kept."""
         with self._lock:
-            kept = [e for free in self._free.values() for e in free]
+            kept = [k for free in self._free.values() for k in free]
             self._free.clear()
             self._count = 0
-        for encoder in kept:
-            encoder.close()
+        for one in kept:
+            one.close()
 
     def forget(self) -> None:
-        """In a forked child: drop the parent's writers unused and unclosed (closing one
-        writes an EOF container into a scratch file the parent shares). They stay referenced
-        until the child exits. htsgetr does not fork once it re-encodes (gunicorn's master
-        serves nothing); were it to, what the child's exit writes could only spoil a later
-        output of the parent's writer, which the parent's check refuses (see above)."""
+        """In a forked child: drop the parent's writers and readers unused and unclosed
+        (closing a writer writes an EOF container into a scratch file the parent shares).
+        They stay referenced until the child exits. htsgetr does not fork once it
+        re-encodes (gunicorn's master serves nothing); were it to, what the child's exit
+        writes could only spoil a later output of the parent's writer, which the parent's
+        check refuses (see above)."""
         with self._lock:
             _FORSAKEN.extend(e for free in self._free.values() for e in free)
             self._free.clear()
