@@ -1,5 +1,6 @@
 """Type stub for the Cython extension htsgetr._ranges (binning indexes -> chunks)."""
 
+from array import array
 from collections.abc import Iterable
 from typing import Union
 
@@ -103,3 +104,18 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
     Empty ranges are dropped; start > end raises ValueError.
     """
+
+def parse_crai_lines(text: Buffer) -> tuple[array[int], ...]:
+    """The six integer columns of CRAI text (reference ID, 1-based start, span, container
+    offset, slice offset, slice size), one entry per non-blank line; ValueError("line N:
+    ...") for the first malformed line."""
+
+def crai_offsets(coffs: array[int]) -> list[int] | None:
+    """The distinct container offsets, in order; None when the lines are not in file
+    order."""
+
+def crai_entries(
+    refs: array[int], starts: array[int], spans: array[int], coffs: array[int]
+) -> dict[int, tuple[list[int], list[int], list[int], list[int]]]:
+    """Per reference ID: (starts, ends, container offsets, running max of ends), 0-based,
+    widened by one base on both sides, sorted by (start, offset)."""

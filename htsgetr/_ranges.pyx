@@ -882,3 +882,149 @@ def merge_ranges(ranges):
     if have:
         out.append((cs, ce))
     return out
+
+
+# --------------------------------------------------------------------------- CRAI
+
+cdef inline bint _crai_space(unsigned char c) nogil:
+    # what bytes.split() splits a line on (a line holds no \n or \r)
+    return c == 32 or c == 9 or c == 11 or c == 12
+
+
+def parse_crai_lines(const unsigned char[:] text):
+    """The six integer columns of CRAI text (CRAMv3 section 12, already inflated): reference
+    ID, 1-based alignment start, span, container offset, slice offset and slice size, one
+    entry per line that is not blank (lines end at \\n, \\r or \\r\\n; fields are separated
+    by spaces or tabs), each column an array('q'). ValueError("line N: ...") for the first
+    line that is not six integers (an optional sign and 1-18 digits each), or that has a
+    negative container offset, slice offset or slice size, or a reference ID below -2."""
+    from array import array
+    cdef Py_ssize_t n = text.shape[0], i = 0, line_end, k, cap = 1, rows = 0, col
+    cdef const unsigned char *p = NULL
+    cdef int64_t *buf
+    cdef int64_t vals[6]
+    cdef int64_t v
+    cdef int nfields, digits
+    cdef bint neg, bad
+    cdef Py_ssize_t lineno = 0
+    if n > 0:
+        p = &text[0]
+    for k in range(n):  # at most one line per line end, plus the last
+        if p[k] == 10 or p[k] == 13:
+            cap += 1
+    buf = <int64_t *>malloc(6 * cap * sizeof(int64_t))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        while i < n:
+            lineno += 1
+            line_end = i
+            while line_end < n and p[line_end] != 10 and p[line_end] != 13:
+                line_end += 1
+            nfields = 0
+            bad = False
+            k = i
+            while True:
+                while k < line_end and _crai_space(p[k]):
+                    k += 1
+                if k >= line_end:
+                    break
+                if nfields == 6:
+                    bad = True
+                    break
+                neg = False
+                if p[k] == 45 or p[k] == 43:  # '-' or '+'
+                    neg = p[k] == 45
+                    k += 1
+                v = 0
+                digits = 0
+                while k < line_end and 48 <= p[k] <= 57:
+                    v = v * 10 + (p[k] - 48)
+                    digits += 1
+                    k += 1
+                if digits == 0 or digits > 18 or (k < line_end and not _crai_space(p[k])):
+                    bad = True
+                    break
+                vals[nfields] = -v if neg else v
+                nfields += 1
+            if nfields or bad:
+                if bad or nfields != 6:
+                    raise ValueError(f"line {lineno}: not six integers")
+                if vals[3] < 0 or vals[4] < 0 or vals[5] < 0 or vals[0] < -2:
+                    raise ValueError(f"line {lineno}: a negative field")
+                for col in range(6):
+                    buf[col * cap + rows] = vals[col]
+                rows += 1
+            i = line_end
+            if i < n and p[i] == 13 and i + 1 < n and p[i + 1] == 10:
+                i += 2
+            elif i < n:
+                i += 1
+        cols = []
+        for col in range(6):
+            column = array("q")
+            column.frombytes((<char *>(buf + col * cap))[:rows * sizeof(int64_t)])
+            cols.append(column)
+        return tuple(cols)
+    finally:
+        free(buf)
+
+
+def crai_offsets(coffs):
+    """The distinct container offsets of a CRAI's lines, in order, or None when the lines
+    are not in file order (then they are sorted first)."""
+    cdef const int64_t[:] c = coffs
+    cdef Py_ssize_t i, n = c.shape[0]
+    cdef list out = []
+    for i in range(n):
+        if i and c[i] < c[i - 1]:
+            return None
+        if not i or c[i] != c[i - 1]:
+            out.append(c[i])
+    return out
+
+
+def crai_entries(refs, starts, spans, coffs):
+    """Per reference ID, the lines' (starts, ends, container offsets) as CRAI lookups want
+    them: 0-based, one base wider on both sides (placed unmapped reads and zero spans: an
+    extra container costs little, a missing one is wrong), sorted by (start, offset), with
+    the running maximum of the ends: {ref: (starts, ends, offsets, max_ends)}."""
+    cdef Py_ssize_t i, j, n = len(refs)
+    cdef int64_t beg, span, running
+    cdef const int64_t[:] r = refs
+    cdef const int64_t[:] s = starts
+    cdef const int64_t[:] sp = spans
+    cdef const int64_t[:] c = coffs
+    cdef dict out = {}
+    cdef list item
+    for i in range(n):
+        item = out.get(r[i])
+        if item is None:
+            item = [[], [], []]
+            out[r[i]] = item
+        beg = s[i] - 1 if s[i] > 0 else 0
+        span = sp[i] if sp[i] > 1 else 1
+        (<list>item[0]).append(beg - 1 if beg > 0 else 0)
+        (<list>item[1]).append(beg + span + 1)
+        (<list>item[2]).append(c[i])
+    result = {}
+    for ref, item in out.items():
+        st, en, of = item
+        ordered = True
+        for j in range(1, len(st)):
+            if st[j] < st[j - 1] or (st[j] == st[j - 1] and of[j] < of[j - 1]):
+                ordered = False
+                break
+        if not ordered:
+            order = sorted(range(len(st)), key=lambda x: (st[x], of[x]))
+            st = [st[x] for x in order]
+            en = [en[x] for x in order]
+            of = [of[x] for x in order]
+        max_ends = []
+        running = -1
+        for j in range(len(en)):
+            if en[j] > running:
+                running = en[j]
+            max_ends.append(running)
+        result[ref] = (st, en, of, max_ends)
+    return result

@@ -441,3 +441,49 @@ def mutate(data: bytes, pick) -> tuple[bytes, str]:
     if how == 8:
         return bytes(raw[:pos] + bytes(pick(0, 255) for _ in range(n)) + raw[pos:]), "insert"
     return bytes(raw[:pos] + raw[pos + n :]), "delete"
+
+
+# --------------------------------------------------------------------------- CRAI
+
+
+def parse_crai(text: bytes) -> tuple[dict[int, tuple[list[int], ...]], list[int],
+                                     dict[int, list[tuple[int, ...]]]]:
+    """CRAI text (inflated) -> ({ref: (starts, ends, offsets, max_ends)}, distinct
+    container offsets, {container offset: [(ref, start, offset, slice offset, size)]}),
+    as htsgetr.index.crai reads it: 0-based entries one base wider on both sides, sorted
+    by (start, offset). ValueError("line N: ...") for the first malformed line."""
+    refs: dict[int, list[list[int]]] = {}
+    slices: dict[int, list[tuple[int, ...]]] = {}
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        try:
+            if len(fields) != 6 or any(len(f.lstrip(b"+-")) > 18 for f in fields):
+                raise ValueError
+            if any(not f.lstrip(b"+-").isdigit() or len(f) - len(f.lstrip(b"+-")) > 1
+                   for f in fields):
+                raise ValueError
+            ref, aln_start, span, coff, soff, ssize = (int(f) for f in fields)
+        except ValueError:
+            raise ValueError(f"line {lineno}: not six integers") from None
+        if coff < 0 or soff < 0 or ssize < 0 or ref < -2:
+            raise ValueError(f"line {lineno}: a negative field")
+        starts, ends, offsets = refs.setdefault(ref, [[], [], []])
+        beg = max(0, aln_start - 1)
+        starts.append(max(0, beg - 1))
+        ends.append(beg + max(span, 1) + 1)
+        offsets.append(coff)
+        slices.setdefault(coff, []).append((ref, aln_start, coff, soff, ssize))
+    out = {}
+    for ref, (starts, ends, offsets) in refs.items():
+        order = sorted(range(len(starts)), key=lambda i: (starts[i], offsets[i]))
+        s = [starts[i] for i in order]
+        e = [ends[i] for i in order]
+        o = [offsets[i] for i in order]
+        running, max_ends = -1, []
+        for end in e:
+            running = max(running, end)
+            max_ends.append(running)
+        out[ref] = (s, e, o, max_ends)
+    return out, sorted(slices), slices

@@ -965,3 +965,65 @@ def test_mutations_are_mostly_compared():
             assert_inside(a, data_end)
     assert outcomes["accepted"] >= 0.25 * 400, outcomes
     assert outcomes["refused"] >= 0.2 * 400, outcomes
+
+
+# --------------------------------------------------------------------------- CRAI
+
+_CRAI_SPACE = st.sampled_from([b"\t", b" ", b"\t\t", b" \t", b"\x0b", b"\x0c"])
+_CRAI_END = st.sampled_from([b"\n", b"\r\n", b"\r", b"\n\n", b" \n", b"\n\t\n"])
+
+
+@st.composite
+def _crai_text(draw: st.DrawFn) -> bytes:
+    """CRAI text as writers spell it, and as they should not: any whitespace between
+    fields, CRLF, blank lines, lines out of order, signs, now and then a malformed field."""
+    out = []
+    n = draw(st.integers(0, 40))
+    spoiled = draw(st.integers(-3 * n, max(n - 1, 0)))  # the line spelled wrong (a quarter)
+    for i in range(n):
+        fields = [draw(st.integers(-2, 30)), draw(st.integers(-5, 1 << 40)),
+                  draw(st.integers(-5, 1 << 20)), draw(st.integers(0, 1 << 45)),
+                  draw(st.integers(0, 400)), draw(st.integers(0, 1 << 30))]
+        spelled = [str(f).encode() for f in fields]
+        if i == spoiled:
+            how = draw(st.integers(0, 2))
+            if how == 0:
+                spelled[draw(st.integers(0, 5))] = draw(st.sampled_from(
+                    [b"x", b"1.5", b"--1", b"+", b"", b"1e3", b"9" * 19, b"+7", b"0x1"]))
+            elif how == 1:
+                spelled = spelled[: draw(st.integers(0, 7))]
+            else:
+                spelled[draw(st.sampled_from([0, 3, 4, 5]))] = b"-3"
+        line = draw(_CRAI_SPACE).join(spelled)
+        out.append(draw(st.sampled_from([b"", b" ", b"\t"])) + line + draw(_CRAI_END))
+    return b"".join(out)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_crai_text())
+def test_crai_parse_matches_its_twin(text: bytes) -> None:
+    """`Crai.parse` (columns and entries made in C: `_ranges.parse_crai_lines`,
+    `crai_entries`, `crai_offsets`) reads any CRAI text as the plain-Python twin does: the
+    same entries per reference, container offsets and slices, or the same first bad line."""
+    from htsgetr.index.crai import Crai
+    from htsgetr.protocol import InternalError
+
+    try:
+        want = tw.parse_crai(text)
+    except ValueError as exc:
+        line = str(exc).split(":")[0]
+        with pytest.raises(InternalError) as info:
+            Crai.parse(text)
+        assert f"({line})" in info.value.message
+        assert ("negative" in info.value.message) == ("negative" in str(exc))
+        event("malformed")
+        return
+    crai = Crai.parse(gzip.compress(text))
+    entries, offsets, slices = want
+    assert {r: (e.starts, e.ends, e.offsets, e.max_ends) for r, e in crai.refs.items()} \
+        == entries
+    assert crai.container_offsets == offsets
+    for offset in offsets:
+        assert [(s.ref, s.start, s.container, s.offset, s.size)
+                for s in crai.slices(offset)] == slices[offset]
+    event(f"{len(offsets) > 0} offsets")

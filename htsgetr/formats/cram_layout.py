@@ -361,7 +361,7 @@ def read_container_end(source: Source, cram: CramFile, crai: Crai, offset: int
             return f"no container header at offset {offset}"
     if head.end > stop:
         return f"the container at {offset} ends at {head.end}, past the next one ({stop})"
-    for line in crai.slices.get(offset, ()):
+    for line in crai.slices(offset):
         if head.ref_seq_id != MULTI_REF_CONTAINER and line.ref != head.ref_seq_id:
             return (
                 f"the container at {offset} holds reference {head.ref_seq_id}, "
