@@ -1004,7 +1004,8 @@ def _crai_text(draw: st.DrawFn) -> bytes:
 def test_crai_parse_matches_its_twin(text: bytes) -> None:
     """`Crai.parse` (columns and entries made in C: `_ranges.parse_crai_lines`,
     `crai_entries`, `crai_offsets`) reads any CRAI text as the plain-Python twin does: the
-    same entries per reference, container offsets and slices, or the same first bad line."""
+    same entries per reference and per container, container offsets and slices, or the
+    same first bad line."""
     from htsgetr.index.crai import Crai
     from htsgetr.protocol import InternalError
 
@@ -1023,7 +1024,12 @@ def test_crai_parse_matches_its_twin(text: bytes) -> None:
     assert {r: (e.starts, e.ends, e.offsets, e.max_ends) for r, e in crai.refs.items()} \
         == entries
     assert crai.container_offsets == offsets
+    by_container: dict[int, list[tuple[int, int, int]]] = {}
+    for ref, (starts, ends, offs, _) in entries.items():
+        for beg, end, offset in zip(starts, ends, offs):
+            by_container.setdefault(offset, []).append((ref, beg, end))
     for offset in offsets:
         assert [(s.ref, s.start, s.container, s.offset, s.size)
                 for s in crai.slices(offset)] == slices[offset]
+        assert sorted(crai.entries(offset)) == sorted(by_container[offset])
     event(f"{len(offsets) > 0} offsets")

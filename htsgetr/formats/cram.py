@@ -159,7 +159,7 @@ class CramHandler:
             used |= crai.containers(ref_id, beg, end)
         verify_containers(source, cram, crai, index_key, used)
         return exact_body(
-            source, cram, crai, index_key, selection, query.exact, self.references,
+            source, cram, crai, selection, query.exact, self.references,
             canonical=self.reproducible, max_recut_bytes=self.max_recut_bytes,
         )
 

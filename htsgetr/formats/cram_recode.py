@@ -42,7 +42,7 @@ from .cram_layout import (
     verify_containers,
 )
 from .cram_reference import NO_REFERENCES, Decoding, References, coding_header
-from .cram_selection import ContainerEntries, Selection
+from .cram_selection import Selection
 from .derived import REFUSED, Deferred, Recut
 
 #: content type of the block holding the SAM header (CRAMv3 section 8.1)
@@ -89,7 +89,6 @@ def exact_body(
     source: Source,
     cram: CramFile,
     crai: Crai,
-    index_key: str,
     selection: Selection,
     strict: bool = True,
     references: References = NO_REFERENCES,
@@ -101,7 +100,6 @@ def exact_body(
     `Deferred` one). A container that cannot be re-encoded, or is larger than
     `max_recut_bytes`, is refused (403) when `strict`, else sent whole. `canonical`:
     `recode`'s, for the re-cuts made here."""
-    by_container = _entries(source, crai, index_key)
     offsets: set[int] = set()
     for ref_id, beg, end in selection.spans():
         offsets |= crai.containers(ref_id, beg, end)
@@ -112,7 +110,7 @@ def exact_body(
         end = crai.container_end(offset, cram.data_end)  # verified: by its header
         if end <= start:
             continue
-        entries = by_container.entries.get(offset, [])
+        entries = crai.entries(offset)
         if entries and all(selection.covers(*entry) for entry in entries):
             _append_range(pieces, start, end)
             continue
@@ -178,7 +176,7 @@ def derived_recut(
     if end != crai.container_end(start, cram.data_end):
         raise NotFound("no such CRAM container: ask the ticket endpoint again")
     wanted = Selection.parse(token)
-    entries = _entries(source, crai, index_key).entries.get(start, [])
+    entries = crai.entries(start)
     if wanted is None or wanted.empty or wanted.clip(entries).token() != token:
         raise NotFound("no such selection of this CRAM container")
     refs = {entry[0] for entry in entries}
@@ -187,10 +185,6 @@ def derived_recut(
     if recoded.refused is not None:
         raise InternalError(f"this CRAM container cannot be re-encoded: {recoded.refused}")
     return recoded.data
-
-
-def _entries(source: Source, crai: Crai, index_key: str) -> ContainerEntries:
-    return source.cached("crai-containers", lambda: ContainerEntries.of(crai), index_key)
 
 
 def _append_range(pieces: list[Piece], start: int, end: int) -> None:

@@ -1,7 +1,6 @@
 """Which records of a CRAM a ticket wants: per reference, sorted disjoint intervals (htslib's
 overlap rule), and the unplaced reads; what of that bears on one container (`clip`), and its
-canonical spelling in a derived block's url (`token`, `parse`). Also the CRAI entries of
-each container, which both need.
+canonical spelling in a derived block's url (`token`, `parse`).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..index.crai import MULTI_REF, UNMAPPED, Crai
+from ..index.crai import MULTI_REF, UNMAPPED
 
 #: most intervals a selection spelled in a derived url may hold
 MAX_TOKEN_INTERVALS = 1024
@@ -164,23 +163,3 @@ class Selection:
 
 _NUMBER = r"(?:0|[1-9][0-9]{0,14})"
 _TOKEN_PART = re.compile(rf"({_NUMBER}):({_NUMBER}-{_NUMBER}(?:,{_NUMBER}-{_NUMBER})*)")
-
-
-@dataclass
-class ContainerEntries:
-    """The CRAI entries of each container: (reference ID, start, end), 0-based, as widened
-    by one base on each side by `Crai` (a slice inside them is inside the real span too)."""
-
-    entries: dict[int, list[tuple[int, int, int]]]
-
-    @classmethod
-    def of(cls, crai: Crai) -> ContainerEntries:
-        entries: dict[int, list[tuple[int, int, int]]] = {}
-        for ref_id, refs in crai.refs.items():
-            for beg, end, offset in zip(refs.starts, refs.ends, refs.offsets):
-                entries.setdefault(offset, []).append((ref_id, beg, end))
-        return cls(entries)
-
-    @property
-    def nbytes(self) -> int:
-        return 200 * sum(len(v) for v in self.entries.values()) + 4096

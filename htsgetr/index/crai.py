@@ -84,6 +84,19 @@ class Crai:
         (four Python ints, ~130 bytes a line)."""
         return 4096 + 180 * (len(self.lines[0]) if self.lines else 0)
 
+    def entries(self, offset: int) -> list[tuple[int, int, int]]:
+        """The entries of the container at `offset`: (reference ID, start, end), 0-based and
+        widened by one base on each side as `refs` are (a slice inside them is inside the
+        real span too)."""
+        if not self.lines:
+            return []
+        ref, start, span, coff = self.lines[:4]
+        out = []
+        for i in range(bisect_left(coff, offset), bisect_right(coff, offset)):
+            beg = max(0, start[i] - 1)
+            out.append((ref[i], max(0, beg - 1), beg + max(span[i], 1) + 1))
+        return out
+
     def slices(self, offset: int) -> list[Slice]:
         """The lines of the container at `offset`, to check against its header."""
         if not self.lines:
