@@ -114,8 +114,11 @@ def crai_offsets(coffs: array[int]) -> list[int] | None:
     """The distinct container offsets, in order; None when the lines are not in file
     order."""
 
+def crai_bounds(starts: array[int], spans: array[int]) -> tuple[array[int], array[int]]:
+    """The lines' entries: 0-based [beg, end), one base wider on both sides."""
+
 def crai_entries(
-    refs: array[int], starts: array[int], spans: array[int], coffs: array[int]
+    refs: array[int], los: array[int], his: array[int], coffs: array[int]
 ) -> dict[int, tuple[list[int], list[int], list[int], list[int]]]:
-    """Per reference ID: (starts, ends, container offsets, running max of ends), 0-based,
-    widened by one base on both sides, sorted by (start, offset)."""
+    """Per reference ID: (starts, ends, container offsets, running max of ends), sorted by
+    (start, offset)."""

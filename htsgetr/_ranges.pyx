@@ -984,16 +984,35 @@ def crai_offsets(coffs):
     return out
 
 
-def crai_entries(refs, starts, spans, coffs):
-    """Per reference ID, the lines' (starts, ends, container offsets) as CRAI lookups want
-    them: 0-based, one base wider on both sides (placed unmapped reads and zero spans: an
-    extra container costs little, a missing one is wrong), sorted by (start, offset), with
-    the running maximum of the ends: {ref: (starts, ends, offsets, max_ends)}."""
-    cdef Py_ssize_t i, j, n = len(refs)
-    cdef int64_t beg, span, running
-    cdef const int64_t[:] r = refs
+def crai_bounds(starts, spans):
+    """The lines' entries as CRAI lookups want them: 0-based [beg, end), one base wider on
+    both sides (placed unmapped reads and zero spans: an extra container costs little, a
+    missing one is wrong), as two array('q') columns."""
+    from array import array
+    cdef Py_ssize_t i, n = len(starts)
     cdef const int64_t[:] s = starts
     cdef const int64_t[:] sp = spans
+    cdef int64_t beg, span
+    lo, hi = array("q", bytes(8 * n)), array("q", bytes(8 * n))
+    cdef int64_t[:] l = lo
+    cdef int64_t[:] h = hi
+    for i in range(n):
+        beg = s[i] - 1 if s[i] > 0 else 0
+        span = sp[i] if sp[i] > 1 else 1
+        l[i] = beg - 1 if beg > 0 else 0
+        h[i] = beg + span + 1
+    return lo, hi
+
+
+def crai_entries(refs, los, his, coffs):
+    """Per reference ID, the entries (`crai_bounds`) and container offsets of its lines,
+    sorted by (start, offset), with the running maximum of the ends:
+    {ref: (starts, ends, offsets, max_ends)}."""
+    cdef Py_ssize_t i, j, n = len(refs)
+    cdef int64_t running
+    cdef const int64_t[:] r = refs
+    cdef const int64_t[:] l = los
+    cdef const int64_t[:] h = his
     cdef const int64_t[:] c = coffs
     cdef dict out = {}
     cdef list item
@@ -1002,10 +1021,8 @@ def crai_entries(refs, starts, spans, coffs):
         if item is None:
             item = [[], [], []]
             out[r[i]] = item
-        beg = s[i] - 1 if s[i] > 0 else 0
-        span = sp[i] if sp[i] > 1 else 1
-        (<list>item[0]).append(beg - 1 if beg > 0 else 0)
-        (<list>item[1]).append(beg + span + 1)
+        (<list>item[0]).append(l[i])
+        (<list>item[1]).append(h[i])
         (<list>item[2]).append(c[i])
     result = {}
     for ref, item in out.items():

@@ -122,12 +122,9 @@ class References:
         directories to look references up in by it."""
         return (b"M5:",) if self.dirs else ()
 
-    def decoding(self, text: bytes, ref_ids: Iterable[int], coding: Optional[bytes] = None
-                 ) -> Decoding:
+    def decoding(self, text: bytes, ref_ids: Iterable[int], coding: bytes) -> Decoding:
         """The decoding of a container holding `ref_ids` of a file whose header is `text`
-        (`coding`: its `coding_header(text, self.coding_tags)`, if made already)."""
-        if coding is None:
-            coding = coding_header(text, self.coding_tags)
+        (`coding`: its `coding_header(text, self.coding_tags)`, made once per file)."""
         if not self.dirs:
             return Decoding(coding, None, None)
         fasta = None

@@ -13,7 +13,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .._ranges import crai_entries, crai_offsets, parse_crai_lines
+from .._ranges import crai_bounds, crai_entries, crai_offsets, parse_crai_lines
 from ..formats.bgzf import TooLarge, inflate
 from ..protocol import InternalError
 
@@ -73,6 +73,9 @@ class Crai:
     #: the lines as columns (reference ID, 1-based start, span, container offset, slice
     #: offset, slice size), ordered by container offset (file order among equal ones)
     lines: tuple[array[int], ...] = ()
+    #: each line's entry, in the same order: 0-based [beg, end), one base wider on both sides
+    #: (`_ranges.crai_bounds`)
+    bounds: tuple[array[int], ...] = ()
     #: containers whose header was found to agree with their lines, and where each ends by
     #: its header (a ticket checks the ones it uses once; the parsed CRAI is cached per
     #: version of the CRAM and CRAI)
@@ -80,9 +83,9 @@ class Crai:
 
     @property
     def nbytes(self) -> int:
-        """For the cache budget: the columns (48 bytes a line) and the per-reference lists
+        """For the cache budget: the columns (64 bytes a line) and the per-reference lists
         (four Python ints, ~130 bytes a line)."""
-        return 4096 + 180 * (len(self.lines[0]) if self.lines else 0)
+        return 4096 + 200 * (len(self.lines[0]) if self.lines else 0)
 
     def entries(self, offset: int) -> list[tuple[int, int, int]]:
         """The entries of the container at `offset`: (reference ID, start, end), 0-based and
@@ -90,12 +93,10 @@ class Crai:
         real span too)."""
         if not self.lines:
             return []
-        ref, start, span, coff = self.lines[:4]
-        out = []
-        for i in range(bisect_left(coff, offset), bisect_right(coff, offset)):
-            beg = max(0, start[i] - 1)
-            out.append((ref[i], max(0, beg - 1), beg + max(span[i], 1) + 1))
-        return out
+        ref, coff = self.lines[0], self.lines[3]
+        lo, hi = self.bounds
+        return [(ref[i], lo[i], hi[i])
+                for i in range(bisect_left(coff, offset), bisect_right(coff, offset))]
 
     def slices(self, offset: int) -> list[Slice]:
         """The lines of the container at `offset`, to check against its header."""
@@ -107,8 +108,8 @@ class Crai:
 
     @classmethod
     def parse(cls, data: bytes, name: str = "index", limit: Optional[int] = None) -> Crai:
-        """Parsed in C (`_ranges.parse_crai_lines`, `crai_entries`): a whole genome's CRAI
-        (~50,000 lines) in ~20 ms, not ~0.3 s."""
+        """Parsed in C (`_ranges.parse_crai_lines`, `crai_bounds`, `crai_entries`): a whole
+        genome's CRAI (~50,000 lines) in ~20 ms, not ~0.3 s."""
         try:
             text = _gunzip_or_plain(data, limit, name)
         except TooLarge:
@@ -128,8 +129,10 @@ class Crai:
             lines = tuple(array("q", (column[i] for i in order)) for column in lines)
             offsets = crai_offsets(lines[3])
             assert offsets is not None
-        refs = {r: _RefEntries(*columns) for r, columns in crai_entries(*lines[:4]).items()}
-        return cls(refs, offsets, lines)
+        lo, hi = crai_bounds(lines[1], lines[2])
+        refs = {r: _RefEntries(*columns)
+                for r, columns in crai_entries(lines[0], lo, hi, lines[3]).items()}
+        return cls(refs, offsets, lines, (lo, hi))
 
     def check_bounds(self, name: str, header_end: int, data_end: int) -> None:
         """Every container offset lies among the CRAM's data containers: after its header
