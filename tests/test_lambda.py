@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import struct
 from pathlib import Path
 from typing import Any, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -27,6 +28,8 @@ from conftest import (
     free_port,
     shared,
 )
+
+from htsgetr.formats import bgzf
 
 aws_lambda = pytest.importorskip("htsgetr.aws_lambda")
 pytest.importorskip("apig_wsgi")
@@ -179,9 +182,8 @@ def differences(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> str:
         raw = base64.b64decode(url.split(",", 1)[1]) if url.startswith("data:") else b""
         out, pos = [], 0
         while pos + 18 <= len(raw) and raw[pos:pos + 4] == b"\x1f\x8b\x08\x04":
-            size = int.from_bytes(raw[pos + 16:pos + 18], "little") + 1
-            crc, isize = (int.from_bytes(raw[pos + size - 8:pos + size - 4], "little"),
-                          int.from_bytes(raw[pos + size - 4:pos + size], "little"))
+            size = bgzf.block_size(raw[pos:pos + 64])
+            crc, isize = struct.unpack_from("<II", raw, pos + size - 8)
             out.append((size, isize, crc))
             pos += size
         return out
