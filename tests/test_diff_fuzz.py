@@ -43,10 +43,11 @@ from conftest import (
     assert_ticket_records,
     file_records,
     free_port,
+    htslib_records,
     payload_records,
     reassemble,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 EXAMPLES = int(os.environ.get("HTSGETR_FUZZ_EXAMPLES", "25"))
@@ -307,6 +308,13 @@ def _header(path: Path) -> str:
 
 
 def check(server: Server, made: Made, wanted: list[Region], post: bool, tmp: Path) -> None:
+    try:
+        htslib_records(made.path, wanted)
+    except OSError:
+        # no answer to compare with: htslib fails some region queries (error -4) on its own
+        # file and CSI (seen once: 40-byte BGZF blocks, CSI min_shift 4 and depth 10;
+        # samtools view fails the same regions)
+        reject()
     url = f"{server.url}/{made.endpoint}/{made.id}"
     if post:
         resp = requests.post(url, json={"format": made.fmt,
